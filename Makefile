@@ -1,0 +1,77 @@
+# One-command local stack and tests. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt requirements-local.txt | sha256sum | cut -c1-12)
+APT_PACKAGES := espeak-ng ffmpeg sox chromium
+
+.PHONY: help install system-deps dev up down reset status test test-faults lint format bench clean
+
+help:
+	@echo "make dev          run the whole stack in the foreground (Ctrl-C stops it)"
+	@echo "make up / down    the same stack in the background / stop it (data kept)"
+	@echo "make reset        stop the stack and delete its local data"
+	@echo "make test         the whole test suite against servers of its own"
+	@echo "make lint         ruff and mypy"
+	@echo "make bench        the benchmarks (see README)"
+
+$(STAMP): requirements.txt requirements-dev.txt requirements-local.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+install: $(STAMP)
+
+# System packages the local stack and the tests use: PostgreSQL server, espeak-ng and ffmpeg
+# (voice-note tests), Chromium (admin page test). Installed only when missing, and only as root.
+system-deps:
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
+	command -v espeak-ng >/dev/null || missing="$$missing espeak-ng"; \
+	command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
+	command -v sox >/dev/null || missing="$$missing sox"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing system packages:$$missing"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends --no-upgrade $$missing >/dev/null \
+	      || echo "warning: could not install$$missing (the tests that need them are skipped, saying why)"; \
+	  else \
+	    echo "warning: missing system packages:$$missing (install them with apt-get as root)"; \
+	  fi; \
+	fi
+
+dev: install system-deps
+	@$(PY) scripts/devstack.py dev
+
+up: install system-deps
+	@$(PY) scripts/devstack.py up
+
+down:
+	@test -x $(PY) && $(PY) scripts/devstack.py down || true
+
+reset:
+	@test -x $(PY) && $(PY) scripts/devstack.py reset || rm -rf .dev
+
+status:
+	@$(PY) scripts/devstack.py status
+
+test: install system-deps
+	@HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+test-faults: install system-deps
+	@HF_HUB_OFFLINE=1 $(PY) -m pytest -m faults $(PYTEST_ARGS)
+
+lint: install
+	@$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy app workers
+
+format: install
+	@$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
+
+bench: install system-deps
+	@$(PY) bench/run_all.py
+
+clean: reset
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,41 @@
+"""The Flask application factory."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+from app import context
+from app.config import Settings
+
+
+def create_app(settings: Settings | None = None, test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app; settings default to the environment (and `.env`)."""
+    from app.cli import register_cli
+    from app.errors import register_error_handlers
+    from app.health import bp as health_bp
+    from app.logs import configure_logging, settings_secrets
+    from app.webhooks import bp as webhooks_bp
+
+    if settings is not None:
+        context.use_settings(settings)
+    current = context.settings()
+    configure_logging(current.log_level, settings_secrets(current))
+
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=current.secret_key,
+        MAX_CONTENT_LENGTH=None,  # the webhook enforces its own limit with a JSON 413
+        JSON_SORT_KEYS=False,
+        SETTINGS=current,
+    )
+    if test_config:
+        app.config.update(test_config)
+
+    register_error_handlers(app)
+    app.register_blueprint(health_bp)
+    app.register_blueprint(webhooks_bp)
+    register_cli(app)
+    return app

@@ -1,0 +1,90 @@
+"""The process's shared resources: settings, database, Redis, queues and the GCS client.
+
+Built on first use and once per process (gunicorn workers and RQ workers alike), so that
+importing a module opens nothing and jobs need no Flask application.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+from app.config import Settings, load_dotenv_file, load_settings
+from app.db import Database
+
+if TYPE_CHECKING:
+    from google.cloud import storage
+    from redis import Redis
+
+_overrides: dict[str, object] = {}
+
+
+def settings() -> Settings:
+    cached = _overrides.get("settings")
+    if isinstance(cached, Settings):
+        return cached
+    return _settings_from_env()
+
+
+@lru_cache(maxsize=1)
+def _settings_from_env() -> Settings:
+    load_dotenv_file()
+    return load_settings()
+
+
+def use_settings(new: Settings | None) -> None:
+    """Replace the settings (tests, the app factory); None goes back to the environment."""
+    reset()
+    if new is not None:
+        _overrides["settings"] = new
+
+
+_cache: dict[str, object] = {}
+
+
+def _per_process(key: str) -> str:
+    return f"{key}:{os.getpid()}"
+
+
+def db() -> Database:
+    key = _per_process("db")
+    found = _cache.get(key)
+    if not isinstance(found, Database):
+        found = Database(settings().database_url)
+        _cache[key] = found
+    return found
+
+
+def redis() -> Redis:
+    from redis import Redis as RedisClient
+
+    key = _per_process("redis")
+    found = _cache.get(key)
+    if found is None:
+        found = RedisClient.from_url(
+            settings().redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
+        )
+        _cache[key] = found
+    return found  # type: ignore[return-value]
+
+
+def gcs() -> storage.Client:
+    from app.gcs import make_client
+
+    key = _per_process("gcs")
+    found = _cache.get(key)
+    if found is None:
+        found = make_client(settings())
+        _cache[key] = found
+    return found  # type: ignore[return-value]
+
+
+def reset() -> None:
+    """Forget settings and connections (closing the database connection of this process)."""
+    for key, value in list(_cache.items()):
+        if isinstance(value, Database) and key.endswith(f":{os.getpid()}"):
+            value.close()
+    _cache.clear()
+    _overrides.clear()
+    _settings_from_env.cache_clear()

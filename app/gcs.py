@@ -1,0 +1,48 @@
+"""A Google Cloud Storage client from the settings: service-account fields, a key file, or the emulator."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from google.cloud import storage
+
+    from app.config import Settings
+
+EMULATOR_PROJECT = "local-project"
+"""Project id used against an emulator when GCS_PROJECT_ID is not set."""
+
+
+def project_id(settings: Settings) -> str:
+    return settings.gcs_project_id or EMULATOR_PROJECT
+
+
+def make_client(settings: Settings) -> storage.Client:
+    from google.api_core.client_options import ClientOptions
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    if settings.storage_emulator_host:
+        # The library also reads this variable for its upload and download URLs.
+        os.environ["STORAGE_EMULATOR_HOST"] = settings.storage_emulator_host
+        return storage.Client(
+            project=project_id(settings),
+            credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+            client_options=ClientOptions(api_endpoint=settings.storage_emulator_host),
+        )
+    if settings.gcs_private_key:
+        from google.oauth2 import service_account
+
+        info = {
+            "type": "service_account",
+            "project_id": settings.gcs_project_id,
+            "private_key_id": settings.gcs_private_key_id,
+            "private_key": settings.gcs_private_key,
+            "client_email": settings.gcs_client_email,
+            "token_uri": "https://oauth2.googleapis.com/token",
+        }
+        credentials = service_account.Credentials.from_service_account_info(info)  # type: ignore[no-untyped-call]
+        return storage.Client(project=settings.gcs_project_id, credentials=credentials)
+    # GOOGLE_APPLICATION_CREDENTIALS (or the platform's default credentials).
+    return storage.Client(project=settings.gcs_project_id or None)

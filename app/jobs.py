@@ -1,0 +1,108 @@
+"""Queues and job names. Jobs are enqueued by dotted name, so the web process never imports
+what only workers need, and by a job id derived from the row, so a second enqueue is a no-op."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+ARCHIVE_QUEUE = "archive"
+TRANSCRIBE_QUEUE = "transcribe"
+CLASSIFY_QUEUE = "classify"
+SEND_QUEUE = "send"
+MAINTENANCE_QUEUE = "maintenance"
+
+GENERAL_QUEUES = (ARCHIVE_QUEUE, CLASSIFY_QUEUE, SEND_QUEUE, MAINTENANCE_QUEUE)
+"""Served by the general worker processes, in this order of priority."""
+ALL_QUEUES = (*GENERAL_QUEUES, TRANSCRIBE_QUEUE)
+
+RESULT_TTL = 0
+"""Seconds a finished job is kept: none, so its id is free again for a later, deliberate enqueue."""
+FAILURE_TTL = 7 * 24 * 3600
+"""Seconds a failed job stays in RQ's failed registry (the database keeps the lasting state)."""
+
+
+class QueueUnavailable(Exception):
+    """Redis cannot be reached; the row stays durable and the reconciler enqueues it later."""
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    queue: str
+    func: str
+    """Dotted path of the job function."""
+    id_prefix: str
+
+
+ARCHIVE_MESSAGE = JobSpec(ARCHIVE_QUEUE, "workers.archive.archive_message", "archive")
+ARCHIVE_UPDATE = JobSpec(ARCHIVE_QUEUE, "workers.archive.archive_update", "archive-update")
+TRANSCRIBE_MESSAGE = JobSpec(TRANSCRIBE_QUEUE, "workers.transcribe.transcribe_message", "transcribe")
+CLASSIFY_MESSAGE = JobSpec(CLASSIFY_QUEUE, "workers.classify.classify_message", "classify")
+SEND_OUTBOX = JobSpec(SEND_QUEUE, "workers.send.send_outbox", "send")
+
+
+def job_id(spec: JobSpec, *ids: object) -> str:
+    return ":".join([spec.id_prefix, *(str(i) for i in ids)])
+
+
+def enqueue(
+    spec: JobSpec,
+    *args: Any,
+    connection: Any = None,
+    suffix: str = "",
+    retry: Any = None,
+    timeout: int | None = None,
+    at_front: bool = False,
+    delay_seconds: int = 0,
+) -> bool:
+    """Enqueue `spec` with `args` under an id made of its prefix and the args.
+
+    Returns False when a job with that id is already queued, scheduled or running.
+    Raises QueueUnavailable when Redis is down.
+    """
+    from rq import Queue
+    from rq.exceptions import DuplicateJobError
+
+    from app import context
+
+    conn = connection if connection is not None else context.redis()
+    jid = job_id(spec, *args) + (f":{suffix}" if suffix else "")
+    queue = Queue(spec.queue, connection=conn)
+    options: dict[str, Any] = {
+        "job_id": jid,
+        "unique": True,
+        "result_ttl": RESULT_TTL,
+        "failure_ttl": FAILURE_TTL,
+        "retry": retry,
+        "at_front": at_front,
+    }
+    if timeout is not None:
+        options["job_timeout"] = timeout
+    try:
+        if delay_seconds > 0:
+            from datetime import timedelta
+
+            queue.enqueue_in(timedelta(seconds=delay_seconds), spec.func, *args, **options)
+        else:
+            queue.enqueue(spec.func, *args, **options)
+    except DuplicateJobError:
+        return False
+    except (RedisError, OSError) as exc:
+        raise QueueUnavailable(type(exc).__name__) from None
+    return True
+
+
+def queue_depths(connection: Any = None, queues: Sequence[str] = ALL_QUEUES) -> dict[str, int]:
+    """Jobs waiting in each queue."""
+    from rq import Queue
+
+    from app import context
+
+    conn = connection if connection is not None else context.redis()
+    return {name: Queue(name, connection=conn).count for name in queues}

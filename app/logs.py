@@ -1,0 +1,101 @@
+"""JSON logs on stderr, with secrets, URL tokens and phone numbers redacted from every line."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+from pythonjsonlogger.json import JsonFormatter
+
+# Query-string values that are credentials.
+_URL_TOKEN_RE = re.compile(r"([?&](?:token|access_token|api_access_token|key|signature)=)[^&\s\"']+", re.I)
+# A phone number: an optional +, then 8 to 15 digits, maybe with spaces or dashes. Keep the last 4.
+_PHONE_RE = re.compile(r"(?<![\w.])\+?\d[\d \-]{6,16}(\d{4})(?![\w.])")
+_BEARER_RE = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.I)
+_DSN_PASSWORD_RE = re.compile(r"(\w+://[^:/\s]+:)[^@\s]+@")
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """The text with known secrets, URL tokens, bearer tokens and phone numbers masked."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    text = _URL_TOKEN_RE.sub(r"\1***", text)
+    text = _BEARER_RE.sub(r"\1***", text)
+    text = _DSN_PASSWORD_RE.sub(r"\1***@", text)
+    return _PHONE_RE.sub(lambda m: "***" + m.group(1), text)
+
+
+class RedactingFilter(logging.Filter):
+    """Masks secrets in the message and in every string field of the record."""
+
+    def __init__(self, secrets: Iterable[str] = ()):
+        super().__init__()
+        self.secrets = tuple(s for s in secrets if s)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            try:
+                record.msg = record.getMessage()
+            except (TypeError, ValueError):
+                record.msg = str(record.msg)
+            record.args = None
+        record.msg = redact(str(record.msg), self.secrets)
+        for key, value in list(record.__dict__.items()):
+            if key in _STANDARD_ATTRS:
+                continue
+            record.__dict__[key] = self._clean(value)
+        if record.exc_info:
+            # Exceptions are logged by type only: a traceback can carry payloads and secrets.
+            exc = record.exc_info[1]
+            record.__dict__["error_type"] = type(exc).__name__ if exc else None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+    def _clean(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return redact(value, self.secrets)
+        if isinstance(value, dict):
+            return {k: self._clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._clean(v) for v in value]
+        return value
+
+
+_STANDARD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+}
+
+
+def configure_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
+    """Send every logger's records as JSON lines to stderr, redacted."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter(
+            "%(asctime)s %(levelname)s %(name)s %(message)s",
+            rename_fields={"levelname": "level", "asctime": "time", "name": "logger"},
+        )
+    )
+    handler.addFilter(RedactingFilter(secrets))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    # Libraries that log request URLs or bodies at INFO/DEBUG.
+    for noisy in ("urllib3", "google", "openai", "httpx", "httpx2", "httpcore", "faster_whisper"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def settings_secrets(settings: Any) -> list[str]:
+    """Every secret value in the settings, for the redacting filter."""
+    from dataclasses import fields
+
+    return [
+        str(getattr(settings, f.name)) for f in fields(settings) if not f.repr and getattr(settings, f.name)
+    ]
