@@ -1,0 +1,49 @@
+"""Prometheus metrics of the service (`/metrics`).
+
+With PROMETHEUS_MULTIPROC_DIR set (the local stack sets it), every gunicorn and RQ worker process
+writes its samples there and `/metrics` adds them up; without it, each process counts alone.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+WEBHOOKS = Counter(
+    "meeting_notes_webhooks_total",
+    "Webhook deliveries by outcome.",
+    ["outcome"],
+)
+"""outcome: accepted, duplicate, update, ignored, spooled, unauthorized, bad_request, too_large,
+unsupported_media_type, invalid, unavailable."""
+
+REQUEST_LATENCY = Histogram(
+    "meeting_notes_http_request_duration_seconds",
+    "Time to answer an HTTP request, by endpoint.",
+    ["endpoint"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+
+JOBS = Counter(
+    "meeting_notes_jobs_total",
+    "Jobs run, by job and result (ok, retry, error).",
+    ["job", "result"],
+)
+
+TRANSCRIPTION_AUDIO_SECONDS = Counter(
+    "meeting_notes_transcription_audio_seconds_total",
+    "Seconds of audio transcribed, by provider.",
+    ["provider"],
+)
+
+TRANSCRIPTION_PROVIDER_SECONDS = Histogram(
+    "meeting_notes_transcription_provider_seconds",
+    "Time the transcription provider took per voice note.",
+    ["provider"],
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+
+NOTICES = Counter(
+    "meeting_notes_notices_total",
+    "Messages sent to users through Chatwoot, by kind and result (sent, failed, not_sent).",
+    ["kind", "result"],
+)
