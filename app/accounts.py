@@ -1,0 +1,166 @@
+"""Chatwoot accounts: base URL, API token, webhook secrets and inbox filter of each account.
+
+An account with a row in `chatwoot_accounts` uses its own values; every other account uses the
+environment's (`CHATWOOT_BASE_URL`, `CHATWOOT_API_ACCESS_TOKEN`, `CHATWOOT_WEBHOOK_SECRET`...).
+Secrets are stored encrypted with Fernet keys from `SECRETS_ENCRYPTION_KEY` (several keys,
+newest first, so the key can be rotated) and are never returned by any API.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from app import context
+from app.config import Settings
+
+CACHE_SECONDS = 30.0
+"""Seconds an account's configuration is reused before it is read again."""
+
+
+class SecretsKeyMissing(Exception):
+    """An account secret must be stored or read, but SECRETS_ENCRYPTION_KEY is not set."""
+
+
+@dataclass(frozen=True)
+class AccountConfig:
+    account_id: int
+    base_url: str
+    api_token: str = field(repr=False)
+    webhook_secrets: tuple[str, ...] = field(repr=False)
+    """Current secret first, then the previous one during a rotation."""
+    inbox_ids: tuple[int, ...]
+    """Inboxes whose messages are archived; empty means all."""
+    own_row: bool
+    """True when the account has its own row in chatwoot_accounts."""
+
+
+def _fernet(settings: Settings) -> Any:
+    from cryptography.fernet import Fernet, MultiFernet
+
+    if not settings.secrets_encryption_key:
+        raise SecretsKeyMissing("SECRETS_ENCRYPTION_KEY is not set")
+    return MultiFernet([Fernet(k.strip()) for k in settings.secrets_encryption_key.split(",") if k.strip()])
+
+
+def encrypt(value: str, settings: Settings | None = None) -> str:
+    token: bytes = _fernet(settings or context.settings()).encrypt(value.encode())
+    return token.decode()
+
+
+def decrypt(token: str | None, settings: Settings | None = None) -> str:
+    if not token:
+        return ""
+    value: bytes = _fernet(settings or context.settings()).decrypt(token.encode())
+    return value.decode()
+
+
+def env_config(account_id: int, settings: Settings | None = None) -> AccountConfig:
+    s = settings or context.settings()
+    secrets = tuple(x for x in (s.chatwoot_webhook_secret, s.chatwoot_webhook_secret_previous) if x)
+    return AccountConfig(
+        account_id=account_id,
+        base_url=s.chatwoot_base_url,
+        api_token=s.chatwoot_api_access_token,
+        webhook_secrets=secrets,
+        inbox_ids=s.chatwoot_inbox_ids,
+        own_row=False,
+    )
+
+
+def from_row(row: dict[str, Any], settings: Settings | None = None) -> AccountConfig:
+    s = settings or context.settings()
+    fallback = env_config(int(row["chatwoot_account_id"]), s)
+    secrets = tuple(
+        x
+        for x in (
+            decrypt(row.get("webhook_secret_enc"), s),
+            decrypt(row.get("previous_webhook_secret_enc"), s),
+        )
+        if x
+    )
+    return AccountConfig(
+        account_id=int(row["chatwoot_account_id"]),
+        base_url=(row.get("base_url") or fallback.base_url).rstrip("/"),
+        api_token=decrypt(row.get("api_access_token_enc"), s) or fallback.api_token,
+        webhook_secrets=secrets or fallback.webhook_secrets,
+        inbox_ids=tuple(row.get("inbox_ids") or ()) or fallback.inbox_ids,
+        own_row=True,
+    )
+
+
+_cache: dict[int, tuple[float, AccountConfig]] = {}
+
+
+def resolve(account_id: int, use_cache: bool = True) -> AccountConfig:
+    """The configuration in force for a Chatwoot account (its own row, else the environment's)."""
+    now = time.monotonic()
+    if use_cache:
+        hit = _cache.get(account_id)
+        if hit and now - hit[0] < CACHE_SECONDS:
+            return hit[1]
+    row = context.db().fetch_one("accounts.get", {"account_id": account_id})
+    config = from_row(row) if row else env_config(account_id)
+    _cache[account_id] = (now, config)
+    return config
+
+
+def forget_cached() -> None:
+    _cache.clear()
+
+
+def upsert(
+    account_id: int,
+    *,
+    name: str | None = None,
+    base_url: str | None = None,
+    api_token: str | None = None,
+    webhook_secret: str | None = None,
+    inbox_ids: list[int] | None = None,
+) -> dict[str, Any]:
+    """Create or change an account. A new webhook secret keeps the old one as the previous secret.
+
+    Returns the public view of the row (no secrets, only whether each is set).
+    """
+    params = {
+        "account_id": account_id,
+        "name": name,
+        "base_url": base_url.rstrip("/") if base_url else None,
+        "api_token_enc": encrypt(api_token) if api_token else None,
+        "webhook_secret_enc": encrypt(webhook_secret) if webhook_secret else None,
+        "inbox_ids": inbox_ids,
+    }
+    row = context.db().fetch_one("accounts.upsert", params)
+    _cache.pop(account_id, None)
+    assert row is not None
+    return public_view(row)
+
+
+def finish_rotation(account_id: int) -> bool:
+    """Stop accepting the previous webhook secret of an account."""
+    _cache.pop(account_id, None)
+    return context.db().execute("accounts.drop_previous_secret", {"account_id": account_id}) > 0
+
+
+def delete(account_id: int) -> bool:
+    _cache.pop(account_id, None)
+    return context.db().execute("accounts.delete", {"account_id": account_id}) > 0
+
+
+def list_public() -> list[dict[str, Any]]:
+    return [public_view(r) for r in context.db().fetch_all("accounts.list")]
+
+
+def public_view(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "chatwoot_account_id": row["chatwoot_account_id"],
+        "name": row.get("name"),
+        "base_url": row.get("base_url"),
+        "inbox_ids": list(row.get("inbox_ids") or []),
+        "api_token_set": bool(row.get("api_access_token_enc")),
+        "webhook_secret_set": bool(row.get("webhook_secret_enc")),
+        "previous_webhook_secret_set": bool(row.get("previous_webhook_secret_enc")),
+        "created_at": row["created_at"].isoformat() if row.get("created_at") else None,
+        "updated_at": row["updated_at"].isoformat() if row.get("updated_at") else None,
+    }

@@ -1,0 +1,28 @@
+-- name: get
+SELECT * FROM chatwoot_accounts WHERE chatwoot_account_id = %(account_id)s;
+
+-- name: list
+SELECT * FROM chatwoot_accounts ORDER BY chatwoot_account_id;
+
+-- name: upsert
+-- A new webhook secret moves the current one to previous_webhook_secret_enc (rotation).
+INSERT INTO chatwoot_accounts AS a
+    (chatwoot_account_id, name, base_url, api_access_token_enc, webhook_secret_enc, inbox_ids)
+VALUES (%(account_id)s, %(name)s, %(base_url)s, %(api_token_enc)s, %(webhook_secret_enc)s, %(inbox_ids)s)
+ON CONFLICT (chatwoot_account_id) DO UPDATE SET
+    name = COALESCE(EXCLUDED.name, a.name),
+    base_url = COALESCE(EXCLUDED.base_url, a.base_url),
+    api_access_token_enc = COALESCE(EXCLUDED.api_access_token_enc, a.api_access_token_enc),
+    previous_webhook_secret_enc = CASE WHEN EXCLUDED.webhook_secret_enc IS NOT NULL
+        THEN a.webhook_secret_enc ELSE a.previous_webhook_secret_enc END,
+    webhook_secret_enc = COALESCE(EXCLUDED.webhook_secret_enc, a.webhook_secret_enc),
+    inbox_ids = COALESCE(EXCLUDED.inbox_ids, a.inbox_ids),
+    updated_at = now()
+RETURNING *;
+
+-- name: drop_previous_secret
+UPDATE chatwoot_accounts SET previous_webhook_secret_enc = NULL, updated_at = now()
+WHERE chatwoot_account_id = %(account_id)s AND previous_webhook_secret_enc IS NOT NULL;
+
+-- name: delete
+DELETE FROM chatwoot_accounts WHERE chatwoot_account_id = %(account_id)s;
