@@ -205,6 +205,7 @@ class Stack:
     def save_port(self, name: str, port: int) -> None:
         ports = self.ports()
         ports[name] = port
+        self.state.mkdir(parents=True, exist_ok=True)
         self.ports_file.write_text(json.dumps(ports))
 
     # -- PostgreSQL ------------------------------------------------------------------------
