@@ -57,6 +57,17 @@ def _url(name: str, raw: str, schemes: tuple[str, ...]) -> str:
     return raw.strip().rstrip("/") if parsed.scheme.startswith("http") else raw.strip()
 
 
+def _rate(name: str, raw: str) -> str:
+    """A rate such as `1 per 2 seconds` or `30/minute` (the `limits` library's notation)."""
+    from limits import parse_many
+
+    try:
+        parse_many(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a rate such as '1 per 2 seconds' or '30/minute', got {raw!r}") from None
+    return raw
+
+
 def _int_list(name: str, raw: str) -> tuple[int, ...]:
     parts = [p.strip() for p in raw.split(",") if p.strip()]
     return tuple(_int(name, p, minimum=1) for p in parts)
@@ -84,6 +95,9 @@ class Settings:
     gcs_location: str = "US"
     bucket_hash_secret: str = field(default=DEFAULT_BUCKET_HASH_SECRET, repr=False)
     max_attachment_bytes: int = 100 * 1024 * 1024
+    gcs_project_number: str = ""
+    gcs_bucket_create_rate: str = "1 per 2 seconds"
+    attachment_retry_seconds: int = 30
 
     # Chatwoot
     chatwoot_base_url: str = ""
@@ -250,6 +264,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     values["bucket_hash_secret"] = get("BUCKET_HASH_SECRET", DEFAULT_BUCKET_HASH_SECRET)
     if get("MAX_ATTACHMENT_BYTES"):
         values["max_attachment_bytes"] = _int("MAX_ATTACHMENT_BYTES", get("MAX_ATTACHMENT_BYTES"), 1)
+    if get("GCS_PROJECT_NUMBER"):
+        if not get("GCS_PROJECT_NUMBER").isdigit():
+            raise ConfigError(f"GCS_PROJECT_NUMBER: expected digits, got {get('GCS_PROJECT_NUMBER')!r}")
+        values["gcs_project_number"] = get("GCS_PROJECT_NUMBER")
+    if get("GCS_BUCKET_CREATE_RATE"):
+        values["gcs_bucket_create_rate"] = _rate("GCS_BUCKET_CREATE_RATE", get("GCS_BUCKET_CREATE_RATE"))
+    if get("ATTACHMENT_RETRY_SECONDS"):
+        values["attachment_retry_seconds"] = _duration("ATTACHMENT_RETRY_SECONDS", get("ATTACHMENT_RETRY_SECONDS"))
 
     if get("CHATWOOT_BASE_URL"):
         values["chatwoot_base_url"] = _url("CHATWOOT_BASE_URL", get("CHATWOOT_BASE_URL"), ("http", "https"))

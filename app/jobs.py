@@ -38,10 +38,18 @@ class JobSpec:
     func: str
     """Dotted path of the job function."""
     id_prefix: str
+    retry_intervals: tuple[int, ...] = ()
+    """Seconds before each automatic retry of a failed run (RQ Retry); empty: no retry."""
 
 
-ARCHIVE_MESSAGE = JobSpec(ARCHIVE_QUEUE, "workers.archive.archive_message", "archive")
-ARCHIVE_UPDATE = JobSpec(ARCHIVE_QUEUE, "workers.archive.archive_update", "archive-update")
+ARCHIVE_RETRY_INTERVALS = (5, 30, 120, 600, 1800)
+"""Seconds between the archive's retries (GCS or Chatwoot media briefly unavailable), then `error`."""
+ARCHIVE_MESSAGE = JobSpec(
+    ARCHIVE_QUEUE, "workers.archive.archive_message", "archive", retry_intervals=ARCHIVE_RETRY_INTERVALS
+)
+ARCHIVE_UPDATE = JobSpec(
+    ARCHIVE_QUEUE, "workers.archive.archive_update", "archive-update", retry_intervals=ARCHIVE_RETRY_INTERVALS
+)
 TRANSCRIBE_MESSAGE = JobSpec(TRANSCRIBE_QUEUE, "workers.transcribe.transcribe_message", "transcribe")
 CLASSIFY_MESSAGE = JobSpec(CLASSIFY_QUEUE, "workers.classify.classify_message", "classify")
 SEND_OUTBOX = JobSpec(SEND_QUEUE, "workers.send.send_outbox", "send")
@@ -73,6 +81,10 @@ def enqueue(
 
     conn = connection if connection is not None else context.redis()
     jid = job_id(spec, *args) + (f":{suffix}" if suffix else "")
+    if retry is None and spec.retry_intervals:
+        from rq import Retry
+
+        retry = Retry(max=len(spec.retry_intervals), interval=list(spec.retry_intervals))
     queue = Queue(spec.queue, connection=conn)
     options: dict[str, Any] = {
         "job_id": jid,
