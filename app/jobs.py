@@ -28,6 +28,12 @@ FAILURE_TTL = 7 * 24 * 3600
 """Seconds a failed job stays in RQ's failed registry (the database keeps the lasting state)."""
 
 
+CRON_LEADER_KEY = "meeting-notes:cron:leader"
+"""Redis lock of the one `python -m workers.cron` process that enqueues the periodic jobs."""
+CRON_LEADER_TTL = 30
+"""Seconds the leader lock lasts without renewal; a standby takes over after it expires."""
+
+
 class QueueUnavailable(Exception):
     """Redis cannot be reached; the row stays durable and the reconciler enqueues it later."""
 
@@ -56,7 +62,8 @@ SEND_OUTBOX = JobSpec(SEND_QUEUE, "workers.send.send_outbox", "send")
 
 
 def job_id(spec: JobSpec, *ids: object) -> str:
-    return ":".join([spec.id_prefix, *(str(i) for i in ids)])
+    # RQ 3 accepts only letters, digits, underscores and dashes in a job id.
+    return "_".join([spec.id_prefix, *(str(i) for i in ids)])
 
 
 def enqueue(
@@ -80,7 +87,7 @@ def enqueue(
     from app import context
 
     conn = connection if connection is not None else context.redis()
-    jid = job_id(spec, *args) + (f":{suffix}" if suffix else "")
+    jid = job_id(spec, *args) + (f"_{suffix}" if suffix else "")
     if retry is None and spec.retry_intervals:
         from rq import Retry
 
