@@ -11,7 +11,7 @@ from flask.cli import AppGroup
 
 from app import context
 
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("app.requeue_cli",)
 """Modules with a `register(app)` function that adds their commands."""
 
 db_cli = AppGroup("db", help="Database schema.")

@@ -137,6 +137,15 @@ class Settings:
     worker_processes: int = 2
     job_timeout: int = 300
 
+    # Reliability: the reconciler and the Chatwoot backfill
+    reconcile_interval: int = 60
+    reconcile_grace: int = 120
+    reconcile_max_attempts: int = 6
+    reconcile_backoff: int = 30
+    reconcile_backoff_max: int = 3600
+    backfill_interval: int = 900
+    backfill_window: int = 6 * 3600
+
     @property
     def production(self) -> bool:
         return self.app_env == "production"
@@ -343,6 +352,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         values["worker_processes"] = _int("WORKER_PROCESSES", get("WORKER_PROCESSES"), 1)
     if get("JOB_TIMEOUT"):
         values["job_timeout"] = _duration("JOB_TIMEOUT", get("JOB_TIMEOUT"))
+    for name in ("RECONCILE_INTERVAL", "RECONCILE_GRACE", "RECONCILE_BACKOFF", "RECONCILE_BACKOFF_MAX"):
+        if get(name):
+            values[name.lower()] = max(1, _duration(name, get(name)))
+    if get("RECONCILE_MAX_ATTEMPTS"):
+        values["reconcile_max_attempts"] = _int("RECONCILE_MAX_ATTEMPTS", get("RECONCILE_MAX_ATTEMPTS"), 1)
+    for name in ("BACKFILL_INTERVAL", "BACKFILL_WINDOW"):
+        if get(name):
+            values[name.lower()] = _duration(name, get(name))
 
     settings = Settings(**values)  # type: ignore[arg-type]
     if settings.production:
