@@ -6,6 +6,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -122,6 +123,10 @@ class Settings:
     local_whisper_model: str = ""
     transcript_private_note: bool = False
     transcription_cost_per_minute: str = "0.006"
+    transcription_timeout: int = 120
+    transcription_max_attempts: int = 4
+    transcription_retry_wait: int = 2
+    transcription_max_upload_bytes: int = 25_000_000
 
     # Orders
     classifier_model: str = ""
@@ -334,6 +339,29 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError(f"LOCAL_WHISPER_MODEL: no such model directory {values['local_whisper_model']!r}")
     values["transcript_private_note"] = _bool("TRANSCRIPT_PRIVATE_NOTE", get("TRANSCRIPT_PRIVATE_NOTE"))
     values["transcription_cost_per_minute"] = get("TRANSCRIPTION_COST_PER_MINUTE", "0.006")
+    try:
+        rate = Decimal(str(values["transcription_cost_per_minute"]))
+        if not (rate.is_finite() and 0 <= rate < 1000):
+            raise InvalidOperation
+    except InvalidOperation:
+        raise ConfigError(
+            "TRANSCRIPTION_COST_PER_MINUTE: expected a number such as 0.006, "
+            f"got {values['transcription_cost_per_minute']!r}"
+        ) from None
+    if get("TRANSCRIPTION_TIMEOUT"):
+        values["transcription_timeout"] = _duration("TRANSCRIPTION_TIMEOUT", get("TRANSCRIPTION_TIMEOUT"))
+    if get("TRANSCRIPTION_MAX_ATTEMPTS"):
+        values["transcription_max_attempts"] = _int(
+            "TRANSCRIPTION_MAX_ATTEMPTS", get("TRANSCRIPTION_MAX_ATTEMPTS"), 1
+        )
+    if get("TRANSCRIPTION_RETRY_WAIT"):
+        values["transcription_retry_wait"] = _duration(
+            "TRANSCRIPTION_RETRY_WAIT", get("TRANSCRIPTION_RETRY_WAIT")
+        )
+    if get("TRANSCRIPTION_MAX_UPLOAD_BYTES"):
+        values["transcription_max_upload_bytes"] = _int(
+            "TRANSCRIPTION_MAX_UPLOAD_BYTES", get("TRANSCRIPTION_MAX_UPLOAD_BYTES"), 1024
+        )
 
     values["classifier_model"] = get("CLASSIFIER_MODEL")
     gen = get("GENERATION_PROVIDER").lower()

@@ -46,6 +46,8 @@ class JobSpec:
     id_prefix: str
     retry_intervals: tuple[int, ...] = ()
     """Seconds before each automatic retry of a failed run (RQ Retry); empty: no retry."""
+    timeout: int | None = None
+    """Seconds a run may take (RQ's default, 180, when None)."""
 
 
 ARCHIVE_RETRY_INTERVALS = (5, 30, 120, 600, 1800)
@@ -56,7 +58,11 @@ ARCHIVE_MESSAGE = JobSpec(
 ARCHIVE_UPDATE = JobSpec(
     ARCHIVE_QUEUE, "workers.archive.archive_update", "archive-update", retry_intervals=ARCHIVE_RETRY_INTERVALS
 )
-TRANSCRIBE_MESSAGE = JobSpec(TRANSCRIBE_QUEUE, "workers.transcribe.transcribe_message", "transcribe")
+TRANSCRIBE_TIMEOUT = 3600
+"""Seconds a transcription may run: a long voice note on a CPU, or several pieces with retries."""
+TRANSCRIBE_MESSAGE = JobSpec(
+    TRANSCRIBE_QUEUE, "workers.transcribe.transcribe_message", "transcribe", timeout=TRANSCRIBE_TIMEOUT
+)
 CLASSIFY_MESSAGE = JobSpec(CLASSIFY_QUEUE, "workers.classify.classify_message", "classify")
 SEND_OUTBOX = JobSpec(SEND_QUEUE, "workers.send.send_outbox", "send")
 
@@ -101,6 +107,8 @@ def enqueue(
         "retry": retry,
         "at_front": at_front,
     }
+    if timeout is None:
+        timeout = spec.timeout
     if timeout is not None:
         options["job_timeout"] = timeout
     try:

@@ -1,0 +1,94 @@
+-- Transcription of voice notes (workers/transcribe.py).
+
+-- name: note
+-- The note and the language of its user (their own setting first, then the conversation's).
+SELECT n.id, n.chatwoot_account_id, n.chatwoot_message_id, n.chatwoot_conversation_id, n.user_id,
+       n.message_created_at, n.payload, n.processing_status, n.transcription_status,
+       n.classification_status, n.transcript, n.gcs_storage_path,
+       coalesce(u.language, c.language) AS language
+FROM meeting_notes n
+LEFT JOIN user_bucket_mapping u ON u.user_id = n.user_id
+LEFT JOIN conversations c
+       ON c.chatwoot_account_id = n.chatwoot_account_id
+      AND c.chatwoot_conversation_id = n.chatwoot_conversation_id
+WHERE n.id = %(id)s;
+
+-- name: try_lock
+-- One transcription of a note at a time, across processes. A session lock: released by
+-- `unlock`, or by PostgreSQL when the connection ends (a worker that dies holds nothing).
+SELECT pg_try_advisory_lock(hashtextextended('transcribe:' || %(id)s::text, 0)) AS locked;
+
+-- name: unlock
+SELECT pg_advisory_unlock(hashtextextended('transcribe:' || %(id)s::text, 0)) AS unlocked;
+
+-- name: audio_attachments
+SELECT chatwoot_attachment_id, file_type, content_type, size_bytes, bucket_name, object_name, status,
+       error_details
+FROM message_attachments
+WHERE meeting_note_id = %(id)s
+  AND (file_type = 'audio' OR content_type LIKE 'audio/%%')
+ORDER BY chatwoot_attachment_id;
+
+-- name: chatwoot_transcripts
+-- Chatwoot's own transcript of each audio attachment: the latest non-empty `transcribed_text`
+-- in the message as created or in any update of it.
+SELECT DISTINCT ON (attachment_id) attachment_id, text
+FROM (
+    SELECT (a ->> 'id') AS attachment_id, btrim(a ->> 'transcribed_text') AS text, 0 AS seq
+    FROM meeting_notes n,
+         jsonb_array_elements(
+             CASE WHEN jsonb_typeof(n.payload -> 'attachments') = 'array'
+                  THEN n.payload -> 'attachments' ELSE '[]'::jsonb END) AS a
+    WHERE n.id = %(id)s
+    UNION ALL
+    SELECT (a ->> 'id'), btrim(a ->> 'transcribed_text'), u.id
+    FROM message_updates u,
+         jsonb_array_elements(
+             CASE WHEN jsonb_typeof(u.payload -> 'attachments') = 'array'
+                  THEN u.payload -> 'attachments' ELSE '[]'::jsonb END) AS a
+    WHERE u.meeting_note_id = %(id)s
+) AS found
+WHERE coalesce(text, '') <> ''
+ORDER BY attachment_id, seq DESC;
+
+-- name: mark_done
+UPDATE meeting_notes
+SET transcript = %(transcript)s, transcription_status = 'done', error_details = NULL, updated_at = now()
+WHERE id = %(id)s AND transcription_status = 'pending';
+
+-- name: mark_failed
+UPDATE meeting_notes
+SET transcription_status = 'failed', error_details = %(error_details)s, updated_at = now()
+WHERE id = %(id)s AND transcription_status = 'pending';
+
+-- name: mark_skipped
+UPDATE meeting_notes
+SET transcription_status = 'skipped', updated_at = now()
+WHERE id = %(id)s AND transcription_status = 'pending';
+
+-- name: record
+-- What one transcription was and cost. A done row is never replaced.
+INSERT INTO transcriptions (meeting_note_id, status, provider, model, language, audio_seconds,
+                            provider_seconds, pieces, provider_calls, cost_per_minute, estimated_cost,
+                            error_details)
+VALUES (%(id)s, %(status)s, %(provider)s, %(model)s, %(language)s, %(audio_seconds)s,
+        %(provider_seconds)s, %(pieces)s, %(provider_calls)s, %(cost_per_minute)s,
+        %(estimated_cost)s, %(error_details)s)
+ON CONFLICT (meeting_note_id) DO UPDATE
+SET status = EXCLUDED.status, provider = EXCLUDED.provider, model = EXCLUDED.model,
+    language = EXCLUDED.language, audio_seconds = EXCLUDED.audio_seconds,
+    provider_seconds = EXCLUDED.provider_seconds, pieces = EXCLUDED.pieces,
+    provider_calls = transcriptions.provider_calls + EXCLUDED.provider_calls,
+    cost_per_minute = EXCLUDED.cost_per_minute, estimated_cost = EXCLUDED.estimated_cost,
+    error_details = EXCLUDED.error_details, updated_at = now()
+WHERE transcriptions.status <> 'done';
+
+-- name: get_record
+SELECT meeting_note_id, status, provider, model, language, audio_seconds, provider_seconds, pieces,
+       provider_calls, cost_per_minute, estimated_cost, gcs_storage_path, error_details, created_at
+FROM transcriptions
+WHERE meeting_note_id = %(id)s;
+
+-- name: set_object
+UPDATE transcriptions SET gcs_storage_path = %(path)s, updated_at = now()
+WHERE meeting_note_id = %(id)s;

@@ -1,0 +1,93 @@
+"""Whisper on this machine's CPU with faster-whisper and a local model directory (offline).
+
+The model is loaded on the first voice note and kept for the life of the process. The
+transcription worker does not fork per job, so that happens once, inside the worker process
+(never in a parent that forks afterwards: CTranslate2's threads do not survive a fork).
+faster_whisper is imported here only, so installs that do not transcribe locally need not have it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from app.transcription import TranscriptionError, TranscriptionResult
+
+COMPUTE_TYPE = "int8"
+"""CTranslate2 weights type on the CPU: int8 is the fastest with a negligible loss for Whisper."""
+
+_models: dict[str, Any] = {}
+_lock = threading.Lock()
+
+
+def load_model(model_dir: str) -> Any:
+    """The WhisperModel of `model_dir`, loaded once per process."""
+    with _lock:
+        model = _models.get(model_dir)
+        if model is None:
+            # A local directory needs no model hub; make sure nothing tries to reach one.
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            try:
+                from faster_whisper import WhisperModel
+            except ImportError:
+                raise TranscriptionError(
+                    "TRANSCRIPTION_PROVIDER=local needs faster-whisper: pip install faster-whisper"
+                ) from None
+            try:
+                model = WhisperModel(model_dir, device="cpu", compute_type=COMPUTE_TYPE)
+            except (RuntimeError, OSError, ValueError) as exc:
+                raise TranscriptionError(
+                    f"could not load the local Whisper model in LOCAL_WHISPER_MODEL: {type(exc).__name__}"
+                ) from None
+            _models[model_dir] = model
+        return model
+
+
+def model_label(model_dir: str) -> str:
+    """A short name for the model: the last two parts of its directory."""
+    parts = Path(model_dir).resolve().parts
+    return "/".join(parts[-2:]) if len(parts) >= 2 else model_dir
+
+
+class LocalProvider:
+    name = "local"
+    max_upload_bytes: int | None = None
+    accepted_suffixes: frozenset[str] | None = None
+
+    def __init__(self, model_dir: str):
+        self.model_dir = model_dir
+        self.model = model_label(model_dir)
+
+    def transcribe(self, audio_path: Path, *, language: str | None) -> TranscriptionResult:
+        started = time.perf_counter()
+        model = load_model(self.model_dir)
+        try:
+            segments, info = model.transcribe(str(audio_path), language=language or None)
+            # Segments are produced lazily: the decoding happens while they are read.
+            text = " ".join(segment.text.strip() for segment in segments).strip()
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise TranscriptionError(
+                f"the local model could not transcribe the audio: {_reason(exc)}"
+            ) from None
+        except Exception as exc:
+            # PyAV's decoding errors (av.error.*) for audio it cannot read.
+            if type(exc).__module__.startswith("av"):
+                raise TranscriptionError(f"could not decode the audio: {_reason(exc)}") from None
+            raise
+        return TranscriptionResult(
+            text=text,
+            language=getattr(info, "language", None) or language,
+            audio_seconds=float(getattr(info, "duration", 0.0)) or None,
+            provider=self.name,
+            model=self.model,
+            provider_seconds=time.perf_counter() - started,
+        )
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    # File paths are ours, not the user's business; keep the reason short.
+    return (text or type(exc).__name__)[:200]
