@@ -13,6 +13,7 @@ from app.config import Settings
 
 def create_app(settings: Settings | None = None, test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app; settings default to the environment (and `.env`)."""
+    from app.api import bp as orders_api_bp
     from app.cli import register_cli
     from app.errors import register_error_handlers
     from app.health import bp as health_bp
@@ -37,5 +38,6 @@ def create_app(settings: Settings | None = None, test_config: Mapping[str, Any] 
     register_error_handlers(app)
     app.register_blueprint(health_bp)
     app.register_blueprint(webhooks_bp)
+    app.register_blueprint(orders_api_bp)
     register_cli(app)
     return app

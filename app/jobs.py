@@ -17,8 +17,9 @@ TRANSCRIBE_QUEUE = "transcribe"
 CLASSIFY_QUEUE = "classify"
 SEND_QUEUE = "send"
 MAINTENANCE_QUEUE = "maintenance"
+GENERATE_QUEUE = "generate"
 
-GENERAL_QUEUES = (ARCHIVE_QUEUE, CLASSIFY_QUEUE, SEND_QUEUE, MAINTENANCE_QUEUE)
+GENERAL_QUEUES = (ARCHIVE_QUEUE, CLASSIFY_QUEUE, SEND_QUEUE, GENERATE_QUEUE, MAINTENANCE_QUEUE)
 """Served by the general worker processes, in this order of priority."""
 ALL_QUEUES = (*GENERAL_QUEUES, TRANSCRIBE_QUEUE)
 
@@ -63,8 +64,24 @@ TRANSCRIBE_TIMEOUT = 3600
 TRANSCRIBE_MESSAGE = JobSpec(
     TRANSCRIBE_QUEUE, "workers.transcribe.transcribe_message", "transcribe", timeout=TRANSCRIBE_TIMEOUT
 )
-CLASSIFY_MESSAGE = JobSpec(CLASSIFY_QUEUE, "workers.classify.classify_message", "classify")
-SEND_OUTBOX = JobSpec(SEND_QUEUE, "workers.send.send_outbox", "send")
+CLASSIFY_RETRY_INTERVALS = (5, 30, 120)
+"""Seconds between classification retries (database briefly down, conversation busy)."""
+CLASSIFY_MESSAGE = JobSpec(
+    CLASSIFY_QUEUE, "workers.classify.classify_message", "classify", retry_intervals=CLASSIFY_RETRY_INTERVALS
+)
+SEND_RETRY_INTERVALS = (10, 30, 120, 600, 1800)
+"""Seconds between send attempts after a 429, a connection failure or an unknown outcome."""
+SEND_OUTBOX = JobSpec(SEND_QUEUE, "workers.send.send_outbox", "send", retry_intervals=SEND_RETRY_INTERVALS)
+GENERATE_RETRY_INTERVALS = (30, 120, 600)
+"""Seconds between drafting attempts of an order (model errors, bucket set-up)."""
+GENERATE_ORDER = JobSpec(
+    GENERATE_QUEUE, "workers.generate.generate_order", "generate", retry_intervals=GENERATE_RETRY_INTERVALS
+)
+DELIVER_RETRY_INTERVALS = (30, 120, 600, 1800)
+"""Seconds between attempts to deliver a ready order (notice, copy in the user's bucket)."""
+DELIVER_ORDER = JobSpec(
+    GENERATE_QUEUE, "workers.generate.deliver_order", "deliver", retry_intervals=DELIVER_RETRY_INTERVALS
+)
 
 
 def job_id(spec: JobSpec, *ids: object) -> str:
