@@ -37,13 +37,14 @@ def worker_status() -> dict[str, Any]:
     from rq import Worker
     from rq.scheduler import RQScheduler
 
-    from app.jobs import ALL_QUEUES
+    from app.jobs import ALL_QUEUES, CRON_LEADER_KEY
 
     conn = context.redis()
     workers = Worker.all(connection=conn)
     by_queue = {q: sum(1 for w in workers if q in w.queue_names()) for q in ALL_QUEUES}
     scheduler = any(conn.exists(RQScheduler.get_locking_key(q)) for q in ALL_QUEUES)
-    return {"workers": len(workers), "by_queue": by_queue, "scheduler": bool(scheduler)}
+    cron = bool(conn.exists(CRON_LEADER_KEY))  # `python -m workers.cron` holds it while alive
+    return {"workers": len(workers), "by_queue": by_queue, "scheduler": bool(scheduler), "cron": cron}
 
 
 @bp.get("/readyz")

@@ -527,6 +527,7 @@ def app_commands(env: dict[str, str]) -> dict[str, list[str]]:
         ],
         "worker": [sys.executable, "-m", "workers"],
         "transcriber": [sys.executable, "-m", "workers", "--queues", "transcribe", "--processes", "1"],
+        "cron": [sys.executable, "-m", "workers.cron"],
     }
 
 
@@ -646,7 +647,7 @@ def cmd_up(state: Path, foreground: bool) -> int:
 
 def cmd_down(state: Path) -> int:
     stack = Stack(state)
-    for name in ("web", "worker", "transcriber"):
+    for name in ("web", "worker", "transcriber", "cron"):
         stack.stop_pidfile(name)
     stop_services(state)
     print("stack stopped (data kept; `make reset` deletes it)")
@@ -663,7 +664,7 @@ def cmd_reset(state: Path) -> int:
 
 def cmd_status(state: Path) -> int:
     stack = Stack(state)
-    for name in ("web", "worker", "transcriber", "redis", "gcs"):
+    for name in ("web", "worker", "transcriber", "cron", "redis", "gcs"):
         pid = read_pid(state / f"{name}.pid")
         print(f"{name:12} {f'running (pid {pid})' if pid else 'stopped'}")
     data = pg_data_root(state) / "data"

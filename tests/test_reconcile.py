@@ -318,3 +318,105 @@ def test_reconcile_as_a_real_job(db: Any, redis_conn: Any, run_jobs: Any) -> Non
     run_jobs(queues=("maintenance",))
     assert note(db, nid)["attempts"] == 1
     assert queued_ids(redis_conn, "archive") == [job_id(ARCHIVE_MESSAGE, nid)]
+
+
+# ---------------------------------------------------------------------------------------------
+# the schedule: `python -m workers.cron`
+
+
+def _maintenance_funcs(redis_conn: Any) -> list[str]:
+    queue = Queue("maintenance", connection=redis_conn)
+    return sorted(j.func_name for j in queue.jobs)
+
+
+def test_one_cron_process_schedules_the_other_stands_by(db: Any, redis_conn: Any, settings: Any) -> None:
+    from workers.cron import CronProcess
+
+    first, second = CronProcess(redis_conn, settings), CronProcess(redis_conn, settings)
+    for _ in range(3):
+        first.tick()
+        second.tick()
+    assert first.leader.held and not second.leader.held
+    # Each periodic job once, however many processes run.
+    assert _maintenance_funcs(redis_conn) == ["workers.backfill.backfill", "workers.reconcile.reconcile"]
+
+    first.shutdown()
+    second.tick()
+    assert second.leader.held
+    second.shutdown()
+    assert not redis_conn.exists("meeting-notes:cron:leader")
+
+
+def _env_for(services: Any, tmp_path: Any, **extra: str) -> dict[str, str]:
+    from conftest import base_environ
+
+    return {**os.environ, **base_environ(services, tmp_path), "PYTHONUNBUFFERED": "1", **extra}
+
+
+def test_cron_process_survives_a_redis_restart_and_stops_on_sigterm(
+    services: Any, tmp_path: Any, db: Any
+) -> None:
+    """A private Redis, stopped and started again under a running `python -m workers.cron`."""
+    import contextlib
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import devstack
+    from redis import Redis
+    from redis.exceptions import RedisError
+
+    stack = devstack.Stack(tmp_path / "redis-state", fast=True)
+    (tmp_path / "redis-state").mkdir()
+    url = stack.start_redis()
+    conn = Redis.from_url(url)
+    env = _env_for(services, tmp_path, REDIS_URL=url, RECONCILE_INTERVAL="1", BACKFILL_INTERVAL="0")
+    log_path = tmp_path / "cron.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "workers.cron"],
+            cwd=devstack.ROOT,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+
+        def wait_reconcile_jobs(at_least: int) -> None:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                with contextlib.suppress(RedisError):
+                    if Queue("maintenance", connection=conn).count >= at_least:
+                        return
+                time.sleep(0.2)
+            raise AssertionError(log_path.read_text()[-3000:])
+
+        wait_reconcile_jobs(2)
+        assert conn.exists("meeting-notes:cron:leader")
+        stack.stop_pidfile("redis")
+        time.sleep(2)
+        assert proc.poll() is None, log_path.read_text()[-3000:]
+        stack.start_redis()
+        wait_reconcile_jobs(1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert not conn.exists("meeting-notes:cron:leader")
+        assert "Traceback" not in log_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        stack.stop_pidfile("redis")
+
+
+def test_readyz_reports_the_cron_process(client: Any, redis_conn: Any, settings: Any) -> None:
+    from workers.cron import CronProcess
+
+    assert client.get("/readyz").get_json()["workers"]["cron"] is False
+    cron = CronProcess(redis_conn, settings)
+    cron.tick()
+    try:
+        assert client.get("/readyz").get_json()["workers"]["cron"] is True
+    finally:
+        cron.shutdown()

@@ -1,0 +1,300 @@
+"""Reading Chatwoot message payloads: what to strip, what to keep, what to process.
+
+These functions take the payload as Chatwoot sends it (a dict, already validated by
+`app.schemas` on the webhook path) and never raise on a missing key: the workers also call
+them on stored payloads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+SECRET_KEYS = frozenset(
+    {
+        "pubsub_token",  # conversation.contact_inbox: lets anyone read the conversation's live feed
+        "hmac_token",  # inbox identity-verification secret
+        "identifier_hash",  # HMAC of a web-widget contact's identifier
+        "access_token",
+        "api_access_token",
+        "auth_token",
+        "webhook_secret",
+        "secret",
+        "password",
+        "private_key",
+    }
+)
+"""Keys removed wherever they appear in a payload before it is stored or spooled."""
+
+MESSAGE_EVENTS = frozenset({"message_created", "message_updated"})
+ARCHIVED_MESSAGE_TYPES = frozenset({"incoming", "outgoing", "template"})
+MESSAGE_TYPES_BY_NUMBER = {0: "incoming", 1: "outgoing", 2: "activity", 3: "template"}
+"""Chatwoot's enum, as its REST API (and older payload formats) send it."""
+SENDER_TYPES = frozenset({"contact", "user", "agent_bot"})
+DEFAULT_SOURCE_TYPE = "whatsapp"
+INT32_MAX = 2**31 - 1
+
+_CAMEL_RE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+_REPLACEMENT = "\ufffd"
+
+
+def strip_secrets(payload: Any) -> Any:
+    """A copy of the payload without secrets, and without what PostgreSQL cannot store.
+
+    Removes every key in SECRET_KEYS at any depth (`conversation.contact_inbox.pubsub_token`
+    first of all) and replaces NUL characters and lone surrogates, which neither `jsonb` nor
+    `text` columns accept, with U+FFFD.
+    """
+    if isinstance(payload, dict):
+        return _strip_dict(payload)
+    if isinstance(payload, list):
+        return _strip_list(payload)
+    if isinstance(payload, str):
+        return _clean_text(payload)
+    return payload
+
+
+# The walk runs on every delivery: plain loops and exact type checks keep it cheap.
+def _strip_dict(data: dict[Any, Any]) -> dict[Any, Any]:
+    out: dict[Any, Any] = {}
+    for raw_key, raw in data.items():
+        if raw_key in SECRET_KEYS:
+            continue
+        value = raw
+        kind = type(raw)
+        if kind is str:
+            if not raw.isascii() or "\x00" in raw:
+                value = _clean_text(raw)
+        elif kind is dict:
+            value = _strip_dict(raw)
+        elif kind is list:
+            value = _strip_list(raw)
+        key = raw_key
+        if type(raw_key) is str and (not raw_key.isascii() or "\x00" in raw_key):
+            key = _clean_text(raw_key)
+        out[key] = value
+    return out
+
+
+def _strip_list(items: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    for raw in items:
+        kind = type(raw)
+        if kind is str:
+            out.append(_clean_text(raw) if not raw.isascii() or "\x00" in raw else raw)
+        elif kind is dict:
+            out.append(_strip_dict(raw))
+        elif kind is list:
+            out.append(_strip_list(raw))
+        else:
+            out.append(raw)
+    return out
+
+
+def _clean_text(text: str) -> str:
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            # json.loads joins valid surrogate pairs, so any surrogate left here stands alone.
+            text = "".join(_REPLACEMENT if "\ud800" <= ch <= "\udfff" else ch for ch in text)
+    return text.replace("\x00", _REPLACEMENT) if "\x00" in text else text
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _int(value: Any) -> int | None:
+    """A positive integer id (from an int or a string of digits) that fits an `integer`
+    column; None for anything else."""
+    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= 10:
+        value = int(value.strip())
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= INT32_MAX:
+        return value
+    return None
+
+
+def kept_content(payload: dict[str, Any]) -> dict[str, Any]:
+    """What the archive keeps of a message: a change to any of it is a new version."""
+    attachments = []
+    for item in payload.get("attachments") or ():
+        if isinstance(item, dict):
+            attachments.append(
+                {
+                    "id": item.get("id"),
+                    "file_type": item.get("file_type"),
+                    "transcribed_text": item.get("transcribed_text") or "",
+                }
+            )
+    attachments.sort(key=lambda a: str(a["id"]))
+    return {
+        "content": payload.get("content"),
+        "content_attributes": payload.get("content_attributes") or {},
+        "private": bool(payload.get("private")),
+        "attachments": attachments,
+    }
+
+
+def fingerprint(payload: dict[str, Any]) -> str:
+    """sha256 of what we keep (content, content_attributes, private, attachments and their
+    transcripts); a new `source_id`, status or read receipt leaves it unchanged."""
+    canonical = json.dumps(kept_content(payload), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode("utf-8", "replace")).hexdigest()
+
+
+def message_type(payload: dict[str, Any]) -> str | None:
+    value = payload.get("message_type")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return MESSAGE_TYPES_BY_NUMBER.get(value)
+    return value.lower() if isinstance(value, str) else None
+
+
+def sender_type(payload: dict[str, Any]) -> str | None:
+    """'contact', 'user', 'agent_bot', or None (no sender, or one we cannot tell)."""
+    sender = payload.get("sender")
+    if not isinstance(sender, dict):
+        return None
+    raw = sender.get("type")
+    if isinstance(raw, str) and raw:
+        value = _CAMEL_RE.sub("_", raw.strip()).lower()  # "AgentBot" (REST API) -> "agent_bot"
+        value = "agent_bot" if value == "agentbot" else value
+        return value if value in SENDER_TYPES else None
+    # A contact sender carries no `type` in message payloads; contacts only write incoming messages.
+    return "contact" if message_type(payload) == "incoming" else None
+
+
+def source_type(payload: dict[str, Any]) -> str:
+    """The channel in snake case without `Channel::`: `whatsapp`, `api`, `web_widget`..."""
+    channel = _dict(payload.get("conversation")).get("channel")
+    if not isinstance(channel, str) or not channel.strip():
+        return DEFAULT_SOURCE_TYPE
+    name = channel.strip().removeprefix("Channel::")
+    return _CAMEL_RE.sub("_", name).replace("::", "_").replace(" ", "_").lower() or DEFAULT_SOURCE_TYPE
+
+
+def contact_id(payload: dict[str, Any]) -> int | None:
+    """The contact of the message: its sender when a contact wrote it, else the conversation's."""
+    if sender_type(payload) == "contact":
+        found = _int(_dict(payload.get("sender")).get("id"))
+        if found is not None:
+            return found
+    conversation = _dict(payload.get("conversation"))
+    found = _int(_dict(_dict(conversation.get("meta")).get("sender")).get("id"))
+    if found is not None:
+        return found
+    return _int(_dict(conversation.get("contact_inbox")).get("contact_id"))
+
+
+def inbox_id(payload: dict[str, Any]) -> int | None:
+    found = _int(_dict(payload.get("inbox")).get("id"))
+    return found if found is not None else _int(_dict(payload.get("conversation")).get("inbox_id"))
+
+
+def account_id(payload: dict[str, Any]) -> int | None:
+    found = _int(_dict(payload.get("account")).get("id"))
+    return found if found is not None else _int(payload.get("account_id"))
+
+
+def message_id(payload: dict[str, Any]) -> str | None:
+    value = payload.get("id")
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | str) and str(value).strip():
+        return str(value).strip()
+    return None
+
+
+def is_private(payload: dict[str, Any]) -> bool:
+    return payload.get("private") is True
+
+
+def has_audio(payload: dict[str, Any]) -> bool:
+    return any(
+        isinstance(a, dict) and a.get("file_type") == "audio" for a in payload.get("attachments") or ()
+    )
+
+
+def is_processable(payload: dict[str, Any]) -> bool:
+    """True for an incoming, non-private message written by a contact: the only messages that
+    are transcribed, classified or answered (never our own messages coming back)."""
+    return (
+        payload.get("event", "message_created") in MESSAGE_EVENTS
+        and message_type(payload) == "incoming"
+        and sender_type(payload) == "contact"
+        and not is_private(payload)
+    )
+
+
+def parse_time(value: Any) -> datetime | None:
+    """An aware UTC datetime from Chatwoot's ISO 8601 string or unix seconds; None if absent.
+
+    Raises ValueError for a value that is neither.
+    """
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise ValueError("not a time")
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, tz=UTC)
+    if isinstance(value, str):
+        parsed = datetime.fromisoformat(value.strip())
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    raise ValueError("not a time")
+
+
+@dataclass(frozen=True)
+class NoteFields:
+    """The meeting_notes columns a message payload gives."""
+
+    account_id: int
+    message_id: str
+    conversation_id: int | None
+    inbox_id: int | None
+    contact_id: int | None
+    source_type: str
+    message_type: str | None
+    content_type: str | None
+    content: str | None
+    is_private: bool
+    sender_type: str | None
+    message_created_at: datetime | None
+    content_fingerprint: str
+    transcription_status: str
+    classification_status: str
+
+
+def note_fields(payload: dict[str, Any]) -> NoteFields:
+    """The columns of a validated message payload (see app.schemas.MessageSchema)."""
+    account = account_id(payload)
+    message = message_id(payload)
+    if account is None or message is None:
+        raise ValueError("a message payload needs account.id and id")
+    processable = is_processable(payload)
+    try:
+        created_at = parse_time(payload.get("created_at"))
+    except (ValueError, OverflowError, OSError):
+        created_at = None
+    content = payload.get("content")
+    content_type = payload.get("content_type")
+    return NoteFields(
+        account_id=account,
+        message_id=message,
+        conversation_id=_int(_dict(payload.get("conversation")).get("id")),
+        inbox_id=inbox_id(payload),
+        contact_id=contact_id(payload),
+        source_type=source_type(payload),
+        message_type=message_type(payload),
+        content_type=content_type if isinstance(content_type, str) else None,
+        content=content if isinstance(content, str) else None,
+        is_private=is_private(payload),
+        sender_type=sender_type(payload),
+        message_created_at=created_at,
+        content_fingerprint=fingerprint(payload),
+        transcription_status="pending" if processable and has_audio(payload) else "not_needed",
+        classification_status="pending" if processable else "not_needed",
+    )
