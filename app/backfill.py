@@ -24,13 +24,14 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from app import context
-from app.payloads import MESSAGE_TYPES_BY_NUMBER
 
 if TYPE_CHECKING:
     from flask import Flask
 
 log = logging.getLogger(__name__)
 
+LISTED_MESSAGE_TYPES = {0: "incoming", 1: "outgoing", 2: "activity", 3: "template"}
+"""Chatwoot's message_type enum as its message list sends it."""
 PAGE_SIZE = 20
 """Messages per page of Chatwoot's message list (fixed by Chatwoot)."""
 MAX_MESSAGE_PAGES = 10
@@ -97,7 +98,7 @@ def to_webhook(message: dict[str, Any], conversation: Conversation) -> dict[str,
     """A message of Chatwoot's list as the `message_created` webhook would have carried it."""
     kind = message.get("message_type")
     if isinstance(kind, int) and not isinstance(kind, bool):
-        kind = MESSAGE_TYPES_BY_NUMBER.get(kind, str(kind))
+        kind = LISTED_MESSAGE_TYPES.get(kind, str(kind))
     inbox_id = message.get("inbox_id") or conversation.inbox_id
     conv: dict[str, Any] = {"id": conversation.conversation_id}
     if conversation.channel:
