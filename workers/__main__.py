@@ -48,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"unknown queue(s): {', '.join(unknown)}; known: {', '.join(ALL_QUEUES)}\n")
         return 2
     processes = args.processes or settings.worker_processes
+    from app.transcription import describe, missing_requirement
+
+    if "transcribe" in queues and (missing := missing_requirement(settings)):
+        sys.stderr.write(f"configuration error: {missing}\n")
+        return 2
     from rq.worker import SimpleWorker
     from rq.worker_pool import WorkerPool
 
@@ -56,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         extra={
             "queues": queues,
             "processes": processes,
-            "transcription_provider": settings.effective_transcription_provider,
+            **describe(settings),
             "generation_provider": settings.effective_generation_provider,
         },
     )

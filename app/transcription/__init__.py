@@ -118,3 +118,14 @@ def describe(settings: Settings) -> dict[str, str]:
     if name == "local":
         return {"transcription_provider": name, "transcription_model": settings.local_whisper_model}
     return {"transcription_provider": name}
+
+
+def missing_requirement(settings: Settings) -> str | None:
+    """Why the provider in force cannot run in this install, checked without importing it
+    (the transcription worker checks at start; the model itself loads in the worker process)."""
+    import importlib.util
+
+    name = settings.effective_transcription_provider
+    if name == "local" and importlib.util.find_spec("faster_whisper") is None:
+        return "TRANSCRIPTION_PROVIDER=local needs faster-whisper installed (pip install faster-whisper)"
+    return None
