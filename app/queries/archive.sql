@@ -1,0 +1,156 @@
+-- The archive job and the buckets it knows.
+
+-- name: bucket_get
+SELECT bucket_name, state, how, project_number, error_details
+FROM gcs_buckets
+WHERE bucket_name = %(bucket_name)s;
+
+-- name: bucket_record
+INSERT INTO gcs_buckets (bucket_name, state, how, project_number, error_details)
+VALUES (%(bucket_name)s, %(state)s, %(how)s, %(project_number)s, %(error_details)s)
+ON CONFLICT (bucket_name) DO UPDATE
+SET state = EXCLUDED.state,
+    how = EXCLUDED.how,
+    project_number = COALESCE(EXCLUDED.project_number, gcs_buckets.project_number),
+    error_details = EXCLUDED.error_details,
+    updated_at = now();
+
+-- name: bucket_forget
+DELETE FROM gcs_buckets WHERE bucket_name = %(bucket_name)s;
+
+-- The project number GCS put on a bucket we created: ours.
+-- name: bucket_own_project_number
+SELECT project_number
+FROM gcs_buckets
+WHERE how = 'created' AND project_number IS NOT NULL
+ORDER BY created_at
+LIMIT 1;
+
+-- name: user_bucket_created
+UPDATE user_bucket_mapping
+SET bucket_created_at = COALESCE(bucket_created_at, now()), updated_at = now()
+WHERE bucket_name = %(bucket_name)s AND bucket_created_at IS NULL;
+
+-- Everything the job needs in one round trip: the row, its attachments so far, and who owns it
+-- (the row's user, else the user a contact link names: by contact id, then identifier, then
+-- phone as Chatwoot sent it; the job normalises the phone and asks again only when that differs).
+-- The contact is the sender of an incoming message, else the conversation's contact.
+-- name: load_note
+WITH note AS (
+    SELECT n.*,
+           CASE WHEN n.message_type = 'incoming' AND jsonb_typeof(n.payload -> 'sender') = 'object'
+                THEN n.payload -> 'sender'
+                ELSE n.payload #> '{conversation,meta,sender}'
+           END AS contact
+    FROM meeting_notes n
+    WHERE n.id = %(note_id)s
+)
+SELECT note.id, note.chatwoot_account_id, note.chatwoot_message_id, note.chatwoot_contact_id,
+       note.user_id, note.message_type, note.processing_status, note.transcription_status,
+       note.classification_status, note.message_created_at, note.created_at, note.payload,
+       note.gcs_storage_path, note.error_details,
+       note.contact ->> 'phone_number' AS contact_phone,
+       note.contact ->> 'identifier' AS contact_identifier,
+       owner.bucket_name AS owner_bucket_name,
+       link.user_id AS linked_user_id,
+       link.bucket_name AS linked_bucket_name,
+       COALESCE(
+           (SELECT jsonb_agg(to_jsonb(a)) FROM message_attachments a WHERE a.meeting_note_id = note.id),
+           '[]'::jsonb
+       ) AS attachment_rows
+FROM note
+LEFT JOIN user_bucket_mapping owner ON owner.user_id = note.user_id
+LEFT JOIN LATERAL (
+    SELECT l.user_id, m.bucket_name
+    FROM contact_links l
+    JOIN user_bucket_mapping m ON m.user_id = l.user_id
+    WHERE l.chatwoot_account_id = note.chatwoot_account_id
+      AND ((l.link_type = 'contact_id' AND l.link_value = note.chatwoot_contact_id::text)
+        OR (l.link_type = 'identifier' AND l.link_value = note.contact ->> 'identifier')
+        OR (l.link_type = 'phone' AND l.link_value = note.contact ->> 'phone_number'))
+    ORDER BY CASE l.link_type WHEN 'contact_id' THEN 0 WHEN 'identifier' THEN 1 ELSE 2 END
+    LIMIT 1
+) link ON true;
+
+-- An attachment's outcome; a stored attachment is never changed again.
+-- name: attachment_save
+INSERT INTO message_attachments (
+    meeting_note_id, chatwoot_attachment_id, file_type, content_type, size_bytes,
+    bucket_name, object_name, status, error_details, stored_at
+)
+VALUES (
+    %(note_id)s, %(attachment_id)s, %(file_type)s, %(content_type)s, %(size_bytes)s,
+    %(bucket_name)s, %(object_name)s, %(status)s, %(error_details)s,
+    CASE WHEN %(status)s = 'stored' THEN now() END
+)
+ON CONFLICT (meeting_note_id, chatwoot_attachment_id) DO UPDATE
+SET file_type = EXCLUDED.file_type,
+    content_type = COALESCE(EXCLUDED.content_type, message_attachments.content_type),
+    size_bytes = COALESCE(EXCLUDED.size_bytes, message_attachments.size_bytes),
+    bucket_name = COALESCE(EXCLUDED.bucket_name, message_attachments.bucket_name),
+    object_name = COALESCE(EXCLUDED.object_name, message_attachments.object_name),
+    status = EXCLUDED.status,
+    error_details = EXCLUDED.error_details,
+    stored_at = COALESCE(message_attachments.stored_at, EXCLUDED.stored_at),
+    updated_at = now()
+WHERE message_attachments.status <> 'stored';
+
+-- The row moves forward only: 'received' (or 'error', on a later retry) to 'stored'. Returns what
+-- comes next, and the updates that were waiting for the message to be archived.
+-- name: mark_stored
+UPDATE meeting_notes n
+SET processing_status = 'stored',
+    user_id = %(user_id)s,
+    gcs_storage_path = %(path)s,
+    stored_at = COALESCE(n.stored_at, now()),
+    error_details = %(error_details)s,
+    updated_at = now()
+WHERE n.id = %(note_id)s AND n.processing_status IN ('received', 'error')
+RETURNING n.transcription_status, n.classification_status,
+          ARRAY(SELECT u.id FROM message_updates u
+                WHERE u.meeting_note_id = n.id AND u.processing_status = 'received'
+                ORDER BY u.id) AS waiting_updates;
+
+-- Final failure. The JSON may be archived already (an attachment stayed unavailable): then the
+-- row says where, and whose it is.
+-- name: mark_error
+UPDATE meeting_notes
+SET processing_status = 'error',
+    error_details = %(error_details)s,
+    user_id = COALESCE(%(user_id)s, user_id),
+    gcs_storage_path = COALESCE(%(path)s, gcs_storage_path),
+    updated_at = now()
+WHERE id = %(note_id)s AND processing_status IN ('received', 'error');
+
+-- name: attachments_missing
+UPDATE message_attachments
+SET status = 'missing', updated_at = now()
+WHERE meeting_note_id = %(note_id)s AND status = 'pending';
+
+-- A failed run that RQ will retry: the row stays 'received' and says why.
+-- name: note_retrying
+UPDATE meeting_notes
+SET error_details = %(error_details)s, updated_at = now()
+WHERE id = %(note_id)s AND processing_status = 'received';
+
+-- name: load_update
+SELECT u.id, u.meeting_note_id, u.fingerprint, u.payload, u.processing_status,
+       n.processing_status AS note_status, n.gcs_storage_path AS note_path
+FROM message_updates u
+JOIN meeting_notes n ON n.id = u.meeting_note_id
+WHERE u.id = %(update_id)s;
+
+-- name: update_stored
+UPDATE message_updates
+SET processing_status = 'stored', gcs_storage_path = %(path)s, error_details = NULL, updated_at = now()
+WHERE id = %(update_id)s AND processing_status IN ('received', 'error');
+
+-- name: update_error
+UPDATE message_updates
+SET processing_status = 'error', error_details = %(error_details)s, updated_at = now()
+WHERE id = %(update_id)s AND processing_status IN ('received', 'error');
+
+-- name: update_retrying
+UPDATE message_updates
+SET error_details = %(error_details)s, updated_at = now()
+WHERE id = %(update_id)s AND processing_status = 'received';
