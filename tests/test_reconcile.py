@@ -420,3 +420,31 @@ def test_readyz_reports_the_cron_process(client: Any, redis_conn: Any, settings:
         assert client.get("/readyz").get_json()["workers"]["cron"] is True
     finally:
         cron.shutdown()
+
+
+def test_reconcile_replays_the_spool_once_postgres_answers(
+    db: Any, redis_conn: Any, use_settings: Any, settings: Any
+) -> None:
+    from conftest import load_fixture
+
+    from app import spool
+    from app.ingest import prepare
+    from workers.reconcile import run_once
+
+    prepared = prepare(load_fixture("message_created__incoming_text"))
+    spool.append(prepared)
+    good_url = settings.database_url
+    use_settings(database_url="postgresql://postgres@127.0.0.1:9/meeting_notes")
+    down = run_once()
+    assert down.steps["spool"] == "unavailable: DatabaseUnavailable"
+    assert spool.status()["records"] == 1
+
+    use_settings(database_url=good_url)
+    report = run_once()
+    assert report.steps["spool"] == "1 accepted, 0 duplicates, 0 rejected"
+    assert report.steps["clarifications"] == "0 expired"
+    assert spool.status()["records"] == 0
+    with db.transaction() as cur:
+        cur.execute("SELECT chatwoot_message_id FROM meeting_notes")
+        assert [r["chatwoot_message_id"] for r in cur.fetchall()] == ["9876"]
+    assert run_once().steps["spool"] == "empty"

@@ -352,6 +352,9 @@ def run_once() -> Report:
         except (DatabaseUnavailable, QueueUnavailable, RedisError, OSError) as exc:
             report.steps[name] = f"unavailable: {type(exc).__name__}"
             log.warning("reconcile step failed", extra={"step": name, "error_type": type(exc).__name__})
+        except Exception as exc:  # one duty's bug must not stop the sweep that follows
+            report.steps[name] = f"failed: {type(exc).__name__}"
+            log.error("reconcile step failed", extra={"step": name, "error_type": type(exc).__name__})
     try:
         report.outcomes = sweep()
     except (DatabaseUnavailable, QueueUnavailable) as exc:
@@ -361,8 +364,36 @@ def run_once() -> Report:
 
 
 def _duties() -> list[tuple[str, Any]]:
-    def abandoned() -> str:
-        clean_abandoned(context.redis())
-        return "ok"
+    return [
+        ("spool", replay_spool),
+        ("clarifications", expire_clarifications),
+        ("abandoned_jobs", abandoned_jobs),
+    ]
 
-    return [("abandoned_jobs", abandoned)]
+
+def replay_spool() -> str:
+    """Deliveries spooled while PostgreSQL was down, written now that it answers.
+
+    The spool is a folder on the web host (SPOOL_DIR): a worker that shares it replays it.
+    """
+    from app import spool
+
+    if not spool.pending_files():
+        return "empty"
+    context.db().ping()  # DatabaseUnavailable: still down, the spool waits for the next run
+    result = spool.replay()
+    if result.error:
+        return f"partial: {result.accepted} accepted, {result.remaining_files} file(s) left"
+    return f"{result.accepted} accepted, {result.duplicates} duplicates, {result.rejected} rejected"
+
+
+def expire_clarifications() -> str:
+    """Orders whose question stayed unanswered for CLARIFICATION_TIMEOUT are cancelled."""
+    from app.orders import expire_clarifications as expire
+
+    return f"{expire()} expired"
+
+
+def abandoned_jobs() -> str:
+    clean_abandoned(context.redis())
+    return "ok"
