@@ -126,7 +126,7 @@ def _ffmpeg(purpose: str) -> str:
     return ffmpeg
 
 
-def _run_ffmpeg(args: list[str], purpose: str) -> None:
+def _run_ffmpeg(args: list[str], purpose: str, source: Path) -> None:
     try:
         done = subprocess.run(args, capture_output=True, text=True, timeout=FFMPEG_TIMEOUT, check=False)
     except subprocess.TimeoutExpired:
@@ -134,7 +134,8 @@ def _run_ffmpeg(args: list[str], purpose: str) -> None:
             f"ffmpeg took over {FFMPEG_TIMEOUT} s, so the audio could not be {purpose}"
         ) from None
     if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no details"])[-1]
+        # ffmpeg's last line says why; without our temporary folder in it.
+        last = (done.stderr.strip().splitlines() or ["no details"])[-1].replace(f"{source.parent}/", "")
         raise AudioError(f"ffmpeg could not read the audio, so it could not be {purpose}: {last[:160]}")
 
 
@@ -157,6 +158,7 @@ def convert_to_ogg(path: Path, target: Path) -> Path:
             str(target),
         ],
         "converted",
+        path,
     )
     return target
 
@@ -184,6 +186,7 @@ def split(path: Path, workdir: Path, max_bytes: int) -> list[Path]:
             str(pieces_dir / "piece-%05d.ogg"),
         ],
         "split for the provider's limit",
+        path,
     )  # fmt: skip
     pieces = sorted(pieces_dir.glob("piece-*.ogg"))
     if not pieces:

@@ -70,12 +70,12 @@ class LocalProvider:
             text = " ".join(segment.text.strip() for segment in segments).strip()
         except (RuntimeError, ValueError, OSError) as exc:
             raise TranscriptionError(
-                f"the local model could not transcribe the audio: {_reason(exc)}"
+                f"the local model could not transcribe the audio: {_reason(exc, audio_path)}"
             ) from None
         except Exception as exc:
             # PyAV's decoding errors (av.error.*) for audio it cannot read.
             if type(exc).__module__.startswith("av"):
-                raise TranscriptionError(f"could not decode the audio: {_reason(exc)}") from None
+                raise TranscriptionError(f"could not decode the audio: {_reason(exc, audio_path)}") from None
             raise
         return TranscriptionResult(
             text=text,
@@ -87,7 +87,7 @@ class LocalProvider:
         )
 
 
-def _reason(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    # File paths are ours, not the user's business; keep the reason short.
+def _reason(exc: BaseException, audio_path: Path) -> str:
+    """A short reason, naming the file but not our temporary folder."""
+    text = " ".join(str(exc).split()).replace(str(audio_path), audio_path.name)
     return (text or type(exc).__name__)[:200]
