@@ -357,11 +357,12 @@ class Harness:
             self.db, self.gcs, speech(SENTENCE) if audio_bytes is None else audio_bytes, **kwargs
         )
 
-    def row(self, note: ArchivedNote) -> dict[str, Any]:
-        return note_row(self.db, note.id)
+    def row(self, note: ArchivedNote | int) -> dict[str, Any]:
+        return note_row(self.db, note if isinstance(note, int) else note.id)
 
-    def record(self, note: ArchivedNote) -> dict[str, Any] | None:
-        return transcription_row(self.db, note.id)
+    def record(self, note: ArchivedNote | int) -> dict[str, Any] | None:
+        """The note's row in `transcriptions`."""
+        return transcription_row(self.db, note if isinstance(note, int) else note.id)
 
     def transcript_object(self, note: ArchivedNote) -> dict[str, Any] | None:
         return transcript_object(self.gcs, note)
