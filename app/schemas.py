@@ -156,7 +156,7 @@ def load(payload: dict[str, Any]) -> dict[str, Any]:
     Returns the loaded data; raises InvalidPayload naming each bad field by its path.
     """
     event = payload.get("event")
-    schema = _message_schema if event in MESSAGE_EVENTS else _event_schema
+    schema = _message_schema if isinstance(event, str) and event in MESSAGE_EVENTS else _event_schema
     try:
         loaded: dict[str, Any] = schema.load(payload)
     except ValidationError as exc:
