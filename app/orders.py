@@ -106,15 +106,18 @@ _REQUESTS = _alternation(
     "preciso de,quero,gostaria de,pode,podes,poderia,por favor,necesito,quiero,me gustaria,puedes,podrias"
 )
 _PLATFORMS = _alternation("linkedin,instagram,insta,twitter,blog")
+_ARTICLES = _alternation("a,an,one,new,um,uma,novo,nova,un,una,nuevo,nueva")
 _ORDER_PATTERNS = (
     # "write a post", "escreva um post", "escribe un post", "draft me a short LinkedIn article"
     re.compile(rf"\b(?:{_VERBS})\b(?!\s+sure)(?:\s+\w+){{0,5}}?\s+(?:{_CONTENT_NOUNS})\b"),
     # "can you ... a post", "preciso de um post", "necesito un post"
     re.compile(rf"\b(?:{_REQUESTS})\b(?:\s+\w+){{0,6}}?\s+(?:{_CONTENT_NOUNS})\b"),
-    # "a linkedin post", "post for linkedin", "post no linkedin", "post para instagram"
-    re.compile(rf"\b(?:{_PLATFORMS})\s+(?:{_CONTENT_NOUNS})\b"),
+    # A message that starts by naming what to write: "LinkedIn post about ...", "post para o
+    # instagram sobre ..." (a platform named later, "saw a LinkedIn post...", is only a note).
+    re.compile(rf"^(?:{_ARTICLES}\s+)?(?:{_PLATFORMS})\s+(?:{_CONTENT_NOUNS})\b"),
     re.compile(
-        rf"\b(?:{_CONTENT_NOUNS})\s+(?:for|on|no|na|para|en|pro|pra)\s+(?:o\s+|el\s+|the\s+)?(?:{_PLATFORMS})\b"
+        rf"^(?:{_ARTICLES}\s+)?(?:{_CONTENT_NOUNS})\s+(?:for|on|no|na|para|en|pro|pra)\s+"
+        rf"(?:o\s+|el\s+|the\s+)?(?:{_PLATFORMS})\b"
     ),
     # "tweet about ..."
     re.compile(r"^(?:please\s+)?tweet\s+about\b"),
