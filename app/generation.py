@@ -100,9 +100,14 @@ def user_of(order: dict[str, Any]) -> str | None:
     return str(row["user_id"]) if row else None
 
 
-def user_key(order: dict[str, Any]) -> str:
-    """The bucket owner: the user, or the account while the contact is unmapped."""
-    return user_of(order) or f"account_{order['chatwoot_account_id']}"
+def bucket_for(order: dict[str, Any]) -> str:
+    """The bucket of the order's user (as recorded for the user), or the account's while unmapped."""
+    from app import storage, users
+
+    user_id = user_of(order)
+    if user_id:
+        return users.user_bucket(user_id)
+    return storage.bucket_name(users.fallback_key(int(order["chatwoot_account_id"])))
 
 
 def _language(order: dict[str, Any], mapping: dict[str, Any] | None) -> str:
@@ -173,7 +178,7 @@ def deliver(order_id: int) -> dict[str, Any] | None:
             ),
             order_id=order_id,
         )
-    bucket = storage.ensure_bucket(storage.bucket_name(user_key(order)))
+    bucket = storage.ensure_bucket(bucket_for(order))
     path = storage.put_json(bucket, draft_object_name(order_id), draft_document(order))
     return database.fetch_one("orders.order_delivered", {"id": order_id, "path": path})
 

@@ -153,12 +153,13 @@ def add_user(
     contact_id: int | None = 287,
     account_id: int = 1,
 ) -> str:
-    """A mapped user, linked to the fixtures' contact."""
+    """A mapped user (with the bucket name the archive gives it), linked to the fixtures' contact."""
+    from app import users
+
+    users.ensure_user(user_id, language=language)
     with db.transaction() as cur:
         cur.execute(
-            "INSERT INTO user_bucket_mapping (user_id, bucket_name, notify_on_ready, language) "
-            "VALUES (%s, %s, %s, %s)",
-            (user_id, f"bucket-{user_id}", notify, language),
+            "UPDATE user_bucket_mapping SET notify_on_ready = %s WHERE user_id = %s", (notify, user_id)
         )
         if contact_id is not None:
             cur.execute(
@@ -239,3 +240,83 @@ def chatwoot_api_fixture(settings: Any) -> Iterator[ChatwootAPI]:
 
 def older(hours: float) -> datetime:
     return datetime.now(UTC) - timedelta(hours=hours)
+
+
+class ChatModelStub:
+    """A local OpenAI-compatible `/v1/chat/completions` server: answers queued replies, keeps requests."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        stub = self
+        self.requests: list[dict[str, Any]] = []
+        self.replies: list[tuple[int, str]] = []
+        self.default: tuple[int, str] = (500, "")
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                stub.requests.append(
+                    {"path": self.path, "auth": self.headers.get("Authorization"), "body": body}
+                )
+                status, content = stub.replies.pop(0) if stub.replies else stub.default
+                payload = (
+                    {
+                        "id": "chatcmpl-test",
+                        "object": "chat.completion",
+                        "created": 1,
+                        "model": body.get("model", ""),
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": content},
+                                "finish_reason": "stop",
+                            }
+                        ],
+                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                    }
+                    if status == 200
+                    else {"error": {"message": "stub failure", "type": "server_error"}}
+                )
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def reply(self, content: str | dict[str, Any], status: int = 200) -> None:
+        self.replies.append((status, content if isinstance(content, str) else json.dumps(content)))
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(name="chat_model")
+def chat_model_fixture(use_settings: Any) -> Iterator[ChatModelStub]:
+    """OpenAI configured against the local stub (classifier and drafting models)."""
+    stub = ChatModelStub()
+    use_settings(
+        openai_api_key="sk-test-key",
+        openai_base_url=stub.base_url,
+        classifier_model="classifier-test",
+        generation_model="writer-test",
+    )
+    try:
+        yield stub
+    finally:
+        stub.close()

@@ -39,7 +39,7 @@ def generate_order(order_id: int) -> str:
     from app import storage
 
     try:
-        storage.ensure_bucket(storage.bucket_name(generation.user_key(order)))
+        storage.ensure_bucket(generation.bucket_for(order))
     except Exception as exc:
         return _retry_or_fail(order_id, f"the user's bucket could not be set up ({type(exc).__name__})")
     try:
