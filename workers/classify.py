@@ -225,9 +225,7 @@ def handle(note_id: int) -> str | None:
                 _, effects = orders.create_order(cur, turn, found)
             else:
                 kind = "note"
-            cur.execute(
-                queries["orders.note_classified"], {"id": note_id, "status": "done", "kind": kind}
-            )
+            cur.execute(queries["orders.note_classified"], {"id": note_id, "status": "done", "kind": kind})
             if cur.fetchone() is None:
                 raise _AlreadyClassified
     except _AlreadyClassified:
