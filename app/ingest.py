@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg2
+import psycopg2.errors
 
 from app import context, jobs, payloads, schemas
 from app.accounts import AccountConfig
@@ -140,11 +141,11 @@ def record(prepared: Prepared, *, enqueue_jobs: bool = True) -> IngestResult:
     row: dict[str, Any] = {}
     for _ in range(RECORD_ATTEMPTS):
         try:
-            row = _run_alone("ingest.record", params)
+            row = _run_record(params)
         except DatabaseUnavailable:
             # A connection dropped by a PostgreSQL restart fails once; a new one may work. When
             # PostgreSQL is down, connecting is refused at once and the caller spools.
-            row = _run_alone("ingest.record", params)
+            row = _run_record(params)
         if row.get("note_id") or row.get("existing_id"):
             break
     else:
@@ -187,19 +188,42 @@ def ingest(payload: dict[str, Any], *, enqueue_jobs: bool = True) -> IngestResul
     return record(prepared, enqueue_jobs=enqueue_jobs)
 
 
-def _run_alone(name: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Run one statement as its own transaction (autocommit): one round trip instead of three
-    (BEGIN, the statement, COMMIT), on the process's usual connection."""
+_prepared_on: set[tuple[int, int]] = set()
+"""Connections (object id, backend pid) where `ingest_record` is prepared."""
+
+
+def _run_record(params: dict[str, Any]) -> dict[str, Any]:
+    """Run the prepared ingest statement as its own transaction (autocommit): one round trip
+    instead of three (BEGIN, statement, COMMIT), on the process's usual connection. The first
+    use on a connection sends PREPARE and EXECUTE together, still one round trip."""
+    try:
+        return _execute_record(params, prepare=None)
+    except psycopg2.errors.InvalidSqlStatementName:
+        # The server forgot it (a pooler, DISCARD ALL): prepare it again.
+        return _execute_record(params, prepare=True)
+    except psycopg2.errors.DuplicatePreparedStatement:
+        # Prepared by an earlier attempt whose EXECUTE failed.
+        return _execute_record(params, prepare=False)
+
+
+def _execute_record(params: dict[str, Any], *, prepare: bool | None) -> dict[str, Any]:
     with context.db().transaction() as cur:
         conn = cur.connection
+        key = (id(conn), conn.get_backend_pid())
+        if prepare is None:
+            prepare = key not in _prepared_on
+        sql = queries["ingest.execute_record"]
+        if prepare:
+            sql = queries["ingest.prepare_record"] + ";\n" + sql
         conn.autocommit = True
         try:
-            cur.execute(queries[name], params)
+            cur.execute(sql, params)
             found = cur.fetchone()
         finally:
             if not conn.closed:
                 with suppress(psycopg2.Error):
                     conn.autocommit = False
+        _prepared_on.add(key)
     return dict(found) if found else {}
 
 

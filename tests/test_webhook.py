@@ -780,3 +780,62 @@ def test_text_postgresql_cannot_store_is_replaced_not_refused(deliver: Any, db: 
     row = rows(db)[0]
     assert row["content"] == "nul \ufffd and lone \ufffd surrogate"
     assert row["payload"]["content_attributes"] == {"k\ufffdey": "v"}
+
+
+# ----------------------------------------------------------------------------------------------
+# the database work of one delivery
+
+
+def test_one_statement_in_autocommit_per_delivery(
+    deliver: Any, db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psycopg2.extras
+
+    deliver("message_created__incoming_text")  # the account's settings are read (and cached) once
+    calls: list[tuple[bool, str]] = []
+    original = psycopg2.extras.RealDictCursor.execute
+
+    def counting(self: Any, query: Any, vars: Any = None) -> Any:
+        calls.append((self.connection.autocommit, str(query)[:40]))
+        return original(self, query, vars)
+
+    monkeypatch.setattr(psycopg2.extras.RealDictCursor, "execute", counting)
+    assert deliver("message_created__incoming_order").get_json()["status"] == "accepted"
+    assert deliver("message_created__incoming_order").get_json()["status"] == "duplicate"
+    update = _update_of("message_created__incoming_order", content="edited")
+    assert deliver(update).get_json()["update_id"]
+    monkeypatch.undo()
+    # One statement each, without BEGIN/COMMIT: one round trip per delivery.
+    assert [autocommit for autocommit, _ in calls] == [True, True, True]
+    assert all(query.startswith("EXECUTE ingest_record") for _, query in calls)
+
+
+def test_the_prepared_statement_is_prepared_again_when_the_server_forgot_it(deliver: Any, db: Any) -> None:
+    from app import context, ingest
+
+    deliver("message_created__incoming_text")
+    with context.db().transaction() as cur:
+        cur.execute("DEALLOCATE ingest_record")
+    assert deliver("message_created__incoming_order").get_json()["status"] == "accepted"
+    ingest._prepared_on.clear()  # prepared, but this process does not know it
+    assert deliver("message_created__outgoing_agent").get_json()["status"] == "accepted"
+    assert len(rows(db)) == 3
+
+
+def test_ingest_is_the_path_for_replay_and_backfill(db: Any, redis_conn: Any) -> None:
+    from app import ingest, schemas
+
+    message = load_fixture("message_created__incoming_image_with_caption")
+    first = ingest.ingest(message)
+    assert (first.status, first.created, first.enqueued) == ("accepted", True, True)
+    assert ingest.ingest(message).status == "duplicate"
+    quiet = ingest.ingest(message | {"id": 777}, enqueue_jobs=False)
+    assert quiet.status == "accepted" and quiet.enqueued is None
+    assert ingest.ingest(load_fixture("conversation_typing_on")).status == "ignored"
+    with pytest.raises(schemas.InvalidPayload) as caught:
+        ingest.ingest({"event": "message_created", "id": 1})
+    assert "account" in caught.value.errors
+    assert len(rows(db)) == 2
+    assert queued(redis_conn)[ARCHIVE_QUEUE] == [
+        (job_id(ARCHIVE_MESSAGE, first.note_id), ARCHIVE_MESSAGE.func, (first.note_id,))
+    ]

@@ -1,13 +1,19 @@
 -- Ingestion: the one deduplicated write of a Chatwoot message (webhook, spool replay, backfill).
+-- (Comments stand above each `-- name:` line so that they are not sent with the query.)
 
--- record: one statement, run as its own transaction: one round trip. Inserts the message when
--- it is new; when it is already there and this version of what we keep (the fingerprint) is
--- new, appends it to message_updates. A row committed by a concurrent request after this
--- statement began is not visible to `existing`: then all three ids are NULL and the caller
--- runs it again. (Comments stand above the name so that they are not sent with the query.)
--- name: record
+-- prepare_record: prepared once per connection (parsing and planning this statement cost more
+-- than running it). One statement, run as its own transaction: one round trip. It inserts the
+-- message when it is new; when it is already there and this version of what we keep (the
+-- fingerprint, $14) is new, it appends it to message_updates. A row committed by a concurrent
+-- request after this statement began is not visible to `existing`: then all three ids are NULL
+-- and the caller runs it again.
+-- name: prepare_record
+PREPARE ingest_record (
+    jsonb, integer, text, integer, integer, integer, text, text, text, text, boolean, text,
+    timestamptz, text, text, text
+) AS
 WITH input AS (
-    SELECT %(payload)s::jsonb AS payload
+    SELECT $1 AS payload
 ), note AS (
     INSERT INTO meeting_notes (
         chatwoot_account_id, chatwoot_message_id, chatwoot_conversation_id, chatwoot_inbox_id,
@@ -15,26 +21,30 @@ WITH input AS (
         sender_type, message_created_at, payload, content_fingerprint, processing_status,
         transcription_status, classification_status
     )
-    SELECT %(account_id)s::integer, %(message_id)s::text, %(conversation_id)s::integer,
-        %(inbox_id)s::integer, %(contact_id)s::integer, %(source_type)s::text,
-        %(message_type)s::text, %(content_type)s::text, %(content)s::text, %(is_private)s::boolean,
-        %(sender_type)s::text, %(message_created_at)s::timestamptz, input.payload,
-        %(fingerprint)s::text, 'received', %(transcription_status)s::text,
-        %(classification_status)s::text
+    SELECT $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, input.payload, $14, 'received', $15, $16
     FROM input
     ON CONFLICT (chatwoot_account_id, chatwoot_message_id) DO NOTHING
     RETURNING id
 ), existing AS (
     SELECT id, content_fingerprint FROM meeting_notes
-    WHERE chatwoot_account_id = %(account_id)s::integer AND chatwoot_message_id = %(message_id)s::text
+    WHERE chatwoot_account_id = $2 AND chatwoot_message_id = $3
 ), change AS (
     INSERT INTO message_updates (meeting_note_id, fingerprint, payload, processing_status)
-    SELECT existing.id, %(fingerprint)s::text, input.payload, 'received'
+    SELECT existing.id, $14, input.payload, 'received'
     FROM existing, input
-    WHERE existing.content_fingerprint IS DISTINCT FROM %(fingerprint)s::text
+    WHERE existing.content_fingerprint IS DISTINCT FROM $14
     ON CONFLICT (meeting_note_id, fingerprint) DO NOTHING
     RETURNING id
 )
 SELECT (SELECT id FROM note) AS note_id,
     (SELECT id FROM existing) AS existing_id,
     (SELECT id FROM change) AS update_id;
+
+-- execute_record: the parameters in the order of prepare_record's.
+-- name: execute_record
+EXECUTE ingest_record (
+    %(payload)s, %(account_id)s, %(message_id)s, %(conversation_id)s, %(inbox_id)s, %(contact_id)s,
+    %(source_type)s, %(message_type)s, %(content_type)s, %(content)s, %(is_private)s,
+    %(sender_type)s, %(message_created_at)s, %(fingerprint)s, %(transcription_status)s,
+    %(classification_status)s
+);
