@@ -181,12 +181,14 @@ def http(settings: Any) -> Iterator[responses.RequestsMock]:
 @pytest.fixture
 def archive_env(db: Any, redis_conn: Any, gcs: Any, settings: Any) -> Any:
     """Empty tables, Redis and emulator, and fast retries of GCS calls."""
-    from app import storage
+    from app import accounts, storage
 
+    accounts.forget_cached()  # account settings are cached per process for 30 s
     previous = storage.CALL_RETRY_SECONDS
     storage.CALL_RETRY_SECONDS = 1.0
     yield settings
     storage.CALL_RETRY_SECONDS = previous
+    accounts.forget_cached()
 
 
 def note(note_id: int) -> dict[str, Any]:

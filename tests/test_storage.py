@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 import responses
-from test_archive_support import archive_env, objects  # noqa: F401
+from test_archive_support import objects
 
 from app.config import ConfigError, load_settings
 
+pytest_plugins = ("test_archive_support",)
 pytestmark = pytest.mark.usefixtures("archive_env")
 
 
