@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt requirements-local.txt | sha256sum | cut -c1-12)
 APT_PACKAGES := espeak-ng ffmpeg sox chromium
 
-.PHONY: help install system-deps dev up down reset status test test-faults lint format bench clean
+.PHONY: help install system-deps dev up down reset status test test-faults lint format bench bench-webhook clean
 
 help:
 	@echo "make dev          run the whole stack in the foreground (Ctrl-C stops it)"
@@ -15,6 +15,7 @@ help:
 	@echo "make test         the whole test suite against servers of its own"
 	@echo "make lint         ruff and mypy"
 	@echo "make bench        the benchmarks (see README)"
+	@echo "make bench-webhook  webhook throughput, latency and CPU per delivery"
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-local.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -72,6 +73,9 @@ format: install
 
 bench: install system-deps
 	@$(PY) bench/run_all.py
+
+bench-webhook: install system-deps
+	@$(PY) bench/webhook_bench.py $(BENCH_ARGS)
 
 clean: reset
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
