@@ -188,7 +188,7 @@ def test_two_runs_at_once_make_one_provider_call(h: Harness) -> None:
     assert h.row(note)["transcript"] == "only once"
 
 
-def test_a_transcript_object_left_by_a_stopped_run_is_reused_without_a_provider_call(h: Harness) -> None:
+def test_a_transcript_object_left_by_a_stopped_run_stays_the_transcript(h: Harness) -> None:
     from app import storage
 
     note = h.note()
@@ -203,9 +203,29 @@ def test_a_transcript_object_left_by_a_stopped_run_is_reused_without_a_provider_
             "audio_seconds": 6.2,
         },
     )
+    h.stub.default_text = "heard again"
     assert transcribe_message(note.id) == "done"
-    assert h.stub.uploads == []
+    # The archive is append-only: the row says what the object says.
     assert h.row(note)["transcript"] == "written before the crash"
+    assert h.transcript_object(note)["text"] == "written before the crash"  # type: ignore[index]
+    record = h.record(note)
+    assert record is not None and record["gcs_storage_path"] == f"gs://{note.bucket}/{note.transcript_object}"
+
+
+def test_a_finished_note_missing_its_object_gets_it_on_the_next_run(h: Harness) -> None:
+    note = h.note()
+    h.stub.default_text = "Buy bread."
+    transcribe_message(note.id)
+    h.gcs.bucket(note.bucket).blob(note.transcript_object).delete()
+    with h.db.transaction() as cur:
+        cur.execute(
+            "UPDATE transcriptions SET gcs_storage_path = NULL WHERE meeting_note_id = %s", (note.id,)
+        )
+
+    assert transcribe_message(note.id) == "already_done"
+
+    assert h.transcript_object(note)["text"] == "Buy bread."  # type: ignore[index]
+    assert len(h.stub.uploads) == 1
 
 
 def test_429_then_200_is_retried_and_done(h: Harness) -> None:

@@ -9,12 +9,14 @@
 3. retries 429, 5xx and timeouts with backoff (TRANSCRIPTION_MAX_ATTEMPTS calls per piece, in
    this process: the transcription worker is the only consumer of the provider, so waiting
    here is the back-pressure a rate limit asks for); a 400 or unreadable audio is final;
-4. writes `<message prefix>/transcript.json` (if_generation_match=0: a rerun never overwrites),
-   then the row (`done` + transcript, or `failed` + error_details, or `skipped`) and the
+4. writes `<message prefix>/transcript.json` (if_generation_match=0: never overwritten; one left
+   by a run that stopped before its database write is the transcript, and the row takes its
+   text), then the row (`done` + transcript, or `failed` + error_details, or `skipped`) and the
    `transcriptions` record in one transaction, forward only;
 5. posts the transcript as a private note when TRANSCRIPT_PRIVATE_NOTE is on (through the
    outbox, once), and hands the note to classification.
-A rerun after a crash resumes: a transcript.json already written is reused, not transcribed again.
+A run on a finished note completes what a stopped run may have left (object, private note,
+classification) and calls no provider.
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ def _transcribe(note_id: int) -> str:
     if status == "not_needed":
         return "not_needed"
     if status != "pending":
-        _follow_up(note_id)
+        _resume(note)
         return f"already_{status}"
     if note["processing_status"] != "stored":
         # The archive enqueues this job again once the audio is stored.
@@ -110,12 +112,12 @@ def _transcribe(note_id: int) -> str:
         return "not_archived"
 
     started = time.perf_counter()
-    outcome = _previous_transcript(note) or _chatwoot_transcript(note_id)
+    outcome = _chatwoot_transcript(note_id) or _transcribe_audio(note)
     if outcome is None:
-        outcome = _transcribe_audio(note)
-        if outcome is None:
-            return "waiting_for_archive"
-    _finish(note, outcome)
+        return "waiting_for_archive"
+    if not _finish(note, outcome):
+        _resume(note_id)
+        return "already_finished"
     log.info(
         "voice note transcribed" if outcome.status == "done" else f"voice note {outcome.status}",
         extra={
@@ -130,7 +132,8 @@ def _transcribe(note_id: int) -> str:
             "error_details": outcome.error_details,
         },
     )
-    _follow_up(note_id)
+    note.update(transcription_status=outcome.status, transcript=outcome.text)
+    _next_steps(note, outcome.provider)
     return outcome.status
 
 
@@ -150,37 +153,6 @@ def _chatwoot_transcript(note_id: int) -> Outcome | None:
         provider=CHATWOOT,
         text="\n\n".join(texts),
         attachment_ids=[_as_int(r["attachment_id"]) for r in rows],
-    )
-
-
-def _previous_transcript(note: dict[str, Any]) -> Outcome | None:
-    """A transcript.json written by a run that stopped before updating the row: reuse it."""
-    location = _transcript_location(note)
-    if location is None:
-        return None
-    from google.api_core.exceptions import NotFound
-
-    from app import storage
-
-    try:
-        raw = storage.read_bytes(*location)
-    except NotFound:
-        return None
-    try:
-        doc = json.loads(raw)
-        text = str(doc["text"])
-    except (ValueError, KeyError, TypeError):
-        return None
-    log.info("reusing the transcript already in the archive", extra={"note_id": note["id"]})
-    return Outcome(
-        status="done",
-        provider=str(doc.get("provider") or "unknown"),
-        model=doc.get("model"),
-        text=text,
-        language=doc.get("language"),
-        audio_seconds=_as_float(doc.get("audio_seconds")),
-        pieces=int(doc.get("pieces") or 0),
-        attachment_ids=[_as_int(i) for i in doc.get("attachment_ids") or []],
     )
 
 
@@ -290,9 +262,13 @@ def _call(provider: Provider, path: Path, language: str | None, outcome: Outcome
         outcome.provider_calls += 1
         started = time.perf_counter()
         try:
-            return provider.transcribe(path, language=language)
-        finally:
+            result = provider.transcribe(path, language=language)
+        except TranscriptionError:
             outcome.provider_seconds += time.perf_counter() - started
+            raise
+        # The provider's own measure: its call, without our file handling around it.
+        outcome.provider_seconds += result.provider_seconds
+        return result
 
     retrying = Retrying(
         stop=stop_after_attempt(settings.transcription_max_attempts),
@@ -335,7 +311,9 @@ def _log_retry(state: RetryCallState) -> None:
 # recording the outcome
 
 
-def _finish(note: dict[str, Any], outcome: Outcome) -> None:
+def _finish(note: dict[str, Any], outcome: Outcome) -> bool:
+    """Write the transcript object, then the row and its record; False when the row had
+    already left `pending` (nothing written to it)."""
     settings = context.settings()
     gcs_path = None
     if outcome.status == "done":
@@ -351,7 +329,7 @@ def _finish(note: dict[str, Any], outcome: Outcome) -> None:
             {"id": note["id"], "transcript": outcome.text, "error_details": outcome.error_details},
         )
         if cur.rowcount == 0:
-            return  # no longer pending: another run (or an operator) finished it
+            return False
         cur.execute(
             queries["transcription.record"],
             {
@@ -366,15 +344,15 @@ def _finish(note: dict[str, Any], outcome: Outcome) -> None:
                 "provider_calls": outcome.provider_calls,
                 "cost_per_minute": rate,
                 "estimated_cost": cost,
+                "gcs_storage_path": gcs_path,
                 "error_details": outcome.error_details,
             },
         )
-        if gcs_path:
-            cur.execute(queries["transcription.set_object"], {"id": note["id"], "path": gcs_path})
     if outcome.provider_calls:
         TRANSCRIPTION_PROVIDER_SECONDS.labels(outcome.provider).observe(outcome.provider_seconds)
     if outcome.status == "done" and outcome.audio_seconds:
         TRANSCRIPTION_AUDIO_SECONDS.labels(outcome.provider).inc(outcome.audio_seconds)
+    return True
 
 
 def _transcript_location(note: dict[str, Any]) -> tuple[str, str] | None:
@@ -411,41 +389,60 @@ def _write_transcript_object(note: dict[str, Any], outcome: Outcome) -> str | No
         "pieces": outcome.pieces,
         "transcribed_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    return storage.put_json(context.gcs().bucket(bucket_name), name, document)
+    written = storage.write_json(context.gcs().bucket(bucket_name), name, document)
+    if not written.created:
+        # A run that stopped before its database write left one: the archive is append-only,
+        # so that text is the transcript, and the row must say the same.
+        try:
+            earlier = json.loads(storage.read_bytes(bucket_name, name))
+            outcome.text = str(earlier["text"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("unreadable transcript object kept as it is", extra={"note_id": note["id"]})
+        log.info("transcript already in the archive; keeping it", extra={"note_id": note["id"]})
+    return written.uri
 
 
-def _follow_up(note_id: int) -> None:
-    """What comes after a finished transcription; each step safe to repeat."""
-    settings = context.settings()
+def _resume(note_or_id: dict[str, Any] | int) -> None:
+    """A finished note seen again: complete what a stopped run may have left undone."""
     db = context.db()
-    note = db.fetch_one("transcription.note", {"id": note_id})
+    note = (
+        note_or_id if isinstance(note_or_id, dict) else db.fetch_one("transcription.note", {"id": note_or_id})
+    )
     if note is None or note["transcription_status"] not in ("done", "failed", "skipped"):
         return
-    if note["transcription_status"] == "done":
-        record = db.fetch_one("transcription.get_record", {"id": note_id})
-        if record is not None and not record["gcs_storage_path"]:
-            path = _write_transcript_object(
-                note,
-                Outcome(
-                    status="done",
-                    provider=record["provider"],
-                    model=record["model"],
-                    text=note["transcript"],
-                    language=record["language"],
-                    audio_seconds=_as_float(record["audio_seconds"]),
-                    pieces=record["pieces"],
-                ),
-            )
-            if path:
-                db.execute("transcription.set_object", {"id": note_id, "path": path})
-        provider = record["provider"] if record else None
-        if settings.transcript_private_note and provider != CHATWOOT and (note["transcript"] or "").strip():
-            _post_private_note(note)
+    record = db.fetch_one("transcription.get_record", {"id": note["id"]})
+    if note["transcription_status"] == "done" and record is not None and not record["gcs_storage_path"]:
+        path = _write_transcript_object(
+            note,
+            Outcome(
+                status="done",
+                provider=record["provider"],
+                model=record["model"],
+                text=note["transcript"],
+                language=record["language"],
+                audio_seconds=_as_float(record["audio_seconds"]),
+                pieces=record["pieces"],
+            ),
+        )
+        if path:
+            db.execute("transcription.set_object", {"id": note["id"], "path": path})
+    _next_steps(note, record["provider"] if record else None)
+
+
+def _next_steps(note: dict[str, Any], provider: str | None) -> None:
+    """The private note for agents (when asked for) and classification; both safe to repeat."""
+    if (
+        note["transcription_status"] == "done"
+        and context.settings().transcript_private_note
+        and provider != CHATWOOT
+        and (note["transcript"] or "").strip()
+    ):
+        _post_private_note(note)
     if note["classification_status"] == "pending":
         try:
-            enqueue(CLASSIFY_MESSAGE, note_id)
+            enqueue(CLASSIFY_MESSAGE, note["id"])
         except QueueUnavailable:
-            log.warning("classification not enqueued; the reconciler will", extra={"note_id": note_id})
+            log.warning("classification not enqueued; the reconciler will", extra={"note_id": note["id"]})
 
 
 def _post_private_note(note: dict[str, Any]) -> None:

@@ -70,16 +70,17 @@ WHERE id = %(id)s AND transcription_status = 'pending';
 -- What one transcription was and cost. A done row is never replaced.
 INSERT INTO transcriptions (meeting_note_id, status, provider, model, language, audio_seconds,
                             provider_seconds, pieces, provider_calls, cost_per_minute, estimated_cost,
-                            error_details)
+                            gcs_storage_path, error_details)
 VALUES (%(id)s, %(status)s, %(provider)s, %(model)s, %(language)s, %(audio_seconds)s,
         %(provider_seconds)s, %(pieces)s, %(provider_calls)s, %(cost_per_minute)s,
-        %(estimated_cost)s, %(error_details)s)
+        %(estimated_cost)s, %(gcs_storage_path)s, %(error_details)s)
 ON CONFLICT (meeting_note_id) DO UPDATE
 SET status = EXCLUDED.status, provider = EXCLUDED.provider, model = EXCLUDED.model,
     language = EXCLUDED.language, audio_seconds = EXCLUDED.audio_seconds,
     provider_seconds = EXCLUDED.provider_seconds, pieces = EXCLUDED.pieces,
     provider_calls = transcriptions.provider_calls + EXCLUDED.provider_calls,
     cost_per_minute = EXCLUDED.cost_per_minute, estimated_cost = EXCLUDED.estimated_cost,
+    gcs_storage_path = coalesce(EXCLUDED.gcs_storage_path, transcriptions.gcs_storage_path),
     error_details = EXCLUDED.error_details, updated_at = now()
 WHERE transcriptions.status <> 'done';
 
