@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt requirements-local.txt | sha256sum | cut -c1-12)
 APT_PACKAGES := espeak-ng ffmpeg sox chromium
 
-.PHONY: help install system-deps dev up down reset status test test-faults lint format bench bench-webhook clean
+.PHONY: help install system-deps dev up down reset status test test-faults lint format bench bench-webhook bench-transcribe clean
 
 help:
 	@echo "make dev          run the whole stack in the foreground (Ctrl-C stops it)"
@@ -76,6 +76,9 @@ bench: install system-deps
 
 bench-webhook: install system-deps
 	@$(PY) bench/webhook_bench.py $(BENCH_ARGS)
+
+bench-transcribe: install system-deps
+	@HF_HUB_OFFLINE=1 $(PY) bench/transcribe_bench.py $(BENCH_ARGS)
 
 clean: reset
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
