@@ -137,6 +137,9 @@ class Settings:
     # Tokens of the main app's API and the admin API
     api_token: str = field(default="", repr=False)
     admin_api_token: str = field(default="", repr=False)
+    admin_rate_limit: str = "300 per minute"
+    admin_auth_failure_limit: str = "20 per 10 minutes"
+    metrics_token: str = field(default="", repr=False)
 
     # Workers
     worker_processes: int = 2
@@ -376,6 +379,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
     values["api_token"] = get("API_TOKEN")
     values["admin_api_token"] = get("ADMIN_API_TOKEN")
+    for name, default in (("ADMIN_RATE_LIMIT", "300 per minute"), ("ADMIN_AUTH_FAILURE_LIMIT", "20 per 10 minutes")):
+        values[name.lower()] = _rate(name, get(name, default))
+    values["metrics_token"] = get("METRICS_TOKEN")
     if get("WORKER_PROCESSES"):
         values["worker_processes"] = _int("WORKER_PROCESSES", get("WORKER_PROCESSES"), 1)
     if get("JOB_TIMEOUT"):
