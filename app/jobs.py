@@ -19,8 +19,10 @@ SEND_QUEUE = "send"
 MAINTENANCE_QUEUE = "maintenance"
 GENERATE_QUEUE = "generate"
 
-GENERAL_QUEUES = (ARCHIVE_QUEUE, CLASSIFY_QUEUE, SEND_QUEUE, GENERATE_QUEUE, MAINTENANCE_QUEUE)
-"""Served by the general worker processes, in this order of priority."""
+GENERAL_QUEUES = (MAINTENANCE_QUEUE, ARCHIVE_QUEUE, CLASSIFY_QUEUE, SEND_QUEUE, GENERATE_QUEUE)
+"""Served by the general worker processes, in this order of priority. Maintenance first: its
+jobs are few (the periodic reconcile and backfill, moves of archives), and the reconciler must
+not wait behind the backlog it is there to repair."""
 ALL_QUEUES = (*GENERAL_QUEUES, TRANSCRIBE_QUEUE)
 
 RESULT_TTL = 0
