@@ -11,6 +11,7 @@ import responses
 from conftest import load_fixture
 from test_archive_support import (
     attachments,
+    data_url,
     ingest,
     mock_attachment,
     note,
@@ -370,3 +371,51 @@ def test_update_is_archived_beside_its_message_once_it_is_stored(db: Any, run_jo
     row = db.fetch_one("archive.load_update", {"update_id": update_id})
     assert row["processing_status"] == "stored"
     assert archive_update(update_id) == "already stored"
+
+
+# ------------------------------------------------------------------------------------------
+# from the webhook
+
+
+def test_webhook_to_archive(
+    deliver: Any, http: responses.RequestsMock, public_resolver: Any, run_jobs: Any, db: Any
+) -> None:
+    """Every fixture through the webhook: each message archived once, our receipts add nothing."""
+    from conftest import fixture_names
+
+    mock_attachment(http, 5521, "audioclip.ogg", OGG, "audio/ogg")
+    voice = load_fixture("message_created__incoming_voice_note")
+    voice["attachments"][0]["data_url"] = data_url(5521, "audioclip.ogg")
+    image = load_fixture("message_created__incoming_image_with_caption")
+    http.add(
+        responses.GET,
+        image["attachments"][0]["data_url"],
+        body=b"\xff\xd8\xff" + b"\x00" * 100,
+        content_type="image/jpeg",
+    )
+    payloads = [voice, image] + [
+        load_fixture(n)
+        for n in fixture_names()
+        if n not in ("message_created__incoming_voice_note", "message_created__incoming_image_with_caption")
+    ]
+    for payload in payloads + payloads:  # everything twice, as Chatwoot sometimes does
+        assert deliver(payload).status_code == 200
+    run_archive(run_jobs)
+    with db.transaction() as cur:
+        cur.execute(
+            "SELECT chatwoot_account_id, chatwoot_message_id, processing_status, gcs_storage_path FROM meeting_notes"
+        )
+        rows = cur.fetchall()
+    messages = [p for p in payloads if p["event"].startswith("message_created")]
+    assert len(rows) == len(messages)
+    assert {r["processing_status"] for r in rows} == {"stored"}
+    account_1 = objects(bucket_of("account_1"))
+    for payload in messages:
+        if payload["account"]["id"] != 1:
+            continue
+        assert f"whatsapp-messages/{payload['created_at'][:10]}/{payload['id']}.json" in account_1
+    assert "whatsapp-messages/2026-11-20/9877/5521.ogg" in account_1
+    assert any(n.endswith("/5530.jpg") for n in account_1)
+    assert list(objects(bucket_of("account_789"))) == ["whatsapp-messages/2025-01-30/test-message-123.json"]
+    # One object per message and attachment, whatever was delivered twice.
+    assert len(account_1) == len([p for p in messages if p["account"]["id"] == 1]) + 2

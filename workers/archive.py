@@ -20,11 +20,15 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg2
+import psycopg2.errors
+
 from app import context, media, storage, users
-from app.db import DatabaseError
+from app.db import DatabaseError, queries
 from app.jobs import (
     ARCHIVE_MESSAGE,
     ARCHIVE_UPDATE,
@@ -163,8 +167,6 @@ def _record_failure(note_id: int, exc: BaseException, final: bool, written: dict
     try:
         if final:
             with db.transaction() as cur:
-                from app.db import queries
-
                 cur.execute(
                     queries["archive.mark_error"],
                     {
@@ -183,9 +185,44 @@ def _record_failure(note_id: int, exc: BaseException, final: bool, written: dict
         log.warning("archive failure not recorded: database unavailable", extra={"note_id": note_id})
 
 
+_prepared_on: set[tuple[int, int, str]] = set()
+"""(connection id, backend pid, statement) where a prepared statement of archive.sql exists."""
+
+
+def _run_prepared(name: str, params: dict[str, Any]) -> dict[str, Any] | None:
+    """Run `archive.execute_<name>` as its own transaction (one round trip), preparing it
+    first (in the same round trip) on a connection that has not seen it."""
+    try:
+        return _execute_prepared(name, params, prepare=None)
+    except psycopg2.errors.InvalidSqlStatementName:
+        return _execute_prepared(name, params, prepare=True)  # the server forgot it (a pooler)
+    except psycopg2.errors.DuplicatePreparedStatement:
+        return _execute_prepared(name, params, prepare=False)  # an earlier EXECUTE failed
+
+
+def _execute_prepared(name: str, params: dict[str, Any], *, prepare: bool | None) -> dict[str, Any] | None:
+    with context.db().transaction() as cur:
+        conn = cur.connection
+        key = (id(conn), conn.get_backend_pid(), name)
+        if prepare is None:
+            prepare = key not in _prepared_on
+        sql = queries[f"archive.execute_{name}"]
+        if prepare:
+            sql = queries[f"archive.prepare_{name}"] + ";\n" + sql
+        conn.autocommit = True
+        try:
+            cur.execute(sql, params)
+            found = cur.fetchone()
+        finally:
+            if not conn.closed:
+                with suppress(psycopg2.Error):
+                    conn.autocommit = False
+        _prepared_on.add(key)
+    return dict(found) if found else None
+
+
 def _archive_message(note_id: int, written: dict[str, Any]) -> str:
-    db = context.db()
-    row = db.fetch_one("archive.load_note", {"note_id": note_id})
+    row = _run_prepared("load_note", {"note_id": note_id})
     if row is None:
         return "gone"
     if row["processing_status"] == "stored":
@@ -200,19 +237,15 @@ def _archive_message(note_id: int, written: dict[str, Any]) -> str:
     path = storage.put_json(bucket, storage.message_object(prefix), row["payload"])
     written.update(user_id=owner.user_id, path=path)
     notes = _archive_attachments(row, bucket, prefix)
-    with db.transaction() as cur:
-        from app.db import queries
-
-        cur.execute(
-            queries["archive.mark_stored"],
-            {
-                "note_id": note_id,
-                "user_id": owner.user_id,
-                "path": path,
-                "error_details": _short("; ".join(notes)) if notes else None,
-            },
-        )
-        done = cur.fetchone()
+    done = _run_prepared(
+        "mark_stored",
+        {
+            "note_id": note_id,
+            "user_id": owner.user_id,
+            "path": path,
+            "error_details": _short("; ".join(notes)) if notes else None,
+        },
+    )
     if done is None:
         return "already stored"
     _next_steps(note_id, done["transcription_status"], done["classification_status"], done["waiting_updates"])

@@ -35,7 +35,9 @@ WHERE bucket_name = %(bucket_name)s AND bucket_created_at IS NULL;
 -- (the row's user, else the user a contact link names: by contact id, then identifier, then
 -- phone as Chatwoot sent it; the job normalises the phone and asks again only when that differs).
 -- The contact is the sender of an incoming message, else the conversation's contact.
--- name: load_note
+-- Prepared once per connection (planning it costs more than running it); run with execute_load_note.
+-- name: prepare_load_note
+PREPARE archive_load_note (bigint) AS
 WITH note AS (
     SELECT n.*,
            CASE WHEN n.message_type = 'incoming' AND jsonb_typeof(n.payload -> 'sender') = 'object'
@@ -43,7 +45,7 @@ WITH note AS (
                 ELSE n.payload #> '{conversation,meta,sender}'
            END AS contact
     FROM meeting_notes n
-    WHERE n.id = %(note_id)s
+    WHERE n.id = $1
 )
 SELECT note.id, note.chatwoot_account_id, note.chatwoot_message_id, note.chatwoot_contact_id,
        note.user_id, note.message_type, note.processing_status, note.transcription_status,
@@ -71,6 +73,8 @@ LEFT JOIN LATERAL (
     ORDER BY CASE l.link_type WHEN 'contact_id' THEN 0 WHEN 'identifier' THEN 1 ELSE 2 END
     LIMIT 1
 ) link ON true;
+-- name: execute_load_note
+EXECUTE archive_load_note (%(note_id)s);
 
 -- An attachment's outcome; a stored attachment is never changed again.
 -- name: attachment_save
@@ -97,19 +101,23 @@ WHERE message_attachments.status <> 'stored';
 
 -- The row moves forward only: 'received' (or 'error', on a later retry) to 'stored'. Returns what
 -- comes next, and the updates that were waiting for the message to be archived.
--- name: mark_stored
+-- Prepared once per connection; run with execute_mark_stored.
+-- name: prepare_mark_stored
+PREPARE archive_mark_stored (bigint, text, text, text) AS
 UPDATE meeting_notes n
 SET processing_status = 'stored',
-    user_id = %(user_id)s,
-    gcs_storage_path = %(path)s,
+    user_id = $2,
+    gcs_storage_path = $3,
     stored_at = COALESCE(n.stored_at, now()),
-    error_details = %(error_details)s,
+    error_details = $4,
     updated_at = now()
-WHERE n.id = %(note_id)s AND n.processing_status IN ('received', 'error')
+WHERE n.id = $1 AND n.processing_status IN ('received', 'error')
 RETURNING n.transcription_status, n.classification_status,
           ARRAY(SELECT u.id FROM message_updates u
                 WHERE u.meeting_note_id = n.id AND u.processing_status = 'received'
                 ORDER BY u.id) AS waiting_updates;
+-- name: execute_mark_stored
+EXECUTE archive_mark_stored (%(note_id)s, %(user_id)s, %(path)s, %(error_details)s);
 
 -- Final failure. The JSON may be archived already (an attachment stayed unavailable): then the
 -- row says where, and whose it is.
