@@ -523,7 +523,8 @@ def app_commands(env: dict[str, str]) -> dict[str, list[str]]:
             "--access-logfile",
             "-",
             "--access-logformat",
-            '{"time":"%(t)s","access":"%(r)s","status":%(s)s,"ms":%(M)s}',
+            # %(U)s is the path without the query string: a ?token= never reaches the log.
+            '{"time":"%(t)s","access":"%(m)s %(U)s","status":%(s)s,"ms":%(M)s}',
         ],
         "worker": [sys.executable, "-m", "workers"],
         "transcriber": [sys.executable, "-m", "workers", "--queues", "transcribe", "--processes", "1"],
