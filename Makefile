@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt requirements-local.txt | sha256sum | cut -c1-12)
 APT_PACKAGES := espeak-ng ffmpeg sox chromium
 
-.PHONY: help install system-deps dev up down reset status test test-faults lint format bench bench-webhook bench-transcribe clean
+.PHONY: help install system-deps dev up down reset status test test-faults lint format bench bench-webhook bench-transcribe bench-archive clean
 
 help:
 	@echo "make dev          run the whole stack in the foreground (Ctrl-C stops it)"
@@ -16,6 +16,7 @@ help:
 	@echo "make lint         ruff and mypy"
 	@echo "make bench        the benchmarks (see README)"
 	@echo "make bench-webhook  webhook throughput, latency and CPU per delivery"
+	@echo "make bench-archive  messages archived per second, webhook-to-stored latency"
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-local.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -79,6 +80,9 @@ bench-webhook: install system-deps
 
 bench-transcribe: install system-deps
 	@HF_HUB_OFFLINE=1 $(PY) bench/transcribe_bench.py $(BENCH_ARGS)
+
+bench-archive: install system-deps
+	@$(PY) bench/archive_bench.py $(BENCH_ARGS)
 
 clean: reset
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
