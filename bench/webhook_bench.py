@@ -60,6 +60,8 @@ TARGET_DURABLE_PER_S = 600.0
 """Deliveries made durable (answered after their commit) per second at full speed."""
 TARGET_CPU_MS = 2.5
 """Milliseconds of server CPU (web + PostgreSQL + Redis) per delivery."""
+IDLE_CALIBRATION_US = 20.0
+"""Microseconds of the calibration (see calibration_us) on an idle machine of this kind."""
 
 # A day of a WhatsApp business inbox, roughly: what contacts send, what agents and the bot
 # answer, the delivery/read receipts of our own messages, typing and status events.
@@ -180,6 +182,7 @@ class PhaseResult:
     outcomes: Counter[str] = field(default_factory=Counter)
     late: list[float] = field(default_factory=list)
     server_cpu: float = 0.0
+    parts_cpu: dict[str, float] = field(default_factory=dict)
     client_cpu: float = 0.0
 
     @property
@@ -231,6 +234,11 @@ def _closed_loop_worker(args: tuple[int, str, int, float, int, int]) -> dict[str
     return {"latencies": latencies, "statuses": statuses, "outcomes": outcomes}
 
 
+def _cpu_delta(result: PhaseResult, before: dict[str, float], after: dict[str, float]) -> None:
+    result.parts_cpu = {name: after[name] - before.get(name, 0.0) for name in after}
+    result.server_cpu = sum(result.parts_cpu.values())
+
+
 def full_speed(port: int, kind: str, seconds: float, clients: int, *, first_id: int, cpu: Any) -> PhaseResult:
     processes = 2
     threads = max(1, clients // processes)
@@ -242,7 +250,7 @@ def full_speed(port: int, kind: str, seconds: float, clients: int, *, first_id: 
             _closed_loop_worker,
             [(port, kind, threads, deadline, first_id + p * 100_000_000, p + 1) for p in range(processes)],
         )
-    result.server_cpu = cpu() - before
+    _cpu_delta(result, before, cpu())
     client_after = os.times()
     result.client_cpu = (client_after.children_user + client_after.children_system) - (
         client_before.children_user + client_before.children_system
@@ -290,7 +298,7 @@ def fixed_rate(port: int, kind: str, rate: float, seconds: float, *, first_id: i
         t.start()
     for t in pool:
         t.join()
-    result.server_cpu = cpu() - before
+    _cpu_delta(result, before, cpu())
     return result
 
 
@@ -404,8 +412,11 @@ class Server:
             roots.append(redis_pid)
         return roots
 
-    def cpu(self) -> float:
-        return process_tree_cpu(self.pids())
+    def cpu_parts(self) -> dict[str, float]:
+        """CPU seconds so far of the web server, PostgreSQL and Redis, each."""
+        roots = self.pids()
+        names = ["web", "postgres", "redis"][: len(roots)]
+        return {name: process_tree_cpu([pid]) for name, pid in zip(names, roots, strict=True)}
 
     def stop(self) -> None:
         if self.proc:
@@ -441,6 +452,9 @@ def describe(result: PhaseResult, deliveries: bool) -> dict[str, Any]:
         "p50 ms": result.percentile(50),
         "p99 ms": result.percentile(99),
         "server CPU ms/req": 1000 * result.server_cpu / max(1, result.count),
+        "web/pg/redis ms": " / ".join(
+            f"{1000 * v / max(1, result.count):.2f}" for v in result.parts_cpu.values()
+        ),
     }
     if deliveries:
         row["durable/s"] = durable / result.seconds
@@ -449,6 +463,19 @@ def describe(result: PhaseResult, deliveries: bool) -> dict[str, Any]:
     if result.late:
         row["sent late p99 ms"] = sorted(result.late)[int(0.99 * (len(result.late) - 1))] * 1000
     return row
+
+
+def calibration_us() -> float:
+    """Microseconds json.loads takes on a 4 KB Chatwoot payload, best of 5: on a busy machine
+    (teammates' tests on the same 2 cores) it rises, and every figure here with it."""
+    body = (FIXTURES / "message_created__incoming_voice_note.json").read_bytes()
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(2000):
+            json.loads(body)
+        best = min(best, (time.perf_counter() - started) / 2000 * 1e6)
+    return best
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -464,13 +491,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     load = os.getloadavg()
-    print(f"machine: {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(
+        f"machine: {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, "
+        f"calibration {calibration_us():.1f} us (json.loads of 4 KB; about {IDLE_CALIBRATION_US:.0f} us when idle)"
+    )
     server = Server(args.workers, args.keep)
     results: list[tuple[PhaseResult, bool]] = []
     try:
         server.start()
         print(f"gunicorn: {args.workers} sync workers on 127.0.0.1:{server.port}; state in {server.state}")
-        port, cpu = server.port, server.cpu
+        port, cpu = server.port, server.cpu_parts
         base = int(time.time()) * 1000
         # Warm up: every worker's connections, imports and caches.
         warm = Deliveries(port, base, 1)
@@ -505,6 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         "p99 ms",
         "server CPU ms/req",
         "server CPU ms/durable",
+        "web/pg/redis ms",
         "sent late p99 ms",
     ]
     print()
@@ -545,6 +576,8 @@ def main(argv: list[str] | None = None) -> int:
         f"load generator CPU: {1000 * hook_full.client_cpu / max(1, hook_full.count):.2f} ms per delivery "
         "(same machine, not counted above)"
     )
+    load = os.getloadavg()
+    print(f"after: load average {load[0]:.2f}, calibration {calibration_us():.1f} us")
     for failure in failures:
         print(f"FAILED: {failure}", file=sys.stderr)
     return 1 if failures else 0
