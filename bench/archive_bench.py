@@ -43,8 +43,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import devstack  # noqa: E402
+from webhook_bench import process_tree_cpu  # noqa: E402
 
 FIXTURE = ROOT / "tests" / "fixtures" / "chatwoot" / "message_created__incoming_text.json"
 SECRET = "bench-archive-secret"
@@ -140,6 +142,18 @@ class Stack:
         devstack.wait_for(lambda: devstack._http_ok(f"http://127.0.0.1:{port}/healthz"), "gunicorn")
         return proc
 
+    def cpu(self) -> float:
+        """CPU seconds used so far by the workers, PostgreSQL, Redis and the GCS emulator."""
+        roots = [p.pid for p in self.procs]
+        pg = devstack.pg_data_root(self.state) / "data" / "postmaster.pid"
+        if pg.exists():
+            roots.append(int(pg.read_text().splitlines()[0]))
+        for name in ("redis", "gcs"):
+            pid = devstack.read_pid(self.state / f"{name}.pid")
+            if pid:
+                roots.append(pid)
+        return process_tree_cpu(roots)
+
     def close(self) -> None:
         for proc in list(self.procs):
             self.stop(proc)
@@ -185,20 +199,39 @@ def warm_up(stack: Stack) -> None:
     proc = stack.workers(1, "archive")
     wait_stored([int(i) for i in ids if i], timeout=120)
     stack.stop(proc)
+    settle()
 
 
-def throughput(stack: Stack, processes: int, count: int, first_id: int) -> float:
+def settle() -> None:
+    """Drop the classification work the throughput runs queued (it is not what they measure), so
+    that the latency run starts on an idle system."""
+    from rq import Queue
+
+    from app import context
+
+    Queue("classify", connection=context.redis()).empty()
+    with context.db().transaction() as cur:
+        cur.execute(
+            "UPDATE meeting_notes SET classification_status = 'not_needed' WHERE classification_status = 'pending'"
+        )
+
+
+def throughput(stack: Stack, processes: int, count: int, first_id: int) -> tuple[float, float]:
+    """(messages archived per second, CPU ms per message of workers + PostgreSQL + Redis + GCS)."""
     from app.ingest import ingest
 
     ids = [int(ingest(message(first_id + i, i % CONTACTS)).note_id or 0) for i in range(count)]
     proc = stack.workers(processes, "archive")
+    before = stack.cpu()
     wait_stored(ids, timeout=max(120.0, count / 5))
+    cpu = stack.cpu() - before
     stack.stop(proc)
+    settle()
     span = scalar(
         "SELECT extract(epoch FROM max(stored_at) - min(stored_at)) FROM meeting_notes WHERE id = ANY(%s)",
         (ids,),
     )
-    return (count - 1) / float(span)
+    return (count - 1) / float(span), 1000 * cpu / count
 
 
 def post(conn: http.client.HTTPConnection, body: bytes) -> int:
@@ -282,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.start_services()
         print(f"state in {stack.state}")
         warm_up(stack)
-        rates = {p: throughput(stack, p, args.messages, 1_000_000 * p) for p in (1, 2)}
+        results = {p: throughput(stack, p, args.messages, 1_000_000 * p) for p in (1, 2)}
         lat = latency(stack, args.latency_messages, args.rate, 10_000_000)
     finally:
         stack.close()
@@ -290,14 +323,19 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("measure | value")
     print("--- | ---")
-    for p, r in rates.items():
-        print(f"text messages archived/s, {p} worker process{'es' if p > 1 else ''} | {r:,.0f}")
+    for p, (r, cpu) in results.items():
+        workers = f"{p} worker process{'es' if p > 1 else ''}"
+        print(f"text messages archived/s, {workers} | {r:,.0f}")
+        print(f"CPU per message (workers, PostgreSQL, Redis, GCS emulator), {workers} | {cpu:.1f} ms")
     print(f"webhook to stored at {args.rate:g}/s, p50 | {pct(lat, 50):.0f} ms")
     print(f"webhook to stored at {args.rate:g}/s, p99 | {pct(lat, 99):.0f} ms")
     print()
     failures = []
     for label, ok in (
-        (f"archived/s with 2 workers >= {TARGET_MESSAGES_PER_S_2:.0f}", rates[2] >= TARGET_MESSAGES_PER_S_2),
+        (
+            f"archived/s with 2 workers >= {TARGET_MESSAGES_PER_S_2:.0f}",
+            results[2][0] >= TARGET_MESSAGES_PER_S_2,
+        ),
         (f"webhook-to-stored p50 < {TARGET_P50_MS:.0f} ms", pct(lat, 50) < TARGET_P50_MS),
     ):
         print(f"{'ok  ' if ok else 'MISS'} {label}")
