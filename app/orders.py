@@ -68,7 +68,7 @@ _FIELD_WORDS: dict[str, dict[str, str]] = {
     },
     "length": {
         "Short": "short,shorter,brief,quick,curto,curta,breve,corto,corta",
-        "Medium": "medium,medium length,medio,media,mediano,mediana",
+        "Medium": "medium,medium length,medio,mediano,mediana",
         "Long": "long,longer,lengthy,detailed,in depth,longo,longa,largo,larga,extenso,extensa",
     },
     "tone": {
@@ -88,8 +88,11 @@ _FIELD_PATTERNS = {
     name: {value: re.compile(rf"\b(?:{_alternation(words)})\b") for value, words in values.items()}
     for name, values in _FIELD_WORDS.items()
 }
-# "how long", "as long as", "no longer": not a length.
-_NOT_LENGTH = re.compile(r"\b(?:how long|as long as|so long|no longer|long time|long ago|quanto tempo)\b")
+# "how long", "as long as", "long-term": not a length.
+_NOT_LENGTH = re.compile(
+    r"\b(?:how long|as long as|so long|no longer|long time|long ago|long term|short term|in short|"
+    r"long run|quanto tempo|longo prazo|curto prazo|largo plazo|corto plazo)\b"
+)
 
 _CONTENT_NOUNS = _alternation(
     "post,posts,postagem,publicacao,publicacion,article,artigo,articulo,blog post,tweet,thread,"

@@ -126,6 +126,12 @@ def test_everything_else_is_a_note(text: str) -> None:
             "las noticias del producto",
         ),
         ("Write a post about how long onboarding takes", {}, "how long onboarding takes"),
+        ("Write a post about our long-term social media plan", {}, "our long-term social media plan"),
+        (
+            "Escreva um post médio e amigável sobre dicas de produtividade para o LinkedIn",
+            {"platform": "LinkedIn", "length": "Medium", "tone": "Friendly", "topic": "Tips"},
+            "dicas de produtividade",
+        ),
     ],
 )
 def test_fields_and_subject_are_taken_from_the_message(
