@@ -62,6 +62,8 @@ class ChatwootStub:
     """Attachment files by id."""
     redirects: dict[str, str] = field(default_factory=dict)
     """Extra redirects: path -> Location (hardening tests)."""
+    slow: dict[str, float] = field(default_factory=dict)
+    """Seconds an attachment file takes to start answering, by id (shutdown tests)."""
     lock: threading.Lock = field(default_factory=threading.Lock)
     server: ThreadingHTTPServer | None = None
 
@@ -103,6 +105,7 @@ class ChatwootStub:
                     return
                 found = re.fullmatch(r"/storage/(\w+)", path)
                 if found and found.group(1) in stub.files:
+                    time.sleep(stub.slow.get(found.group(1), 0.0))
                     self._answer(200, stub.files[found.group(1)], {"Content-Type": "image/jpeg"})
                     return
                 found = re.fullmatch(r"/api/v1/accounts/(\d+)/conversations/(\d+)/messages", path)
