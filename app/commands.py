@@ -33,6 +33,16 @@ _ALIASES: dict[str, str] = {
 _ON = {"on", "yes", "sim", "si", "ligar", "activar", "ativar"}
 _OFF = {"off", "no", "nao", "desligar", "desactivar", "desativar"}
 STATUS_NOTE_DAYS = 7
+LINK_REPLIES = {
+    "invalid_code": "link.failed",
+    "expired": "link.failed",
+    "used": "link.failed",
+    "too_many_attempts": "link.too_many",
+    "linked_to_another_user": "link.other_user",
+    "no_contact": "link.unavailable",
+    "unavailable": "link.unavailable",
+}
+"""The reply to a refused `LINK <code>`, by the reason app.links gives."""
 
 
 @dataclass(frozen=True)
@@ -128,12 +138,7 @@ def execute(cur: Any, turn: orders.Turn, command: Command, link: LinkOutcome | N
             reply = i18n.t("cancel.nothing", lang)
     elif command.name == "link":
         outcome = link or LinkOutcome(False, "invalid_code")
-        if outcome.ok:
-            reply = i18n.t("link.ok", lang)
-        elif outcome.reason == "unavailable":
-            reply = i18n.t("link.unavailable", lang)
-        else:
-            reply = i18n.t("link.failed", lang)
+        reply = i18n.t("link.ok" if outcome.ok else LINK_REPLIES.get(outcome.reason, "link.failed"), lang)
     else:
         reply = i18n.t("help", lang)
     effects.outbox_ids.append(

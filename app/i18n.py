@@ -157,6 +157,16 @@ TEXTS: dict[str, dict[str, str]] = {
         "es": "Ese código no funcionó: puede estar mal escrito, usado o vencido. "
         "Genera un código nuevo en la app y envía LINK seguido de él.",
     },
+    "link.too_many": {
+        "en": "Too many attempts with wrong codes. Please wait a while, then send LINK with a new code from the app.",
+        "pt": "Muitas tentativas com códigos errados. Espere um pouco e envie LINK com um novo código do app.",
+        "es": "Demasiados intentos con códigos incorrectos. Espera un rato y envía LINK con un código nuevo de la app.",
+    },
+    "link.other_user": {
+        "en": "This number is already linked to another account. Please contact support to change it.",
+        "pt": "Este número já está vinculado a outra conta. Fale com o suporte para mudar isso.",
+        "es": "Este número ya está vinculado a otra cuenta. Contacta con soporte para cambiarlo.",
+    },
     "link.unavailable": {
         "en": "Linking isn't available right now. Please try again later.",
         "pt": "A vinculação não está disponível agora. Tente de novo mais tarde.",
