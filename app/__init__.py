@@ -13,11 +13,13 @@ from app.config import Settings
 
 def create_app(settings: Settings | None = None, test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app; settings default to the environment (and `.env`)."""
+    from app.admin import init_app as init_admin
     from app.api import bp as orders_api_bp
     from app.cli import register_cli
     from app.errors import register_error_handlers
     from app.health import bp as health_bp
     from app.logs import configure_logging, settings_secrets
+    from app.metrics_http import init_app as init_metrics
     from app.webhooks import bp as webhooks_bp
 
     if settings is not None:
@@ -39,5 +41,7 @@ def create_app(settings: Settings | None = None, test_config: Mapping[str, Any] 
     app.register_blueprint(health_bp)
     app.register_blueprint(webhooks_bp)
     app.register_blueprint(orders_api_bp)
+    init_metrics(app)
+    init_admin(app)
     register_cli(app)
     return app

@@ -11,7 +11,13 @@ from flask.cli import AppGroup
 
 from app import context
 
-COMMAND_MODULES: tuple[str, ...] = ("app.requeue_cli", "app.spool", "app.backfill", "app.users_cli")
+COMMAND_MODULES: tuple[str, ...] = (
+    "app.requeue_cli",
+    "app.spool",
+    "app.backfill",
+    "app.users_cli",
+    "app.admin_cli",
+)
 """Modules with a `register(app)` function that adds their commands."""
 
 db_cli = AppGroup("db", help="Database schema.")

@@ -65,7 +65,9 @@ def _rate(name: str, raw: str) -> str:
     try:
         parse_many(raw)
     except ValueError:
-        raise ConfigError(f"{name}: expected a rate such as '1 per 2 seconds' or '30/minute', got {raw!r}") from None
+        raise ConfigError(
+            f"{name}: expected a rate such as '1 per 2 seconds' or '30/minute', got {raw!r}"
+        ) from None
     return raw
 
 
@@ -288,7 +290,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if get("GCS_BUCKET_CREATE_RATE"):
         values["gcs_bucket_create_rate"] = _rate("GCS_BUCKET_CREATE_RATE", get("GCS_BUCKET_CREATE_RATE"))
     if get("ATTACHMENT_RETRY_SECONDS"):
-        values["attachment_retry_seconds"] = _duration("ATTACHMENT_RETRY_SECONDS", get("ATTACHMENT_RETRY_SECONDS"))
+        values["attachment_retry_seconds"] = _duration(
+            "ATTACHMENT_RETRY_SECONDS", get("ATTACHMENT_RETRY_SECONDS")
+        )
 
     if get("CHATWOOT_BASE_URL"):
         values["chatwoot_base_url"] = _url("CHATWOOT_BASE_URL", get("CHATWOOT_BASE_URL"), ("http", "https"))
@@ -379,7 +383,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
     values["api_token"] = get("API_TOKEN")
     values["admin_api_token"] = get("ADMIN_API_TOKEN")
-    for name, default in (("ADMIN_RATE_LIMIT", "300 per minute"), ("ADMIN_AUTH_FAILURE_LIMIT", "20 per 10 minutes")):
+    for name, default in (
+        ("ADMIN_RATE_LIMIT", "300 per minute"),
+        ("ADMIN_AUTH_FAILURE_LIMIT", "20 per 10 minutes"),
+    ):
         values[name.lower()] = _rate(name, get(name, default))
     values["metrics_token"] = get("METRICS_TOKEN")
     if get("WORKER_PROCESSES"):

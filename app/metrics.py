@@ -47,3 +47,16 @@ NOTICES = Counter(
     "Messages sent to users through Chatwoot, by kind and result (sent, failed, not_sent).",
     ["kind", "result"],
 )
+
+JOB_RUNS = Counter(
+    "meeting_notes_job_runs_total",
+    "Every job run, counted by the worker: by job function and result (ok, retry, error).",
+    ["job", "result"],
+)
+
+JOB_DURATION = Histogram(
+    "meeting_notes_job_duration_seconds",
+    "Time one job run took, by job function.",
+    ["job"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)

@@ -1,0 +1,245 @@
+-- The admin API, its CLI and the admin page: users, links, erasure, the dashboard.
+
+-- name: user_list
+SELECT m.user_id, m.bucket_name, m.notify_on_ready, m.display_name, m.language, m.bucket_created_at,
+       m.created_at, m.updated_at, coalesce(s.messages, 0) AS messages, s.last_message_at,
+       (SELECT count(*) FROM contact_links l WHERE l.user_id = m.user_id) AS links
+FROM user_bucket_mapping m
+LEFT JOIN user_storage_stats s ON s.user_id = m.user_id
+WHERE m.user_id > %(after)s
+ORDER BY m.user_id
+LIMIT %(limit)s;
+
+-- name: user_get
+SELECT m.user_id, m.bucket_name, m.notify_on_ready, m.display_name, m.language, m.bucket_created_at,
+       m.created_at, m.updated_at, coalesce(s.messages, 0) AS messages, s.last_message_at,
+       coalesce(b.attachments, 0) AS attachments, coalesce(b.bytes, 0) AS attachment_bytes
+FROM user_bucket_mapping m
+LEFT JOIN user_storage_stats s ON s.user_id = m.user_id
+LEFT JOIN bucket_storage_stats b ON b.bucket_name = m.bucket_name
+WHERE m.user_id = %(user_id)s;
+
+-- name: user_insert
+INSERT INTO user_bucket_mapping (user_id, bucket_name, notify_on_ready, display_name, language)
+VALUES (%(user_id)s, %(bucket_name)s, %(notify_on_ready)s, %(display_name)s, %(language)s)
+ON CONFLICT DO NOTHING
+RETURNING user_id;
+
+-- Each field changes only when its set_* flag is true (so a field can also be cleared to NULL).
+-- name: user_update
+UPDATE user_bucket_mapping
+SET display_name = CASE WHEN %(set_display_name)s THEN %(display_name)s ELSE display_name END,
+    language = CASE WHEN %(set_language)s THEN %(language)s ELSE language END,
+    notify_on_ready = CASE WHEN %(set_notify_on_ready)s THEN %(notify_on_ready)s ELSE notify_on_ready END,
+    updated_at = now()
+WHERE user_id = %(user_id)s
+RETURNING user_id;
+
+-- name: user_links
+SELECT id, chatwoot_account_id, link_type, link_value, created_at
+FROM contact_links
+WHERE user_id = %(user_id)s
+ORDER BY chatwoot_account_id, link_type, id;
+
+-- name: link_delete
+DELETE FROM contact_links
+WHERE id = %(link_id)s AND user_id = %(user_id)s
+RETURNING id, chatwoot_account_id, link_type, link_value;
+
+-- Contacts with archived messages but no user, as in sql/15, one page at a time.
+-- name: unmapped_contacts
+WITH contacts AS (
+    SELECT chatwoot_account_id, chatwoot_contact_id,
+           count(*) AS messages,
+           count(*) FILTER (WHERE processing_status = 'stored') AS stored,
+           min(created_at) AS first_seen,
+           max(created_at) AS last_seen,
+           max(id) FILTER (WHERE message_type = 'incoming') AS last_incoming_id
+    FROM meeting_notes
+    WHERE user_id IS NULL AND chatwoot_contact_id IS NOT NULL
+    GROUP BY chatwoot_account_id, chatwoot_contact_id
+)
+SELECT c.chatwoot_account_id AS account_id, c.chatwoot_contact_id AS contact_id,
+       n.payload -> 'sender' ->> 'name' AS name,
+       n.payload -> 'sender' ->> 'phone_number' AS phone,
+       n.payload -> 'sender' ->> 'identifier' AS identifier,
+       c.messages, c.stored, c.first_seen, c.last_seen
+FROM contacts c
+LEFT JOIN meeting_notes n ON n.id = c.last_incoming_id
+WHERE NOT EXISTS (
+    SELECT 1 FROM contact_links l
+    WHERE l.chatwoot_account_id = c.chatwoot_account_id
+      AND l.link_type = 'contact_id'
+      AND l.link_value = c.chatwoot_contact_id::text
+)
+ORDER BY c.messages DESC, c.last_seen DESC, c.chatwoot_account_id, c.chatwoot_contact_id
+LIMIT %(limit)s OFFSET %(offset)s;
+
+-- Erasure -------------------------------------------------------------------------------------
+
+-- Messages of the user's contacts still archived under an account's fallback (not re-homed yet).
+-- name: erase_fallback_notes
+SELECT n.id, n.chatwoot_message_id, n.message_created_at, n.created_at, n.gcs_storage_path
+FROM meeting_notes n
+WHERE n.chatwoot_account_id = %(account_id)s
+  AND n.user_id IS NULL
+  AND (n.chatwoot_contact_id = ANY(%(contact_ids)s::integer[])
+    OR n.payload -> 'sender' ->> 'phone_number' = ANY(%(phones)s::text[])
+    OR n.payload #>> '{conversation,meta,sender,phone_number}' = ANY(%(phones)s::text[])
+    OR n.payload -> 'sender' ->> 'identifier' = ANY(%(identifiers)s::text[])
+    OR n.payload #>> '{conversation,meta,sender,identifier}' = ANY(%(identifiers)s::text[]));
+
+-- Every message row to erase: the user's, and the fallback ones found above.
+-- name: erase_note_keys
+SELECT id, chatwoot_account_id, chatwoot_conversation_id
+FROM meeting_notes
+WHERE user_id = %(user_id)s OR id = ANY(%(fallback_ids)s::bigint[])
+FOR UPDATE;
+
+-- name: erase_find_orders
+SELECT o.id, o.chatwoot_account_id, o.chatwoot_conversation_id
+FROM orders o
+WHERE o.user_id = %(user_id)s
+   OR o.source_meeting_note_id = ANY(%(note_ids)s::bigint[])
+   OR (o.user_id IS NULL AND EXISTS (
+        SELECT 1 FROM unnest(%(contact_accounts)s::integer[], %(contact_ids)s::integer[]) AS c (account_id, contact_id)
+        WHERE c.account_id = o.chatwoot_account_id AND c.contact_id = o.chatwoot_contact_id))
+FOR UPDATE;
+
+-- Conversations recorded for the user or for the user's contacts.
+-- name: erase_find_conversations
+SELECT c.chatwoot_account_id, c.chatwoot_conversation_id
+FROM conversations c
+WHERE c.user_id = %(user_id)s
+   OR (c.user_id IS NULL AND EXISTS (
+        SELECT 1 FROM unnest(%(contact_accounts)s::integer[], %(contact_ids)s::integer[]) AS k (account_id, contact_id)
+        WHERE k.account_id = c.chatwoot_account_id AND k.contact_id = c.chatwoot_contact_id))
+FOR UPDATE;
+
+-- Messages recorded for the user's conversations and orders (what we told the user).
+-- name: erase_outbox
+DELETE FROM outbox o
+WHERE o.order_id = ANY(%(order_ids)s::bigint[])
+   OR EXISTS (
+        SELECT 1 FROM unnest(%(conversation_accounts)s::integer[], %(conversation_ids)s::integer[])
+            AS k (account_id, conversation_id)
+        WHERE k.account_id = o.chatwoot_account_id AND k.conversation_id = o.chatwoot_conversation_id);
+
+-- name: erase_orders
+DELETE FROM orders WHERE id = ANY(%(order_ids)s::bigint[]);
+
+-- name: erase_conversations
+DELETE FROM conversations c
+WHERE EXISTS (
+    SELECT 1 FROM unnest(%(conversation_accounts)s::integer[], %(conversation_ids)s::integer[])
+        AS k (account_id, conversation_id)
+    WHERE k.account_id = c.chatwoot_account_id AND k.conversation_id = c.chatwoot_conversation_id);
+
+-- Rows that go with the messages (deleted with them by ON DELETE CASCADE), counted for the report.
+-- name: erase_count_children
+SELECT
+    (SELECT count(*) FROM message_updates WHERE meeting_note_id = ANY(%(note_ids)s::bigint[])) AS message_updates,
+    (SELECT count(*) FROM message_attachments WHERE meeting_note_id = ANY(%(note_ids)s::bigint[]))
+        AS message_attachments,
+    (SELECT count(*) FROM transcriptions WHERE meeting_note_id = ANY(%(note_ids)s::bigint[])) AS transcriptions;
+
+-- name: erase_notes
+DELETE FROM meeting_notes WHERE id = ANY(%(note_ids)s::bigint[]);
+
+-- name: erase_link_codes
+DELETE FROM link_codes WHERE user_id = %(user_id)s;
+
+-- name: erase_contact_links
+DELETE FROM contact_links WHERE user_id = %(user_id)s;
+
+-- name: erase_user_stats
+DELETE FROM user_storage_stats WHERE user_id = %(user_id)s;
+
+-- name: erase_bucket_rows
+WITH stats AS (DELETE FROM bucket_storage_stats WHERE bucket_name = %(bucket_name)s)
+DELETE FROM gcs_buckets WHERE bucket_name = %(bucket_name)s;
+
+-- name: erase_mapping
+DELETE FROM user_bucket_mapping WHERE user_id = %(user_id)s;
+
+-- Dashboard ----------------------------------------------------------------------------------
+
+-- Messages per UTC day for the last few days (today last): roll-ups for stored and failed
+-- messages, the rows themselves for those still waiting.
+-- name: dashboard_days
+WITH days AS (
+    SELECT generate_series((now() AT TIME ZONE 'UTC')::date - (%(days)s - 1),
+                           (now() AT TIME ZONE 'UTC')::date, interval '1 day')::date AS day
+),
+rolled AS (
+    SELECT day, sum(stored) AS stored, sum(errors) AS errors
+    FROM message_daily_stats
+    WHERE day >= (now() AT TIME ZONE 'UTC')::date - (%(days)s - 1)
+    GROUP BY day
+),
+waiting AS (
+    SELECT (created_at AT TIME ZONE 'UTC')::date AS day, count(*) AS waiting
+    FROM meeting_notes
+    WHERE processing_status = 'received'
+      AND created_at >= ((now() AT TIME ZONE 'UTC')::date - (%(days)s - 1))::timestamp AT TIME ZONE 'UTC'
+    GROUP BY 1
+)
+SELECT d.day,
+       (coalesce(r.stored, 0) + coalesce(r.errors, 0) + coalesce(w.waiting, 0))::bigint AS received,
+       coalesce(r.stored, 0)::bigint AS stored,
+       coalesce(r.errors, 0)::bigint AS errors,
+       coalesce(w.waiting, 0)::bigint AS waiting
+FROM days d
+LEFT JOIN rolled r ON r.day = d.day
+LEFT JOIN waiting w ON w.day = d.day
+ORDER BY d.day;
+
+-- Work waiting per stage, and the age of the oldest item (seconds).
+-- name: dashboard_backlog
+WITH stages (stage, position) AS (
+    VALUES ('archive', 1), ('update archive', 2), ('transcription', 3), ('classification', 4),
+           ('archive error', 5), ('outbox', 6)
+),
+waiting AS (
+    SELECT 'archive' AS stage, created_at AS since
+      FROM meeting_notes WHERE processing_status = 'received'
+    UNION ALL
+    SELECT 'update archive', created_at
+      FROM message_updates WHERE processing_status = 'received'
+    UNION ALL
+    SELECT 'transcription', updated_at
+      FROM meeting_notes WHERE transcription_status = 'pending' AND processing_status = 'stored'
+    UNION ALL
+    SELECT 'classification', updated_at
+      FROM meeting_notes
+     WHERE classification_status = 'pending' AND processing_status = 'stored'
+       AND transcription_status <> 'pending'
+    UNION ALL
+    SELECT 'archive error', created_at
+      FROM meeting_notes WHERE processing_status = 'error'
+    UNION ALL
+    SELECT 'outbox', created_at
+      FROM outbox WHERE status IN ('pending', 'sending')
+)
+SELECT s.stage, count(w.since) AS waiting,
+       floor(extract(epoch FROM now() - min(w.since)))::bigint AS oldest_seconds
+FROM stages s
+LEFT JOIN waiting w ON w.stage = s.stage
+GROUP BY s.stage, s.position
+ORDER BY s.position;
+
+-- Archive errors and failed notices of the last 24 hours, by reason.
+-- name: dashboard_errors
+SELECT what, error_details, count(*) AS occurrences, max(at) AS last_seen
+FROM (
+    SELECT 'archive' AS what, coalesce(error_details, '(no detail)') AS error_details, updated_at AS at
+      FROM meeting_notes
+     WHERE processing_status = 'error' AND created_at >= now() - interval '24 hours'
+    UNION ALL
+    SELECT 'notice', coalesce(error_details, '(no detail)'), updated_at
+      FROM outbox
+     WHERE status = 'failed' AND created_at >= now() - interval '24 hours'
+) AS e
+GROUP BY what, error_details
+ORDER BY occurrences DESC, last_seen DESC
+LIMIT %(limit)s;
