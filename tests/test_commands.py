@@ -159,3 +159,32 @@ def test_a_link_code_is_a_command_never_a_note(db: Any, run_jobs: Any, chatwoot_
     note_id = send(db, run_jobs, "LINK 12345")  # one digit short: refused without a lookup
     assert note(db, note_id)["message_kind"] == "command"
     assert chatwoot_api.contents == [i18n.t("link.failed", "en")]
+
+
+def test_link_with_a_code_from_the_app_then_notify(
+    db: Any, gcs: Any, run_jobs: Any, chatwoot_api: ChatwootAPI
+) -> None:
+    from app import links, users
+
+    users.ensure_user("user-maria")
+    issued = links.issue_code("user-maria")
+    note_id = send(db, run_jobs, f"LINK {issued.code}")
+    assert note(db, note_id)["message_kind"] == "command"
+    assert chatwoot_api.posted == [reply(i18n.t("link.ok", "en"), f"note:{note_id}:reply")]
+    assert users.find_user(1, {"id": 287}) == ("user-maria", users.user_bucket("user-maria"))
+    # Linked: ready notices can be turned on now.
+    send(db, run_jobs, "/notify on")
+    assert chatwoot_api.contents[-1] == "Done: I'll let you know when your content is ready."
+    # The same code again is used up.
+    send(db, run_jobs, f"LINK {issued.code}")
+    assert chatwoot_api.contents[-1] == i18n.t("link.failed", "en")
+
+
+def test_a_wrong_link_code(db: Any, gcs: Any, run_jobs: Any, chatwoot_api: ChatwootAPI) -> None:
+    from app import users
+
+    users.ensure_user("user-maria")
+    note_id = send(db, run_jobs, "link 000000")
+    assert note(db, note_id)["message_kind"] == "command"
+    assert chatwoot_api.contents == [i18n.t("link.failed", "en")]
+    assert users.find_user(1, {"id": 287}) is None
