@@ -125,7 +125,7 @@ class Settings:
     local_whisper_model: str = ""
     transcript_private_note: bool = False
     transcription_cost_per_minute: str = "0.006"
-    transcription_timeout: int = 120
+    transcription_timeout: int = 300
     transcription_max_attempts: int = 4
     transcription_retry_wait: int = 2
     transcription_max_upload_bytes: int = 25_000_000
