@@ -117,7 +117,9 @@ LOAD_STATEMENTS: list[tuple[str, str]] = [
                    'Note ' || s.i || ': ' || repeat(md5(s.i::text), 3) AS content
               FROM (
                 SELECT i, random() < 0.02 AS unmapped, 1 + (i %% %(users)s) AS u,
-                       now() - random() * (%(days)s * interval '1 day') AS created_at,
+                       -- Rows arrive in time order, as they do from the webhook (a little jitter).
+                       least(now(), now() - (1 - i::float8 / %(rows)s) * (%(days)s * interval '1 day')
+                                   + (random() - 0.5) * interval '2 minutes') AS created_at,
                        random() AS src_r, random() AS type_r, random() AS status_r, random() AS r2,
                        random() AS kind_r,
                        (0.15 + 20 * power(random(), 6)) * interval '1 second' AS latency

@@ -515,6 +515,8 @@ def app_commands(env: dict[str, str]) -> dict[str, list[str]]:
             "--workers",
             web_workers,
             "--preload",
+            "--config",
+            str(ROOT / "gunicorn.conf.py"),
             "--no-control-socket",
             "--graceful-timeout",
             "20",
@@ -585,6 +587,11 @@ def cmd_up(state: Path, foreground: bool) -> int:
     env, chosen = app_env(state)
     check_config(env)
     migrate(env)
+    # Metrics of every web and worker process add up through files here; a fresh start, fresh files.
+    metrics_dir = state / "prometheus"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     write_env_file(
         state,
         {

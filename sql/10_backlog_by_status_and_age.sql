@@ -24,18 +24,29 @@ waiting AS (
     UNION ALL
     SELECT 'outbox', created_at
       FROM outbox WHERE status IN ('pending', 'sending')
+),
+per_stage AS (
+    SELECT
+        stage,
+        count(*) AS waiting,
+        count(*) FILTER (WHERE since > now() - interval '5 minutes') AS under_5m,
+        count(*) FILTER (WHERE since <= now() - interval '5 minutes'
+                           AND since > now() - interval '1 hour') AS "5m_to_1h",
+        count(*) FILTER (WHERE since <= now() - interval '1 hour'
+                           AND since > now() - interval '24 hours') AS "1h_to_24h",
+        count(*) FILTER (WHERE since <= now() - interval '24 hours') AS over_24h,
+        min(since) AS oldest
+    FROM waiting
+    GROUP BY stage
 )
 SELECT
     s.stage,
-    count(w.since) AS waiting,
-    count(w.since) FILTER (WHERE w.since > now() - interval '5 minutes') AS under_5m,
-    count(w.since) FILTER (WHERE w.since <= now() - interval '5 minutes'
-                             AND w.since > now() - interval '1 hour') AS "5m_to_1h",
-    count(w.since) FILTER (WHERE w.since <= now() - interval '1 hour'
-                             AND w.since > now() - interval '24 hours') AS "1h_to_24h",
-    count(w.since) FILTER (WHERE w.since <= now() - interval '24 hours') AS over_24h,
-    date_trunc('second', now() - min(w.since)) AS oldest_age
+    coalesce(p.waiting, 0) AS waiting,
+    coalesce(p.under_5m, 0) AS under_5m,
+    coalesce(p."5m_to_1h", 0) AS "5m_to_1h",
+    coalesce(p."1h_to_24h", 0) AS "1h_to_24h",
+    coalesce(p.over_24h, 0) AS over_24h,
+    date_trunc('second', now() - p.oldest) AS oldest_age
 FROM stages s
-LEFT JOIN waiting w ON w.stage = s.stage
-GROUP BY s.stage, s.position
+LEFT JOIN per_stage p ON p.stage = s.stage
 ORDER BY s.position;

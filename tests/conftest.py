@@ -233,9 +233,9 @@ def deliver(client: Any) -> Callable[..., Any]:
 def run_jobs(settings: Any, redis_conn: Any) -> Callable[..., int]:
     """Run queued jobs in this process with a real RQ worker until the queues are empty."""
     from rq import Queue
-    from rq.worker import SimpleWorker
 
     from app.jobs import ALL_QUEUES
+    from workers.metered import MeteredWorker
 
     def run(queues: tuple[str, ...] = ALL_QUEUES, with_scheduler: bool = False, max_rounds: int = 20) -> int:
         done = 0
@@ -243,7 +243,7 @@ def run_jobs(settings: Any, redis_conn: Any) -> Callable[..., int]:
             qs = [Queue(q, connection=redis_conn) for q in queues]
             if not any(q.count for q in qs) and not with_scheduler:
                 break
-            worker = SimpleWorker(qs, connection=redis_conn)
+            worker = MeteredWorker(qs, connection=redis_conn)
             worked = worker.work(burst=True, with_scheduler=with_scheduler, logging_level="WARNING")
             done += worker.successful_job_count + worker.failed_job_count
             if not worked:

@@ -58,7 +58,10 @@ def test_every_admin_route_is_in_the_table(app: Any) -> None:
         for method in rule.methods - {"HEAD", "OPTIONS"}
     }
     expected = {(m, re.sub(r"/u1\b", "/<user_id>", p)) for m, p in ENDPOINTS}
-    expected = {(m, p.replace("/links/1", "/links/<int:link_id>").replace("/7", "/<int:account_id>")) for m, p in expected}
+    expected = {
+        (m, p.replace("/links/1", "/links/<int:link_id>").replace("/7", "/<int:account_id>"))
+        for m, p in expected
+    }
     assert routes == expected
 
 
@@ -69,7 +72,12 @@ def test_every_admin_route_is_in_the_table(app: Any) -> None:
 @pytest.mark.parametrize(("method", "path"), ENDPOINTS)
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"Authorization": "Bearer wrong-token"}, {"Authorization": f"Basic {ADMIN_TOKEN}"}, {"Authorization": "Bearer"}],
+    [
+        {},
+        {"Authorization": "Bearer wrong-token"},
+        {"Authorization": f"Basic {ADMIN_TOKEN}"},
+        {"Authorization": "Bearer"},
+    ],
     ids=["none", "wrong", "basic", "empty"],
 )
 def test_no_or_wrong_token_is_401_json(client: Any, method: str, path: str, headers: dict[str, str]) -> None:
@@ -83,14 +91,19 @@ def test_no_or_wrong_token_is_401_json(client: Any, method: str, path: str, head
 
 def test_a_token_with_extra_characters_is_refused(client: Any) -> None:
     for token in (ADMIN_TOKEN + "x", ADMIN_TOKEN[:-1], ADMIN_TOKEN.upper()):
-        assert call(client, "GET", "/admin/users", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+        assert (
+            call(client, "GET", "/admin/users", headers={"Authorization": f"Bearer {token}"}).status_code
+            == 401
+        )
     assert call(client, "GET", "/admin/users").status_code == 200
 
 
 def test_many_failed_attempts_lock_the_address_out(client: Any, settings: Any) -> None:
     allowed = int(settings.admin_auth_failure_limit.split()[0])
     for _ in range(allowed):
-        assert call(client, "GET", "/admin/users", headers={"Authorization": "Bearer guess"}).status_code == 401
+        assert (
+            call(client, "GET", "/admin/users", headers={"Authorization": "Bearer guess"}).status_code == 401
+        )
     refused = call(client, "GET", "/admin/users", headers={"Authorization": "Bearer guess"})
     assert refused.status_code == 429
     assert refused.get_json()["error"] == "too_many_requests"
@@ -131,7 +144,9 @@ def test_admin_api_is_off_without_a_token_setting(settings: Any, db: Any, redis_
 def test_create_show_update_and_list_users(client: Any) -> None:
     from app import storage
 
-    created = call(client, "POST", "/admin/users", {"user_id": "u-1", "display_name": "Ana", "language": "pt"})
+    created = call(
+        client, "POST", "/admin/users", {"user_id": "u-1", "display_name": "Ana", "language": "pt"}
+    )
     assert created.status_code == 201, created.get_json()
     body = created.get_json()
     assert body["bucket_name"] == storage.bucket_name("u-1")
@@ -158,7 +173,12 @@ def test_set_notify_on_ready(client: Any) -> None:
     response = call(client, "PUT", "/admin/users/u-2/notify", {"notify_on_ready": True})
     assert response.status_code == 200 and response.get_json()["notify_on_ready"] is True
     assert sql("SELECT notify_on_ready FROM user_bucket_mapping")[0]["notify_on_ready"] is True
-    assert call(client, "PUT", "/admin/users/u-2/notify", {"notify_on_ready": False}).get_json()["notify_on_ready"] is False
+    assert (
+        call(client, "PUT", "/admin/users/u-2/notify", {"notify_on_ready": False}).get_json()[
+            "notify_on_ready"
+        ]
+        is False
+    )
     assert call(client, "PUT", "/admin/users/u-2/notify", {"notify_on_ready": "yes"}).status_code == 422
     assert call(client, "PUT", "/admin/users/u-2/notify", {}).status_code == 422
     assert call(client, "PUT", "/admin/users/zz/notify", {"notify_on_ready": True}).status_code == 404
@@ -186,9 +206,24 @@ def test_user_input_errors_name_the_field(client: Any, body: dict[str, Any], fie
 
 
 def test_bodies_that_are_not_json_objects(client: Any) -> None:
-    assert client.post("/admin/users", data="[1]", headers={**AUTH, "Content-Type": "application/json"}).status_code == 400
-    assert client.post("/admin/users", data="{oops", headers={**AUTH, "Content-Type": "application/json"}).status_code == 400
-    assert client.post("/admin/users", data="user_id=x", headers={**AUTH, "Content-Type": "text/plain"}).status_code == 415
+    assert (
+        client.post(
+            "/admin/users", data="[1]", headers={**AUTH, "Content-Type": "application/json"}
+        ).status_code
+        == 400
+    )
+    assert (
+        client.post(
+            "/admin/users", data="{oops", headers={**AUTH, "Content-Type": "application/json"}
+        ).status_code
+        == 400
+    )
+    assert (
+        client.post(
+            "/admin/users", data="user_id=x", headers={**AUTH, "Content-Type": "text/plain"}
+        ).status_code
+        == 415
+    )
     assert call(client, "PATCH", "/admin/users/u", {}).status_code == 422
 
 
@@ -200,7 +235,9 @@ def test_link_contact_queues_the_move_of_its_archive(client: Any, redis_conn: An
     from rq import Queue
 
     add_user("u-3")
-    response = call(client, "POST", "/admin/users/u-3/links", {"contact_id": 287, "phone": "+54 9 11 5555-0123"})
+    response = call(
+        client, "POST", "/admin/users/u-3/links", {"contact_id": 287, "phone": "+54 9 11 5555-0123"}
+    )
     assert response.status_code == 201, response.get_json()
     body = response.get_json()
     assert {(a["link_type"], a["link_value"]) for a in body["added"]} == {
@@ -331,7 +368,9 @@ def _user_with_everything(user_id: str) -> dict[str, Any]:
     path = sql("SELECT gcs_storage_path FROM meeting_notes WHERE id = %s", (pending,))[0]["gcs_storage_path"]
     storage.put_json(fallback, path.split("/", 3)[3], {"id": pending})
     other = add_note(contact_id=999, conversation_id=77, bucket=fallback_bucket, phone="+5511988887777")
-    other_path = sql("SELECT gcs_storage_path FROM meeting_notes WHERE id = %s", (other,))[0]["gcs_storage_path"]
+    other_path = sql("SELECT gcs_storage_path FROM meeting_notes WHERE id = %s", (other,))[0][
+        "gcs_storage_path"
+    ]
     storage.put_json(fallback, other_path.split("/", 3)[3], {"id": other})
     sql("INSERT INTO message_updates (meeting_note_id, fingerprint, payload) VALUES (%s, 'f', '{}')", (mine,))
     order = sql(
@@ -433,7 +472,13 @@ def test_accounts_secrets_are_write_only(client: Any, keyed: Any) -> None:
         client,
         "PUT",
         "/admin/accounts/7",
-        {"name": "Acme", "base_url": "https://cw.acme.test", "api_token": token, "webhook_secret": secret, "inbox_ids": [3]},
+        {
+            "name": "Acme",
+            "base_url": "https://cw.acme.test",
+            "api_token": token,
+            "webhook_secret": secret,
+            "inbox_ids": [3],
+        },
     )
     responses.append(put)
     assert put.status_code == 200

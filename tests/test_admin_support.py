@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+ROOT = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "test-admin-token"
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -42,6 +48,12 @@ def count(table: str, where: str = "true", params: Any = None) -> int:
 _next_id = [1000]
 
 
+def recent() -> datetime:
+    """A minute ago, but today (UTC) even just after midnight, so per-day counts are stable."""
+    now = datetime.now(UTC)
+    return max(now - timedelta(minutes=1), now.replace(hour=0, minute=0, second=0, microsecond=0))
+
+
 def add_note(
     *,
     user_id: str | None = None,
@@ -63,7 +75,7 @@ def add_note(
     """A meeting_notes row as the archive leaves it (without objects in GCS)."""
     _next_id[0] += 1
     message_id = _next_id[0]
-    created = created_at or datetime.now(UTC) - timedelta(minutes=1)
+    created = created_at or recent()
     stored_at = created + timedelta(seconds=stored_after) if status == "stored" else None
     payload = {
         "event": "message_created",
@@ -71,7 +83,10 @@ def add_note(
         "message_type": message_type,
         "content": f"note {message_id}",
         "sender": {"id": contact_id, "name": name, "phone_number": phone, "identifier": None},
-        "conversation": {"id": conversation_id, "meta": {"sender": {"id": contact_id, "phone_number": phone}}},
+        "conversation": {
+            "id": conversation_id,
+            "meta": {"sender": {"id": contact_id, "phone_number": phone}},
+        },
         "account": {"id": account_id},
     }
     path = None
@@ -132,3 +147,67 @@ def assert_absent(body: bytes | str, *secrets: str) -> None:
     text = body.decode() if isinstance(body, bytes) else body
     for secret in secrets:
         assert secret and secret not in text, "a secret appears in a response"
+
+
+class Server:
+    """The web app under gunicorn on a loopback port, as the local stack runs it."""
+
+    def __init__(self, environ: dict[str, str], workers: int = 2, extra: dict[str, str] | None = None):
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, **environ, **(extra or {})}
+        self.workers = workers
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Server:
+        import urllib.request
+
+        self.proc = subprocess.Popen(
+            [
+                str(ROOT / ".venv" / "bin" / "gunicorn")
+                if (ROOT / ".venv" / "bin" / "gunicorn").exists()
+                else "gunicorn",
+                "wsgi:app",
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--workers",
+                str(self.workers),
+                "--config",
+                str(ROOT / "gunicorn.conf.py"),
+                "--no-control-socket",
+                "--preload",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    "gunicorn exited: "
+                    + (self.proc.stderr.read() if self.proc.stderr else b"").decode()[-800:]
+                )
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.1)
+        self.__exit__()
+        raise RuntimeError("gunicorn did not answer /healthz within 30 s")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()

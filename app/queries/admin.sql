@@ -220,12 +220,14 @@ waiting AS (
     UNION ALL
     SELECT 'outbox', created_at
       FROM outbox WHERE status IN ('pending', 'sending')
+),
+per_stage AS (
+    SELECT stage, count(*) AS waiting, min(since) AS oldest FROM waiting GROUP BY stage
 )
-SELECT s.stage, count(w.since) AS waiting,
-       floor(extract(epoch FROM now() - min(w.since)))::bigint AS oldest_seconds
+SELECT s.stage, coalesce(p.waiting, 0) AS waiting,
+       floor(extract(epoch FROM now() - p.oldest))::bigint AS oldest_seconds
 FROM stages s
-LEFT JOIN waiting w ON w.stage = s.stage
-GROUP BY s.stage, s.position
+LEFT JOIN per_stage p ON p.stage = s.stage
 ORDER BY s.position;
 
 -- Archive errors and failed notices of the last 24 hours, by reason.
