@@ -462,7 +462,7 @@ def erase_user(user_id: str) -> ErasureReport:
     link codes, contact links, roll-up rows and the user itself; last, the bucket once more, in
     case an archive job wrote to it meanwhile. A run interrupted part-way is finished by the next.
     """
-    from app import storage, users
+    from app import spool, storage, users
 
     db = context.db()
     user = db.fetch_one("users.user_get", {"user_id": user_id})
@@ -488,6 +488,8 @@ def erase_user(user_id: str) -> ErasureReport:
             },
         )
 
+    # Deliveries spooled while PostgreSQL was down go first, so that no replay brings them back.
+    spool.purge_contacts(contacts)
     with _gcs_step():
         report.bucket_objects_deleted += storage.delete_bucket(bucket)
         for note in fallback:

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -277,6 +278,118 @@ def replay() -> ReplayResult:
     result.remaining_files = len(pending_files(directory))
     log.info("spool replayed", extra=result.as_dict())
     return result
+
+
+# ---------------------------------------------------------------------------------------------
+# erasure: an erased user's deliveries leave the spool too
+
+
+def purge(matches: Callable[[dict[str, Any]], bool]) -> int:
+    """Remove every spooled delivery whose payload `matches`, rejected ones included; returns how many.
+
+    Each file is rewritten under its lock and swapped in by rename: a web process waiting for the
+    lock then sees a new file and appends to that; a replay holding the lock is waited for. A
+    line that cannot be read is kept (it is nobody's, as far as we can tell).
+    """
+    directory = spool_dir()
+    removed = 0
+    for _ in range(2):  # a file claimed by a replay meanwhile is looked at under its new name
+        for path in [*pending_files(directory), directory / REJECTED_FILE]:
+            removed += _purge_file(path, matches)
+    if removed:
+        log.info("spool purged", extra={"deliveries_removed": removed})
+    return removed
+
+
+def purge_contacts(contacts: Mapping[int, Mapping[str, Sequence[Any]]]) -> int:
+    """Remove the spooled deliveries of these contacts: `{account_id: {"contact_id": [...],
+    "phone": [...], "identifier": [...]}}` (an erased user's contact links)."""
+    from app import payloads
+    from app.users import normalize_phone
+
+    wanted = {
+        int(account): (
+            {int(c) for c in links.get("contact_id", ())},
+            {normalize_phone(str(p)) or str(p) for p in links.get("phone", ())},
+            {str(i) for i in links.get("identifier", ())},
+        )
+        for account, links in contacts.items()
+    }
+
+    def people(payload: dict[str, Any]) -> list[dict[str, Any]]:
+        raw_conversation = payload.get("conversation")
+        conversation: dict[str, Any] = raw_conversation if isinstance(raw_conversation, dict) else {}
+        raw_meta = conversation.get("meta")
+        meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
+        found = [
+            meta.get("sender"),
+            payload.get("sender") if payloads.sender_type(payload) == "contact" else None,
+        ]
+        return [p for p in found if isinstance(p, dict)]
+
+    def matches(payload: dict[str, Any]) -> bool:
+        account = payloads.account_id(payload)
+        if account not in wanted:
+            return False
+        contact_ids, phones, identifiers = wanted[account]
+        if payloads.contact_id(payload) in contact_ids:
+            return True
+        for person in people(payload):
+            phone = person.get("phone_number")
+            if phone and (normalize_phone(str(phone)) or str(phone)) in phones:
+                return True
+            if person.get("identifier") and str(person["identifier"]) in identifiers:
+                return True
+        return False
+
+    return purge(matches)
+
+
+def _spooled_payload(raw: bytes) -> dict[str, Any] | None:
+    try:
+        entry = json.loads(raw)
+        if isinstance(entry, dict) and "payload" not in entry and isinstance(entry.get("line"), str):
+            entry = json.loads(entry["line"])  # a rejected line keeps the original as text
+    except ValueError:
+        return None
+    payload = entry.get("payload") if isinstance(entry, dict) else None
+    return payload if isinstance(payload, dict) else None
+
+
+def _purge_file(path: Path, matches: Callable[[dict[str, Any]], bool]) -> int:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return 0
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.stat(path).st_ino != os.fstat(fd).st_ino:
+                return 0  # claimed or purged meanwhile: the next pass sees it under its new name
+        except FileNotFoundError:
+            return 0
+        kept: list[bytes] = []
+        removed = 0
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            for raw in handle:
+                payload = _spooled_payload(raw)
+                if payload is not None and matches(payload):
+                    removed += 1
+                else:
+                    kept.append(raw)
+        if removed:
+            fresh = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.purge")
+            out = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+            try:
+                _write_all(out, b"".join(kept))
+                os.fsync(out)
+            finally:
+                os.close(out)
+            os.replace(fresh, path)
+            _fsync_dir(path.parent)
+        return removed
+    finally:
+        os.close(fd)
 
 
 def register(app: Flask) -> None:
