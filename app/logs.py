@@ -29,6 +29,18 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     return _PHONE_RE.sub(lambda m: "***" + m.group(1), text)
 
 
+_TRACEBACK = "Traceback (most recent call last):"
+
+
+def without_traceback(text: str) -> str:
+    """A message that embeds a traceback (RQ logs a failed job's) reduced to its text before the
+    traceback and the exception's last line: logs carry no stack traces."""
+    head, _, rest = text.partition(_TRACEBACK)
+    lines = [ln.strip() for ln in rest.strip().splitlines() if ln.strip()]
+    last = lines[-1] if lines else ""
+    return f"{head.rstrip()} {last}".strip()
+
+
 class RedactingFilter(logging.Filter):
     """Masks secrets in the message and in every string field of the record."""
 
@@ -44,6 +56,8 @@ class RedactingFilter(logging.Filter):
                 record.msg = str(record.msg)
             record.args = None
         record.msg = redact(str(record.msg), self.secrets)
+        if _TRACEBACK in record.msg:
+            record.msg = without_traceback(record.msg)
         for key, value in list(record.__dict__.items()):
             if key in _STANDARD_ATTRS:
                 continue
