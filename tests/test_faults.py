@@ -124,6 +124,9 @@ class ChatwootStub:
                 self._seen()
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
+                if self.path in stub.redirects:
+                    self._answer(307, headers={"Location": stub.redirects[self.path]})
+                    return
                 found = re.fullmatch(r"/api/v1/accounts/(\d+)/conversations/(\d+)/messages", self.path)
                 if not found:
                     self._answer(404, b'{"error":"not found"}')
