@@ -378,6 +378,17 @@ def test_chatwoot_transcript_arriving_after_ours_does_not_replace_it(h: Harness)
     assert len(h.stub.uploads) == 1
 
 
+def test_chatwoot_transcript_of_only_some_of_the_audio_is_not_enough(h: Harness) -> None:
+    payload = chatwoot_transcribed_update("Only the first one.")
+    second = dict(payload["attachments"][0], id=5522, transcribed_text="")
+    payload["attachments"].append(second)
+    note = h.note(payload=payload)
+    h.stub.default_text = "Ours, for all of it."
+    assert transcribe_message(note.id) == "done"
+    assert len(h.stub.uploads) == 1
+    assert h.row(note)["transcript"] == "Ours, for all of it."
+
+
 def test_an_empty_chatwoot_transcript_does_not_count(h: Harness) -> None:
     note = h.note()
     h.add_update(note, chatwoot_transcribed_update("   "), "fp-empty")

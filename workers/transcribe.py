@@ -112,7 +112,7 @@ def _transcribe(note_id: int) -> str:
         return "not_archived"
 
     started = time.perf_counter()
-    outcome = _chatwoot_transcript(note_id) or _transcribe_audio(note)
+    outcome = _chatwoot_transcript(note) or _transcribe_audio(note)
     if outcome is None:
         return "waiting_for_archive"
     if not _finish(note, outcome):
@@ -141,13 +141,23 @@ def _transcribe(note_id: int) -> str:
 # where the text comes from
 
 
-def _chatwoot_transcript(note_id: int) -> Outcome | None:
-    """Chatwoot's own transcript, when it arrived before ours."""
-    rows = context.db().fetch_all("transcription.chatwoot_transcripts", {"id": note_id})
-    texts = [str(r["text"]).strip() for r in sorted(rows, key=lambda r: _as_int(r["attachment_id"]))]
-    texts = [t for t in texts if t]
-    if not texts:
+def _chatwoot_transcript(note: dict[str, Any]) -> Outcome | None:
+    """Chatwoot's own transcript, when it arrived before ours (for every audio of the message)."""
+    rows = context.db().fetch_all("transcription.chatwoot_transcripts", {"id": note["id"]})
+    rows = sorted(
+        (r for r in rows if str(r["text"] or "").strip()), key=lambda r: _as_int(r["attachment_id"])
+    )
+    if not rows:
         return None
+    attachments = (note.get("payload") or {}).get("attachments")
+    audio_ids = {
+        str(a.get("id"))
+        for a in (attachments if isinstance(attachments, list) else [])
+        if isinstance(a, dict) and a.get("file_type") == "audio"
+    }
+    if audio_ids - {str(r["attachment_id"]) for r in rows}:
+        return None  # Chatwoot transcribed only some of them: ours covers all
+    texts = [str(r["text"]).strip() for r in rows]
     return Outcome(
         status="done",
         provider=CHATWOOT,
