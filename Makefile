@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt requirements-local.txt | sha256sum | cut -c1-12)
 APT_PACKAGES := espeak-ng ffmpeg sox chromium
 
-.PHONY: help install system-deps dev up down reset status test test-faults lint format bench bench-webhook bench-transcribe bench-archive clean
+.PHONY: help install system-deps dev up down reset status test test-faults lint format bench bench-webhook bench-transcribe bench-archive bench-sql clean
 
 help:
 	@echo "make dev          run the whole stack in the foreground (Ctrl-C stops it)"
@@ -17,6 +17,7 @@ help:
 	@echo "make bench        the benchmarks (see README)"
 	@echo "make bench-webhook  webhook throughput, latency and CPU per delivery"
 	@echo "make bench-archive  messages archived per second, webhook-to-stored latency"
+	@echo "make bench-sql      each monitoring query on 1 million messages: time and plan"
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-local.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -83,6 +84,9 @@ bench-transcribe: install system-deps
 
 bench-archive: install system-deps
 	@$(PY) bench/archive_bench.py $(BENCH_ARGS)
+
+bench-sql: install system-deps
+	@$(PY) bench/sql_bench.py $(BENCH_ARGS)
 
 clean: reset
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
