@@ -22,7 +22,7 @@ from flask import Blueprint, Flask, Response, jsonify, request
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from app import context
-from app.db import queries
+from app.db import DatabaseUnavailable, queries
 from app.errors import error_response
 
 log = logging.getLogger(__name__)
@@ -593,6 +593,11 @@ def _not_found(exc: NotFound) -> Any:
 @bp.errorhandler(NotFound)
 def not_found(exc: NotFound) -> Any:
     return _not_found(exc)
+
+
+@bp.errorhandler(DatabaseUnavailable)
+def database_down(exc: DatabaseUnavailable) -> Any:
+    return error_response(503, "database_unavailable", "PostgreSQL is not answering; try again shortly")
 
 
 @bp.errorhandler(Conflict)

@@ -513,3 +513,14 @@ def test_storing_an_account_secret_without_the_key_is_a_clear_error(client: Any,
     response = call(client, "PUT", "/admin/accounts/7", {"api_token": "tok-123456"})
     assert response.status_code == 409 and response.get_json()["error"] == "secrets_key_missing"
     assert_absent(response.data, "tok-123456")
+
+
+def test_database_down_is_503_json(client: Any, services: Any) -> None:
+    services.stop_postgres()
+    try:
+        response = call(client, "GET", "/admin/users")
+    finally:
+        services.start_postgres()
+    assert response.status_code == 503
+    assert response.get_json()["error"] == "database_unavailable"
+    assert call(client, "GET", "/admin/users").status_code == 200
