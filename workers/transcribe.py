@@ -77,14 +77,17 @@ class Outcome:
 def transcribe_message(note_id: int) -> str:
     """Transcribe note `note_id`; return what happened (for RQ's result and the logs)."""
     db = context.db()
-    locked = db.fetch_one("transcription.try_lock", {"id": note_id})
-    if not locked or not locked["locked"]:
+    note = db.fetch_one("transcription.claim", {"id": note_id})
+    if note is None:
+        JOBS.labels(JOB_NAME, "ok").inc()
+        return "gone"
+    if not note["locked"]:
         # Another run holds it and will finish the work (or release it by dying).
         log.info("transcription already in progress", extra={"note_id": note_id})
         JOBS.labels(JOB_NAME, "ok").inc()
         return "in_progress"
     try:
-        outcome = _transcribe(note_id)
+        outcome = _transcribe(note)
     except Exception:
         JOBS.labels(JOB_NAME, "error").inc()
         raise
@@ -95,11 +98,8 @@ def transcribe_message(note_id: int) -> str:
     return outcome
 
 
-def _transcribe(note_id: int) -> str:
-    db = context.db()
-    note = db.fetch_one("transcription.note", {"id": note_id})
-    if note is None:
-        return "gone"
+def _transcribe(note: dict[str, Any]) -> str:
+    note_id = int(note["id"])
     status = note["transcription_status"]
     if status == "not_needed":
         return "not_needed"
@@ -143,9 +143,9 @@ def _transcribe(note_id: int) -> str:
 
 def _chatwoot_transcript(note: dict[str, Any]) -> Outcome | None:
     """Chatwoot's own transcript, when it arrived before ours (for every audio of the message)."""
-    rows = context.db().fetch_all("transcription.chatwoot_transcripts", {"id": note["id"]})
     rows = sorted(
-        (r for r in rows if str(r["text"] or "").strip()), key=lambda r: _as_int(r["attachment_id"])
+        (r for r in note["chatwoot_transcripts"] if str(r["text"] or "").strip()),
+        key=lambda r: _as_int(r["attachment_id"]),
     )
     if not rows:
         return None
@@ -171,7 +171,7 @@ def _transcribe_audio(note: dict[str, Any]) -> Outcome | None:
     provider = get_provider(settings)
     if provider is None:
         return Outcome(status="skipped", provider="none")
-    attachments = context.db().fetch_all("transcription.audio_attachments", {"id": note["id"]})
+    attachments: list[dict[str, Any]] = note["audio_attachments"]
     stored = [a for a in attachments if a["status"] == "stored" and a["bucket_name"] and a["object_name"]]
     if not stored:
         if any(a["status"] == "pending" for a in attachments):

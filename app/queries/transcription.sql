@@ -1,5 +1,47 @@
 -- Transcription of voice notes (workers/transcribe.py).
 
+-- name: claim
+-- The note, its user's language, its audio attachments and any transcript of Chatwoot's own, in
+-- one round trip, and the note's transcription lock: a session lock, released by `unlock` or by
+-- PostgreSQL when the connection ends (a worker that dies holds nothing). `locked` is false
+-- while another run holds it.
+SELECT pg_try_advisory_lock(hashtextextended('transcribe:' || n.id::text, 0)) AS locked,
+       n.id, n.chatwoot_account_id, n.chatwoot_message_id, n.chatwoot_conversation_id, n.user_id,
+       n.message_created_at, n.payload, n.processing_status, n.transcription_status,
+       n.classification_status, n.transcript, n.gcs_storage_path,
+       coalesce(u.language, c.language) AS language,
+       (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                   'chatwoot_attachment_id', a.chatwoot_attachment_id, 'status', a.status,
+                   'bucket_name', a.bucket_name, 'object_name', a.object_name,
+                   'error_details', a.error_details) ORDER BY a.chatwoot_attachment_id), '[]'::jsonb)
+          FROM message_attachments a
+         WHERE a.meeting_note_id = n.id
+           AND (a.file_type = 'audio' OR a.content_type LIKE 'audio/%%')) AS audio_attachments,
+       -- Chatwoot's transcript of each attachment: the latest non-empty `transcribed_text` in the
+       -- message as created or in any update of it.
+       (SELECT coalesce(jsonb_agg(jsonb_build_object('attachment_id', t.attachment_id, 'text', t.text)
+                                  ORDER BY t.attachment_id), '[]'::jsonb)
+          FROM (SELECT DISTINCT ON (found.attachment_id) found.attachment_id, found.text
+                  FROM (SELECT a ->> 'id' AS attachment_id, btrim(a ->> 'transcribed_text') AS text, 0::bigint AS seq
+                          FROM jsonb_array_elements(
+                                   CASE WHEN jsonb_typeof(n.payload -> 'attachments') = 'array'
+                                        THEN n.payload -> 'attachments' ELSE '[]'::jsonb END) AS a
+                        UNION ALL
+                        SELECT a ->> 'id', btrim(a ->> 'transcribed_text'), m.id
+                          FROM message_updates m,
+                               jsonb_array_elements(
+                                   CASE WHEN jsonb_typeof(m.payload -> 'attachments') = 'array'
+                                        THEN m.payload -> 'attachments' ELSE '[]'::jsonb END) AS a
+                         WHERE m.meeting_note_id = n.id) AS found
+                 WHERE coalesce(found.text, '') <> ''
+                 ORDER BY found.attachment_id, found.seq DESC) AS t) AS chatwoot_transcripts
+FROM meeting_notes n
+LEFT JOIN user_bucket_mapping u ON u.user_id = n.user_id
+LEFT JOIN conversations c
+       ON c.chatwoot_account_id = n.chatwoot_account_id
+      AND c.chatwoot_conversation_id = n.chatwoot_conversation_id
+WHERE n.id = %(id)s;
+
 -- name: note
 -- The note and the language of its user (their own setting first, then the conversation's).
 SELECT n.id, n.chatwoot_account_id, n.chatwoot_message_id, n.chatwoot_conversation_id, n.user_id,
@@ -13,12 +55,8 @@ LEFT JOIN conversations c
       AND c.chatwoot_conversation_id = n.chatwoot_conversation_id
 WHERE n.id = %(id)s;
 
--- name: try_lock
--- One transcription of a note at a time, across processes. A session lock: released by
--- `unlock`, or by PostgreSQL when the connection ends (a worker that dies holds nothing).
-SELECT pg_try_advisory_lock(hashtextextended('transcribe:' || %(id)s::text, 0)) AS locked;
-
 -- name: unlock
+-- Releases `claim`'s lock.
 SELECT pg_advisory_unlock(hashtextextended('transcribe:' || %(id)s::text, 0)) AS unlocked;
 
 -- name: audio_attachments
@@ -28,28 +66,6 @@ FROM message_attachments
 WHERE meeting_note_id = %(id)s
   AND (file_type = 'audio' OR content_type LIKE 'audio/%%')
 ORDER BY chatwoot_attachment_id;
-
--- name: chatwoot_transcripts
--- Chatwoot's own transcript of each audio attachment: the latest non-empty `transcribed_text`
--- in the message as created or in any update of it.
-SELECT DISTINCT ON (attachment_id) attachment_id, text
-FROM (
-    SELECT (a ->> 'id') AS attachment_id, btrim(a ->> 'transcribed_text') AS text, 0 AS seq
-    FROM meeting_notes n,
-         jsonb_array_elements(
-             CASE WHEN jsonb_typeof(n.payload -> 'attachments') = 'array'
-                  THEN n.payload -> 'attachments' ELSE '[]'::jsonb END) AS a
-    WHERE n.id = %(id)s
-    UNION ALL
-    SELECT (a ->> 'id'), btrim(a ->> 'transcribed_text'), u.id
-    FROM message_updates u,
-         jsonb_array_elements(
-             CASE WHEN jsonb_typeof(u.payload -> 'attachments') = 'array'
-                  THEN u.payload -> 'attachments' ELSE '[]'::jsonb END) AS a
-    WHERE u.meeting_note_id = %(id)s
-) AS found
-WHERE coalesce(text, '') <> ''
-ORDER BY attachment_id, seq DESC;
 
 -- name: mark_done
 UPDATE meeting_notes
