@@ -259,7 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    print(f"CPU: {os.cpu_count()} cores; {platform_line()}")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(
+        f"CPU: {os.cpu_count()} cores; {platform_line()}; load average {load} (other work slows every figure)"
+    )
     with tempfile.TemporaryDirectory(prefix="transcribe-bench-") as tmp:
         folder = Path(tmp)
         with services() as env:
