@@ -53,9 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if "transcribe" in queues and (missing := missing_requirement(settings)):
         sys.stderr.write(f"configuration error: {missing}\n")
         return 2
-    from rq.worker_pool import WorkerPool
-
-    from workers.metered import MeteredWorker
+    from workers.metered import MeteredWorker, QuietWorkerPool
 
     log.info(
         "worker starting",
@@ -66,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
             "generation_provider": settings.effective_generation_provider,
         },
     )
-    pool = WorkerPool(queues, connection=context.redis(), num_workers=processes, worker_class=MeteredWorker)
+    pool = QuietWorkerPool(
+        queues, connection=context.redis(), num_workers=processes, worker_class=MeteredWorker
+    )
     pool.start(burst=args.burst, logging_level=settings.log_level)
     return 0
 

@@ -7,10 +7,16 @@ every job, including ones that crash before they could count themselves.
 
 from __future__ import annotations
 
+import logging
 import time
+from multiprocessing import get_context
 from typing import Any
 
+from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
+from rq.scheduler import RQScheduler
+from rq.scheduler import run as run_scheduler
 from rq.worker import SimpleWorker
+from rq.worker_pool import WorkerPool, run_worker
 
 from app.metrics import JOB_DURATION, JOB_RUNS
 
@@ -21,10 +27,95 @@ def job_label(job: Any) -> str:
     return str(name).rsplit(".", 1)[-1]
 
 
+class QuietScheduler(RQScheduler):
+    """RQ's scheduler process, ending with one log line (RQ's own) rather than a traceback on
+    stderr when Redis goes away; the worker starts a new one at its next maintenance."""
+
+    def start(self) -> Any:
+        self._status = self.Status.STARTED
+        self._connection = None  # a Redis connection must not cross the fork
+        process: Any = get_context("fork").Process(target=_run_scheduler, args=(self,), name="Scheduler")
+        process.start()
+        self._process = process
+        return process
+
+
+def _run_scheduler(scheduler: RQScheduler) -> None:
+    run: Any = run_scheduler
+    try:
+        run(scheduler)  # logs the error itself
+    except Exception:
+        raise SystemExit(1) from None
+
+
+def _run_worker(*args: Any, **kwargs: Any) -> None:
+    run: Any = run_worker
+    try:
+        run(*args, **kwargs)
+    except Exception as exc:
+        logging.getLogger("workers").error(
+            "worker process stopped; the pool starts another", extra={"error_type": type(exc).__name__}
+        )
+        raise SystemExit(1) from None
+
+
+class QuietWorkerPool(WorkerPool):
+    """RQ's worker pool, whose worker processes end with one log line rather than a traceback on
+    stderr when they die (Redis gone while they register); the pool starts new ones."""
+
+    def get_worker_process(
+        self, name: str, burst: bool, _sleep: float = 0, logging_level: str = "INFO"
+    ) -> Any:
+        return get_context("fork").Process(
+            target=_run_worker,
+            args=(name, self._queue_names, self._connection_class, self._pool_class, self._pool_kwargs),
+            kwargs={
+                "_sleep": _sleep,
+                "burst": burst,
+                "logging_level": logging_level,
+                "worker_class": self.worker_class,
+                "job_class": self.job_class,
+                "queue_class": self.queue_class,
+                "serializer": self.serializer,
+                "exception_handlers": self.exception_handlers,
+            },
+            name=f"Worker {name} (WorkerPool {self.name})",
+        )
+
+
 class MeteredWorker(SimpleWorker):
     """SimpleWorker that records JOB_RUNS and JOB_DURATION for each run."""
 
     _run_started: float | None = None
+
+    def _start_scheduler(
+        self,
+        burst: bool = False,
+        logging_level: str | None = "INFO",
+        date_format: str = DEFAULT_LOGGING_DATE_FORMAT,
+        log_format: str = DEFAULT_LOGGING_FORMAT,
+    ) -> None:
+        """RQ's own, with QuietScheduler."""
+        scheduler: Any = QuietScheduler(
+            self.queues,
+            connection=self.connection,
+            logging_level=logging_level if logging_level is not None else self.log.level,
+            date_format=date_format,
+            log_format=log_format,
+            serializer=self.serializer,
+        )
+        self.scheduler = scheduler
+        scheduler.acquire_locks()
+        if scheduler.acquired_locks:
+            if burst:
+                try:
+                    scheduler.register_birth()
+                    scheduler.enqueue_scheduled_jobs()
+                finally:
+                    scheduler.release_locks()
+                    scheduler.register_death()
+            else:
+                scheduler.start()
 
     def execute_job(self, job: Any, queue: Any) -> Any:
         self._run_started = time.perf_counter()
