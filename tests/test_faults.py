@@ -589,6 +589,12 @@ def test_nothing_lost_nothing_twice_under_faults(
         assert sorted(s for _, s in outbox_rows) == ["sent"] * len(outbox_rows)
         assert len(outbox_rows) >= len(orders)
         assert token_leaks == []
+        # The processes' logs: no stack traces, no secrets, no phone numbers.
+        logs = "\n".join(path.read_text(errors="replace") for path in procs.logs.glob("*.log"))
+        assert "Traceback" not in logs, procs.tail()
+        phones = {p["sender"].get("phone_number") for p in payloads if p["sender"].get("phone_number")}
+        for secret in (CHATWOOT_TOKEN, WEBHOOK_SECRET, *phones, *(x.lstrip("+") for x in phones)):
+            assert secret not in logs
     finally:
         procs.stop_all()
         stub.stop()
