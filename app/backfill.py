@@ -66,6 +66,8 @@ class BackfillResult:
     ignored: int = 0
     rejected: int = 0
     errors: list[str] = field(default_factory=list)
+    not_configured: list[int] = field(default_factory=list)
+    """Accounts skipped: no Chatwoot base URL or API token for them."""
     note_ids: list[int] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -268,8 +270,8 @@ def backfill(
     for account_id in accounts:
         try:
             client = chatwoot.client_for(account_id)
-        except chatwoot.NotConfigured as exc:
-            result.errors.append(f"account {account_id}: {exc.reason}")
+        except chatwoot.NotConfigured:
+            result.not_configured.append(account_id)
             continue
         result.accounts += 1
         targets = {k: c for k, c in known.items() if k[0] == account_id}
