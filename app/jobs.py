@@ -130,18 +130,30 @@ def enqueue(
         timeout = spec.timeout
     if timeout is not None:
         options["job_timeout"] = timeout
+    registered = (id(conn), spec.queue)
     try:
         if delay_seconds > 0:
             from datetime import timedelta
 
             queue.enqueue_in(timedelta(seconds=delay_seconds), spec.func, *args, **options)
         else:
+            # RQ adds the queue to its set of queues (a round trip of its own) on each enqueue;
+            # once per connection is enough: later ones leave it in a pipeline never sent.
+            if registered in _registered_queues:
+                options["pipeline"] = conn.pipeline(transaction=False)
             queue.enqueue(spec.func, *args, **options)
     except DuplicateJobError:
+        _registered_queues.add(registered)
         return False
     except (RedisError, OSError) as exc:
+        _registered_queues.discard(registered)
         raise QueueUnavailable(type(exc).__name__) from None
+    _registered_queues.add(registered)
     return True
+
+
+_registered_queues: set[tuple[int, str]] = set()
+"""(connection id, queue name) pairs whose queue RQ has registered through this process."""
 
 
 def queue_depths(connection: Any = None, queues: Sequence[str] = ALL_QUEUES) -> dict[str, int]:
