@@ -6,6 +6,7 @@ real PostgreSQL, Redis and GCS emulator do the rest. Only the Whisper API is a s
 
 from __future__ import annotations
 
+import importlib
 import shutil
 import subprocess
 import threading
@@ -527,27 +528,76 @@ def test_per_day_query_runs_unchanged_with_psql(h: Harness, services: Any) -> No
     assert Decimal(rows[1]["estimated_cost_usd"]) == Decimal("0.0006")  # ~6 s at 0.006 a minute
 
 
-def test_the_worker_names_the_provider_and_model_at_start(
-    h: Harness, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def worker_start(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    """Worker pools that record how they were made instead of starting processes."""
     import workers.__main__ as entry
 
-    h.openai(transcription_model="whisper-1")
-    started: list[Any] = []
+    started: list[tuple[Any, ...]] = []
 
     class Pool:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
-            started.append(kwargs)
+            started.append((args, kwargs))
 
         def start(self, **kwargs: Any) -> None:
             return None
 
+    # Whichever pool class the entry point uses, none starts: only the start-up is under test.
     monkeypatch.setattr("rq.worker_pool.WorkerPool", Pool)
+    for module in (entry, importlib.import_module("workers.metered")):
+        for name in dir(module):
+            if name.endswith("WorkerPool"):
+                monkeypatch.setattr(module, name, Pool)
     monkeypatch.setattr("app.logs.configure_logging", lambda *a, **k: None)
+    return started
+
+
+def test_the_worker_names_the_provider_and_model_at_start(
+    h: Harness, caplog: pytest.LogCaptureFixture, worker_start: list[tuple[Any, ...]]
+) -> None:
+    import workers.__main__ as entry
+
+    h.openai(transcription_model="whisper-1")
     with caplog.at_level("INFO", logger="workers"):
         assert entry.main(["--queues", "transcribe", "--processes", "1"]) == 0
     record = next(r for r in caplog.records if r.getMessage() == "worker starting")
     assert record.transcription_provider == "openai"  # type: ignore[attr-defined]
     assert record.transcription_model == "whisper-1"  # type: ignore[attr-defined]
     assert record.transcription_server == h.stub.base_url  # type: ignore[attr-defined]
-    assert started and started[0]["num_workers"] == 1
+    (args, kwargs) = worker_start[0]
+    assert args[0] == ["transcribe"] and kwargs["num_workers"] == 1
+
+
+@pytest.mark.parametrize(("provider", "serves_transcribe"), [("none", True), ("openai", False)])
+def test_general_workers_also_skip_voice_notes_when_there_is_no_provider(
+    h: Harness, worker_start: list[tuple[Any, ...]], provider: str, serves_transcribe: bool
+) -> None:
+    import workers.__main__ as entry
+
+    h.openai(transcription_provider=provider)
+    assert entry.main(["--processes", "1"]) == 0
+    (args, _kwargs) = worker_start[0]
+    assert ("transcribe" in args[0]) is serves_transcribe
+    from app.jobs import GENERAL_QUEUES
+
+    assert args[0][: len(GENERAL_QUEUES)] == list(GENERAL_QUEUES)
+
+
+def test_local_provider_without_faster_whisper_stops_the_transcription_worker(
+    h: Harness, worker_start: list[tuple[Any, ...]], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], tmp_path: Path,
+) -> None:  # fmt: skip
+    import importlib.util
+
+    import workers.__main__ as entry
+
+    h.use_settings(transcription_provider="local", local_whisper_model=str(tmp_path))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "faster_whisper" else real_find_spec(name, *a),
+    )
+    assert entry.main(["--queues", "transcribe", "--processes", "1"]) == 2
+    assert "TRANSCRIPTION_PROVIDER=local needs faster-whisper" in capsys.readouterr().err
+    assert worker_start == []

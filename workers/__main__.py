@@ -13,7 +13,7 @@ import sys
 
 from app import context
 from app.config import ConfigError
-from app.jobs import ALL_QUEUES, GENERAL_QUEUES
+from app.jobs import ALL_QUEUES, GENERAL_QUEUES, TRANSCRIBE_QUEUE
 
 log = logging.getLogger("workers")
 
@@ -22,8 +22,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__)
     parser.add_argument(
         "--queues",
-        default=",".join(GENERAL_QUEUES),
-        help="comma-separated queues, in priority order (default: %(default)s)",
+        default=None,
+        help=(
+            f"comma-separated queues, in priority order (default: {','.join(GENERAL_QUEUES)}, "
+            f"and {TRANSCRIBE_QUEUE} too when the transcription provider is none)"
+        ),
     )
     parser.add_argument(
         "--processes", type=int, default=None, help="worker processes (default: WORKER_PROCESSES)"
@@ -42,7 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     from app.logs import configure_logging, settings_secrets
 
     configure_logging(settings.log_level, settings_secrets(settings))
-    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    if args.queues is None:
+        queues = list(GENERAL_QUEUES)
+        if settings.effective_transcription_provider == "none":
+            # Nothing to load: the general workers mark voice notes skipped and pass them on.
+            queues.append(TRANSCRIBE_QUEUE)
+    else:
+        queues = [q.strip() for q in args.queues.split(",") if q.strip()]
     unknown = [q for q in queues if q not in ALL_QUEUES]
     if unknown:
         sys.stderr.write(f"unknown queue(s): {', '.join(unknown)}; known: {', '.join(ALL_QUEUES)}\n")
