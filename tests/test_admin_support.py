@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,28 @@ def admin_env(db: Any, redis_conn: Any, gcs: Any, settings: Any) -> Iterator[Any
     yield settings
     storage.CALL_RETRY_SECONDS = previous
     accounts.forget_cached()
+
+
+def dead_port() -> int:
+    """A loopback port nothing listens on: connections to it are refused at once."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def unreachable(use_settings: Any, **urls: str) -> Iterator[None]:
+    """Point some service URLs (`storage_emulator_host=...`) at a dead port for the block."""
+    from app import context
+
+    before = context.settings()
+    use_settings(**{name: url.format(port=dead_port()) for name, url in urls.items()})
+    try:
+        yield
+    finally:
+        context.use_settings(before)
 
 
 def sql(statement: str, params: Any = None) -> list[dict[str, Any]]:
