@@ -431,6 +431,8 @@ def description(text: str) -> str:
 @with_appcontext
 def monitor(only: tuple[str, ...], fmt: str, rebuild_rollups: bool) -> None:
     """Run each monitoring query of sql/ and print its result as a table."""
+    from app.db import DatabaseUnavailable
+
     db = context.db()
     if rebuild_rollups:
         started = time.perf_counter()
@@ -453,6 +455,8 @@ def monitor(only: tuple[str, ...], fmt: str, rebuild_rollups: bool) -> None:
                 cur.execute("SET LOCAL statement_timeout = %s", (MONITOR_STATEMENT_TIMEOUT,))
                 cur.execute(text)
                 rows = [dict(r) for r in cur.fetchall()] if cur.description else []
+        except DatabaseUnavailable as exc:
+            raise _fail(f"PostgreSQL is not answering: {_first_line(exc)}") from None
         except Exception as exc:
             failed += 1
             click.echo(f"failed: {type(exc).__name__}: {_first_line(exc)}\n")
