@@ -108,6 +108,8 @@ def init_app(app: Flask) -> None:
     overall(bp)
     failed(admin_page.bp)
     overall(admin_page.bp)
+    # Only the admin blueprints are limited: other requests (the webhook) skip the limiter's checks.
+    limiter.request_filter(lambda: request.blueprint not in (bp.name, admin_page.bp.name))
     limiter.init_app(app)
     app.extensions["admin_limiter"] = limiter
     app.register_blueprint(bp)
