@@ -129,6 +129,8 @@ def _handle(request_id: str, delivery_id: str) -> _Answer:
                 account_id=claimed,
             )
         return _error(401, "unauthorized", "unauthorized", auth.reason, auth=auth.method, account_id=claimed)
+    if trusted and account.account_id:
+        _last_known[account.account_id] = account  # only accounts that really deliver are kept
 
     if payload is _NOT_JSON:
         return _error(400, "bad_request", "bad_request", "the body is not valid JSON", auth=auth.method)
@@ -209,7 +211,8 @@ def _parse(body: bytes) -> Any:
 
 
 _last_known: dict[int, AccountConfig] = {}
-"""Each account's settings as last read, used while PostgreSQL is down."""
+"""The settings of each account that delivered successfully, as last read: used while
+PostgreSQL is down."""
 
 
 def _account_for(account_id: int | None, settings: Settings) -> tuple[AccountConfig, bool]:
@@ -219,9 +222,7 @@ def _account_for(account_id: int | None, settings: Settings) -> tuple[AccountCon
     if lookup is None:
         return accounts.env_config(0, settings), True
     try:
-        config = accounts.resolve(lookup)
+        return accounts.resolve(lookup), True
     except DatabaseUnavailable:
         known = _last_known.get(lookup)
         return (known, True) if known else (accounts.env_config(lookup, settings), False)
-    _last_known[lookup] = config
-    return config, True
