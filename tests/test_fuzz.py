@@ -23,7 +23,7 @@ SIGNED_STATUSES = {200, 400, 413, 415, 422}
 """What a correctly signed delivery may get; 401 never, 5xx never."""
 UNSIGNED_STATUSES = {400, 401, 413, 415}
 FUZZ = settings(
-    max_examples=1000,
+    max_examples=700,
     deadline=None,
     database=None,
     suppress_health_check=[
@@ -176,7 +176,7 @@ def test_mutated_chatwoot_payloads(client: Any, db: Any, doc: dict[str, Any]) ->
     _check_signed(client, db, json.dumps(doc).encode())
 
 
-@settings(FUZZ, max_examples=600)
+@settings(FUZZ, max_examples=500)
 @given(doc=message_like())
 def test_message_shaped_payloads(client: Any, db: Any, doc: dict[str, Any]) -> None:
     _check_signed(client, db, json.dumps(doc, ensure_ascii=False).encode("utf-8", "surrogatepass"))
