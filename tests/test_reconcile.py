@@ -299,6 +299,24 @@ def test_reconcile_job_runs_once_at_a_time(db: Any, redis_conn: Any) -> None:
     assert not redis_conn.exists(LOCK_KEY)
 
 
+def test_a_lock_left_by_a_killed_run_is_taken_over(db: Any, redis_conn: Any) -> None:
+    """A run killed with SIGKILL leaves its lock; the next run on this host takes it over at once."""
+    import subprocess
+    import sys
+
+    from workers.reconcile import LOCK_KEY, reconcile
+
+    insert_note(db)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    redis_conn.set(LOCK_KEY, f"{socket.gethostname()}:{dead.pid}:abc", ex=120)
+    assert reconcile()["archive.enqueued"] == 1
+    assert not redis_conn.exists(LOCK_KEY)
+    # A live holder is waited for.
+    redis_conn.set(LOCK_KEY, f"{socket.gethostname()}:{os.getpid()}:abc", ex=120)
+    assert reconcile() == {"skipped": "another run is in progress"}
+
+
 def test_reconcile_without_redis_reports_and_keeps_rows(db: Any, redis_conn: Any, use_settings: Any) -> None:
     from workers.reconcile import run_once
 

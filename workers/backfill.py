@@ -12,7 +12,8 @@ log = logging.getLogger(__name__)
 LOCK_KEY = "meeting-notes:backfill:lock"
 """Redis lock held by the one backfill run in progress."""
 LOCK_TIMEOUT = 1800
-"""Seconds after which a lock left by a killed run expires."""
+"""Seconds after which the lock of a run killed on another host expires (on this host, a run
+that died is noticed at once)."""
 
 
 def backfill() -> dict[str, Any]:
@@ -22,14 +23,13 @@ def backfill() -> dict[str, Any]:
     settings = context.settings()
     if settings.backfill_interval <= 0:
         return {"skipped": "BACKFILL_INTERVAL is 0"}
-    lock = context.redis().lock(LOCK_KEY, timeout=LOCK_TIMEOUT, blocking=False)
+    from workers.reconcile import RunLock
+
+    lock = RunLock(context.redis(), LOCK_KEY, LOCK_TIMEOUT)
     if not lock.acquire():
         log.info("backfill skipped: another run is in progress")
         return {"skipped": "another run is in progress"}
     try:
         return run().as_dict()
     finally:
-        try:
-            lock.release()
-        except Exception:  # expired or Redis restarted: nothing to release
-            log.debug("backfill lock already gone")
+        lock.release()

@@ -10,6 +10,7 @@ they go to the dead letter (`error` / `failed` with error_details; the `dead_let
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -40,8 +41,8 @@ log = logging.getLogger(__name__)
 
 LOCK_KEY = "meeting-notes:reconcile:lock"
 """Redis lock held by the one reconcile run in progress (runs never overlap)."""
-LOCK_TIMEOUT = 600
-"""Seconds after which a lock left by a killed run expires."""
+LOCK_TIMEOUT = 120
+"""Seconds the lock lasts without renewal; a run renews it as it goes (see RunLock)."""
 BATCH = 500
 """Rows looked at per stage and run; the rest wait for the next run."""
 LIVE_STATUSES = frozenset({"queued", "started", "scheduled", "deferred", "created", "rate_limited"})
@@ -217,6 +218,85 @@ def clean_abandoned(conn: Any, queues: Iterable[str] = ALL_QUEUES) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# one run at a time
+
+
+class RunLock:
+    """A Redis lock naming its holder (`host:pid:random`), renewed as the run goes on.
+
+    A run killed with SIGKILL cannot release it: another run takes it over at once when the
+    holder was a process of this host that no longer exists, else when it expires.
+    """
+
+    def __init__(self, conn: Any, key: str, timeout: int):
+        self.conn = conn
+        self.key = key
+        self.timeout = timeout
+        self.lock = conn.lock(key, timeout=timeout, blocking=False, thread_local=False)
+
+    def acquire(self) -> bool:
+        token = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(6).hex()}"
+        if self.lock.acquire(token=token):
+            return True
+        if self._holder_is_dead():
+            log.warning("lock of a run that died taken over", extra={"lock": self.key})
+            return bool(self.lock.acquire(token=token))
+        return False
+
+    def _holder_is_dead(self) -> bool:
+        """True (and the lock deleted) when its holder was a process of this host that is gone."""
+        from redis.exceptions import WatchError
+
+        with self.conn.pipeline() as pipe:
+            try:
+                pipe.watch(self.key)
+                raw = pipe.get(self.key)
+                holder = raw.decode() if isinstance(raw, bytes) else str(raw or "")
+                host, _, rest = holder.partition(":")
+                pid = rest.partition(":")[0]
+                if host != socket.gethostname() or not pid.isdigit() or _pid_alive(int(pid)):
+                    return False
+                pipe.multi()
+                pipe.delete(self.key)
+                pipe.execute()
+                return True
+            except WatchError:
+                return False
+
+    def renew(self) -> None:
+        """Push the expiry back; a lock lost meanwhile (Redis restarted) is simply not renewed."""
+        from redis.exceptions import LockError
+
+        with contextlib.suppress(LockError, RedisError, OSError):
+            self.lock.reacquire()
+
+    def release(self) -> None:
+        try:
+            self.lock.release()
+        except Exception:  # expired or Redis restarted: nothing to release
+            log.debug("lock already gone", extra={"lock": self.key})
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_held: list[RunLock] = []
+"""The lock of the reconcile run in progress in this process, renewed as it goes."""
+
+
+def _renew_lock() -> None:
+    for lock in _held:
+        lock.renew()
+
+
+# ---------------------------------------------------------------------------------------------
 # the sweep
 
 
@@ -250,7 +330,10 @@ def sweep(
         }
         if grace is not None:
             params["grace"] = grace
-        for row in context.db().fetch_all(f"reconcile.{stage.query}_stuck", params):
+        _renew_lock()
+        for index, row in enumerate(context.db().fetch_all(f"reconcile.{stage.query}_stuck", params)):
+            if index % 100 == 99:
+                _renew_lock()
             outcome = _reconcile_row(
                 stage=stage,
                 row=row,
@@ -324,19 +407,17 @@ def _reconcile_row(
 
 def reconcile() -> dict[str, Any]:
     """The job run every RECONCILE_INTERVAL: spool replay, clarification expiry, the sweep."""
-    conn = context.redis()
-    lock = conn.lock(LOCK_KEY, timeout=LOCK_TIMEOUT, blocking=False)
+    lock = RunLock(context.redis(), LOCK_KEY, LOCK_TIMEOUT)
     if not lock.acquire():
         log.info("reconcile skipped: another run is in progress")
         return {"skipped": "another run is in progress"}
     started = time.monotonic()
+    _held.append(lock)
     try:
         report = run_once()
     finally:
-        try:
-            lock.release()
-        except Exception:  # expired or Redis restarted: nothing to release
-            log.debug("reconcile lock already gone")
+        _held.remove(lock)
+        lock.release()
     summary: dict[str, Any] = {**report.steps, **report.counts()}
     summary["seconds"] = round(time.monotonic() - started, 3)
     log.info("reconcile done", extra={"summary": summary})
@@ -347,6 +428,7 @@ def run_once() -> Report:
     """One pass of every duty; a duty that fails is reported and the others still run."""
     report = Report()
     for name, duty in _duties():
+        _renew_lock()
         try:
             report.steps[name] = duty()
         except (DatabaseUnavailable, QueueUnavailable, RedisError, OSError) as exc:
