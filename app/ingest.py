@@ -13,6 +13,7 @@ import json
 import logging
 from contextlib import suppress
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import psycopg2
@@ -66,20 +67,44 @@ class IngestResult:
 class Prepared:
     """A validated message, ready to be written (or spooled)."""
 
-    payload: dict[str, Any]
-    """The payload with secrets removed."""
-    payload_json: str
+    source: dict[str, Any]
+    """The payload as validated (it may still hold conversation.contact_inbox.pubsub_token)."""
+    database_json: str
+    """The JSON text PostgreSQL receives: without secrets, or, with `strip_token`, the text as
+    received, from which the statement drops conversation.contact_inbox.pubsub_token."""
+    strip_token: bool
     fields: payloads.NoteFields
     event: str
 
+    @cached_property
+    def payload(self) -> dict[str, Any]:
+        """The payload with secrets removed."""
+        clean: dict[str, Any] = (
+            payloads.strip_secrets(self.source) if self.strip_token else json.loads(self.database_json)
+        )
+        return clean
+
+    @cached_property
+    def payload_json(self) -> str:
+        """The payload with secrets removed, as JSON text (what the spool keeps)."""
+        if not self.strip_token:
+            return self.database_json
+        return json.dumps(self.payload, ensure_ascii=False, separators=(",", ":"))
+
 
 def prepare(
-    payload: dict[str, Any], *, account: AccountConfig | None = None, validated: bool = False
+    payload: dict[str, Any],
+    *,
+    account: AccountConfig | None = None,
+    validated: bool = False,
+    raw: bytes | None = None,
 ) -> Prepared | IngestResult:
     """Validate and filter a payload; an IngestResult when there is nothing to store.
 
     Raises schemas.InvalidPayload naming each bad field. `account` saves a lookup when the
-    caller has it; `validated` skips the schema when the caller has just applied it.
+    caller has it; `validated` skips the schema when the caller has just applied it; `raw`,
+    the JSON text the payload was parsed from, is stored as it is when it holds no secret but
+    the pubsub token (PostgreSQL drops that), which saves a second serialisation.
     """
     if not validated:
         schemas.load(payload)
@@ -104,10 +129,21 @@ def prepare(
             account_id=account_id,
             message_id=payloads.message_id(payload),
         )
+    token_only = payloads.pubsub_token_only(raw, payload) if raw is not None else None
+    if raw is not None and token_only is not None:
+        # Nothing but (perhaps) the token to remove: fields read from the payload as parsed.
+        return Prepared(
+            source=payload,
+            database_json=raw.decode("utf-8"),
+            strip_token=token_only,
+            fields=payloads.note_fields(payload),
+            event=event,
+        )
     clean = payloads.strip_secrets(payload)
     return Prepared(
-        payload=clean,
-        payload_json=json.dumps(clean, ensure_ascii=False, separators=(",", ":")),
+        source=clean,
+        database_json=json.dumps(clean, ensure_ascii=False, separators=(",", ":")),
+        strip_token=False,
         fields=payloads.note_fields(clean),
         event=event,
     )
@@ -121,7 +157,8 @@ def record(prepared: Prepared, *, enqueue_jobs: bool = True) -> IngestResult:
     """
     f = prepared.fields
     params = {
-        "payload": prepared.payload_json,
+        "payload": prepared.database_json,
+        "strip_token": prepared.strip_token,
         "account_id": f.account_id,
         "message_id": f.message_id,
         "conversation_id": f.conversation_id,

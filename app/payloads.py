@@ -30,6 +30,16 @@ SECRET_KEYS = frozenset(
 )
 """Keys removed wherever they appear in a payload before it is stored or spooled."""
 
+PUBSUB_TOKEN_PATH = ("conversation", "contact_inbox", "pubsub_token")
+"""Where Chatwoot puts the one secret every message payload carries."""
+# Raw-body markers after which the Python walk of strip_secrets is needed: an escape (\\u: NUL,
+# surrogates, or a key written with escapes) or any other secret key.
+_WALK_NEEDED_RE = re.compile(
+    rb"\\u|"
+    + b"|".join(re.escape(f'"{k}"'.encode()) for k in sorted(SECRET_KEYS) if k != PUBSUB_TOKEN_PATH[-1])
+)
+_PUBSUB_KEY = f'"{PUBSUB_TOKEN_PATH[-1]}"'.encode()
+
 MESSAGE_EVENTS = frozenset({"message_created", "message_updated"})
 ARCHIVED_MESSAGE_TYPES = frozenset({"incoming", "outgoing", "template"})
 MESSAGE_TYPES_BY_NUMBER = {0: "incoming", 1: "outgoing", 2: "activity", 3: "template"}
@@ -103,6 +113,25 @@ def _clean_text(text: str) -> str:
             # json.loads joins valid surrogate pairs, so any surrogate left here stands alone.
             text = "".join(_REPLACEMENT if "\ud800" <= ch <= "\udfff" else ch for ch in text)
     return text.replace("\x00", _REPLACEMENT) if "\x00" in text else text
+
+
+def pubsub_token_only(raw: bytes, payload: dict[str, Any]) -> bool | None:
+    """Whether the JSON text `raw` (which parsed as `payload`) holds no secret but, perhaps,
+    `conversation.contact_inbox.pubsub_token`, and nothing PostgreSQL cannot store.
+
+    True: the token is there, and only there; False: no secret at all; None: it takes
+    strip_secrets. The webhook then stores the text as received, without a second
+    serialisation, and lets PostgreSQL drop the token.
+    """
+    if raw.startswith(b"\xef\xbb\xbf") or _WALK_NEEDED_RE.search(raw):
+        return None
+    found = raw.count(_PUBSUB_KEY)
+    if found == 0:
+        return False
+    contact_inbox = _dict(payload.get("conversation")).get("contact_inbox")
+    if found == 1 and isinstance(contact_inbox, dict) and PUBSUB_TOKEN_PATH[-1] in contact_inbox:
+        return True
+    return None
 
 
 def _dict(value: Any) -> dict[str, Any]:

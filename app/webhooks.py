@@ -147,7 +147,7 @@ def _handle(request_id: str, delivery_id: str) -> _Answer:
 
     try:
         prepared = ingest.prepare(
-            payload, account=account if claimed == account.account_id else None, validated=True
+            payload, account=account if claimed == account.account_id else None, validated=True, raw=body
         )
     except RecursionError:
         return _error(400, "bad_request", "bad_request", "the body is nested too deeply", **context_fields)

@@ -251,3 +251,23 @@ def test_spool_line_is_the_prepared_payload(settings: Any) -> None:
     entry = json.loads(path.read_text())
     assert entry["payload"] == item.payload
     assert (entry["request_id"], entry["delivery_id"], entry["v"]) == ("r-1", "d-1", 1)
+
+
+def test_a_delivery_stored_as_received_is_spooled_without_its_secret(
+    postgres_outage: Any, client: Any, db: Any, settings: Any
+) -> None:
+    from conftest import FIXTURES, sign
+
+    client.post("/webhooks/chatwoot", data=b"{}", headers=sign(b"{}"))  # the process knows the account
+    body = (FIXTURES / "message_created__incoming_order.json").read_bytes()  # UTF-8, as Chatwoot sends
+    postgres_outage()
+    response = client.post("/webhooks/chatwoot", data=body, headers=sign(body))
+    postgres_outage.start()
+    assert response.get_json()["spooled"] is True
+    text = spool_files(settings)[0].read_text()
+    assert PUBSUB_TOKEN not in text and "María" in text
+    assert spool.replay().accepted == 1
+    with db.transaction() as cur:
+        cur.execute("SELECT payload FROM meeting_notes")
+        stored = cur.fetchone()["payload"]
+    assert "pubsub_token" not in stored["conversation"]["contact_inbox"]

@@ -179,13 +179,27 @@ def post_raw(client: Any, body: bytes, headers: dict[str, str], query: str = "")
 # every fixture
 
 
+@pytest.fixture(params=["utf8", "ascii"])
+def send_fixture(request: pytest.FixtureRequest, client: Any) -> Callable[[str], Any]:
+    """POST a fixture signed: as Chatwoot writes JSON (UTF-8), or with every non-ASCII character
+    escaped (which takes the webhook's other way of removing secrets)."""
+
+    def post(name: str) -> Any:
+        data = load_fixture(name)
+        body = json.dumps(data, ensure_ascii=request.param == "ascii").encode()
+        assert (b"\\u" in body) == (request.param == "ascii" and name != "seed_guide_test_message")
+        return client.post(URL, data=body, headers=sign(body))
+
+    return post
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_every_fixture_end_to_end(name: str, deliver: Any, db: Any, redis_conn: Any) -> None:
+def test_every_fixture_end_to_end(name: str, send_fixture: Any, db: Any, redis_conn: Any) -> None:
     fixture = load_fixture(name)
     expected = EXPECTED[name]
     before = counter("ignored")
 
-    response = deliver(name)
+    response = send_fixture(name)
 
     assert response.status_code == 200, response.get_json()
     body = response.get_json()
@@ -215,7 +229,7 @@ def test_every_fixture_end_to_end(name: str, deliver: Any, db: Any, redis_conn: 
     }
 
     # The same delivery again (Chatwoot sends some twice): nothing new.
-    again = deliver(name)
+    again = send_fixture(name)
     assert again.status_code == 200
     assert again.get_json() == {"status": "duplicate", "id": row["id"]}
     assert len(rows(db)) == 1 and rows(db, "message_updates") == []
@@ -770,6 +784,31 @@ def test_signature_is_checked_over_the_raw_bytes(client: Any, db: Any) -> None:
     response = post_raw(client, body, headers)
     assert response.status_code == 200, response.get_json()
     assert rows(db)[0]["payload"]["sender"]["name"] == "María López"
+
+
+@pytest.mark.parametrize(
+    "secret_text",
+    [
+        # The token twice (here also in the older-format copy of the message).
+        '"messages": [{"contact_inbox": {"pubsub_token": "second-copy-of-the-token"}}]',
+        # A key written with an escape: the same key once parsed.
+        '"contact_inbox_2": {"pubsub\\u005ftoken": "escaped-key-token"}',
+        # Another secret key somewhere else.
+        '"custom_attributes": {"hmac_token": "inbox-hmac-token"}',
+    ],
+    ids=["twice", "escaped-key", "other-secret"],
+)
+def test_every_secret_is_removed_whatever_the_text(secret_text: str, client: Any, db: Any) -> None:
+    text = (FIXTURES / "message_created__incoming_text.json").read_text()
+    body = text.replace('"conversation": {', '"conversation": {' + secret_text + ",", 1).encode()
+    parsed = json.loads(body)
+    response = post_raw(client, body, sign(body))
+    assert response.status_code == 200, response.get_json()
+    stored = rows(db)[0]["payload"]
+    assert stored == payloads.strip_secrets(parsed)
+    dumped = json.dumps(stored)
+    for token in (PUBSUB_TOKEN, "second-copy-of-the-token", "escaped-key-token", "inbox-hmac-token"):
+        assert token not in dumped
 
 
 def test_text_postgresql_cannot_store_is_replaced_not_refused(deliver: Any, db: Any) -> None:

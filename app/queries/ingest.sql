@@ -6,14 +6,15 @@
 -- message when it is new; when it is already there and this version of what we keep (the
 -- fingerprint, $14) is new, it appends it to message_updates. A row committed by a concurrent
 -- request after this statement began is not visible to `existing`: then all three ids are NULL
--- and the caller runs it again.
+-- and the caller runs it again. With $17, the payload is the text as received and the
+-- statement removes its one secret, conversation.contact_inbox.pubsub_token.
 -- name: prepare_record
 PREPARE ingest_record (
     jsonb, integer, text, integer, integer, integer, text, text, text, text, boolean, text,
-    timestamptz, text, text, text
+    timestamptz, text, text, text, boolean
 ) AS
 WITH input AS (
-    SELECT $1 AS payload
+    SELECT CASE WHEN $17 THEN $1 #- '{conversation,contact_inbox,pubsub_token}' ELSE $1 END AS payload
 ), note AS (
     INSERT INTO meeting_notes (
         chatwoot_account_id, chatwoot_message_id, chatwoot_conversation_id, chatwoot_inbox_id,
@@ -46,5 +47,5 @@ EXECUTE ingest_record (
     %(payload)s, %(account_id)s, %(message_id)s, %(conversation_id)s, %(inbox_id)s, %(contact_id)s,
     %(source_type)s, %(message_type)s, %(content_type)s, %(content)s, %(is_private)s,
     %(sender_type)s, %(message_created_at)s, %(fingerprint)s, %(transcription_status)s,
-    %(classification_status)s
+    %(classification_status)s, %(strip_token)s
 );
