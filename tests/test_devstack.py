@@ -45,7 +45,9 @@ def stack_env(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
     state = tmp_path / "state"
     drop = ("DATABASE_URL", "REDIS_URL", "STORAGE_EMULATOR_HOST", "CHATWOOT_WEBHOOK_SECRET", "SPOOL_DIR")
     env = {k: v for k, v in os.environ.items() if k not in drop}
-    env.update(WEB_PORT=str(_free_port()), WORKER_PROCESSES="1", WEB_CONCURRENCY="2", TRANSCRIPTION_PROVIDER="none")
+    env.update(
+        WEB_PORT=str(_free_port()), WORKER_PROCESSES="1", WEB_CONCURRENCY="2", TRANSCRIPTION_PROVIDER="none"
+    )
     yield state, env
     _run(state, "reset", env)
     shutil.rmtree(devstack.pg_data_root(state), ignore_errors=True)
