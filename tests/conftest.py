@@ -109,13 +109,15 @@ def environ(services: Services, tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture
 def settings(environ: dict[str, str]) -> Iterator[Any]:
-    from app import context
+    from app import accounts, context
     from app.config import load_settings
 
     built = load_settings(environ)
     context.use_settings(built)
+    accounts.forget_cached()
     yield built
     context.use_settings(None)
+    accounts.forget_cached()
 
 
 @pytest.fixture
@@ -237,15 +239,28 @@ def run_jobs(settings: Any, redis_conn: Any) -> Callable[..., int]:
     from app.jobs import ALL_QUEUES
     from workers.metered import MeteredWorker
 
+    class _CountingWorker(MeteredWorker):  # type: ignore[misc]
+        """RQ 3 keeps its job counts in Redis only; count here what this worker ran."""
+
+        jobs_run = 0
+
+        def increment_successful_job_count(self, pipeline: Any = None) -> None:
+            super().increment_successful_job_count(pipeline)
+            self.jobs_run += 1
+
+        def increment_failed_job_count(self, pipeline: Any = None) -> None:
+            super().increment_failed_job_count(pipeline)
+            self.jobs_run += 1
+
     def run(queues: tuple[str, ...] = ALL_QUEUES, with_scheduler: bool = False, max_rounds: int = 20) -> int:
         done = 0
         for _ in range(max_rounds):
             qs = [Queue(q, connection=redis_conn) for q in queues]
             if not any(q.count for q in qs) and not with_scheduler:
                 break
-            worker = MeteredWorker(qs, connection=redis_conn)
+            worker = _CountingWorker(qs, connection=redis_conn)
             worked = worker.work(burst=True, with_scheduler=with_scheduler, logging_level="WARNING")
-            done += worker.successful_job_count + worker.failed_job_count
+            done += worker.jobs_run
             if not worked:
                 break
         return done
