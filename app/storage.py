@@ -359,7 +359,7 @@ def our_project_number(client: Client | None = None) -> str | None:
 
 # -- the creation rate (shared by every worker through Redis) --------------------------------
 
-_limiters: dict[tuple[int, str], tuple[Any, Any]] = {}
+_limiters: dict[tuple[int, str, str], tuple[Any, Any]] = {}
 
 
 def _limiter() -> tuple[Any, Any]:
@@ -369,7 +369,7 @@ def _limiter() -> tuple[Any, Any]:
 
     settings = context.settings()
     redis = context.redis()
-    key = (id(redis), settings.gcs_bucket_create_rate)
+    key = (os.getpid(), settings.redis_url, settings.gcs_bucket_create_rate)
     found = _limiters.get(key)
     if found is None:
         storage = RedisStorage(
