@@ -338,6 +338,14 @@ def case_nan() -> tuple[bytes, dict[str, str]]:
     return _signed(b'{"event": "message_created", "id": NaN}')
 
 
+def case_infinite_number() -> tuple[bytes, dict[str, str]]:
+    return _signed(
+        json.dumps(_text())
+        .encode()
+        .replace(b'"content_attributes": {}', b'"content_attributes": {"x": 1e400}')
+    )
+
+
 def case_not_utf8() -> tuple[bytes, dict[str, str]]:
     return _signed(b'{"event": "\xff\xfe"}')
 
@@ -433,6 +441,7 @@ BAD_INPUTS: list[tuple[Callable[[], tuple[bytes, dict[str, str]]], int, str, str
     (case_json_array, 400, "bad_request", None),
     (case_json_number, 400, "bad_request", None),
     (case_nan, 400, "bad_request", None),
+    (case_infinite_number, 400, "bad_request", None),
     (case_not_utf8, 400, "bad_request", None),
     (case_deeply_nested, 400, "bad_request", None),
     (case_two_megabytes, 413, "payload_too_large", None),
