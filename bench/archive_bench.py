@@ -142,17 +142,17 @@ class Stack:
         devstack.wait_for(lambda: devstack._http_ok(f"http://127.0.0.1:{port}/healthz"), "gunicorn")
         return proc
 
-    def cpu(self) -> float:
+    def cpu(self) -> dict[str, float]:
         """CPU seconds used so far by the workers, PostgreSQL, Redis and the GCS emulator."""
-        roots = [p.pid for p in self.procs]
+        roots = {"workers": [p.pid for p in self.procs]}
         pg = devstack.pg_data_root(self.state) / "data" / "postmaster.pid"
         if pg.exists():
-            roots.append(int(pg.read_text().splitlines()[0]))
+            roots["postgres"] = [int(pg.read_text().splitlines()[0])]
         for name in ("redis", "gcs"):
             pid = devstack.read_pid(self.state / f"{name}.pid")
             if pid:
-                roots.append(pid)
-        return process_tree_cpu(roots)
+                roots[name] = [pid]
+        return {name: process_tree_cpu(pids) for name, pids in roots.items()}
 
     def close(self) -> None:
         for proc in list(self.procs):
@@ -216,22 +216,23 @@ def settle() -> None:
         )
 
 
-def throughput(stack: Stack, processes: int, count: int, first_id: int) -> tuple[float, float]:
-    """(messages archived per second, CPU ms per message of workers + PostgreSQL + Redis + GCS)."""
+def throughput(stack: Stack, processes: int, count: int, first_id: int) -> tuple[float, dict[str, float]]:
+    """(messages archived per second, CPU ms per message of the workers, PostgreSQL, Redis, GCS)."""
     from app.ingest import ingest
 
     ids = [int(ingest(message(first_id + i, i % CONTACTS)).note_id or 0) for i in range(count)]
     proc = stack.workers(processes, "archive")
     before = stack.cpu()
     wait_stored(ids, timeout=max(120.0, count / 5))
-    cpu = stack.cpu() - before
+    after = stack.cpu()
+    cpu = {name: 1000 * (after[name] - before.get(name, 0.0)) / count for name in after}
     stack.stop(proc)
     settle()
     span = scalar(
         "SELECT extract(epoch FROM max(stored_at) - min(stored_at)) FROM meeting_notes WHERE id = ANY(%s)",
         (ids,),
     )
-    return (count - 1) / float(span), 1000 * cpu / count
+    return (count - 1) / float(span), cpu
 
 
 def post(conn: http.client.HTTPConnection, body: bytes) -> int:
@@ -292,6 +293,12 @@ def latency(stack: Stack, count: int, rate: float, first_id: int) -> list[float]
     return sorted((stored[i] - t0) * 1000 for i, t0 in sent.items())
 
 
+def context_db() -> Any:
+    from app import context
+
+    return context.db()
+
+
 def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
 
@@ -306,6 +313,11 @@ def main(argv: list[str] | None = None) -> int:
         "--rate", type=float, default=10.0, help="webhooks/s in the latency run (idle system)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, data)")
+    parser.add_argument(
+        "--without-triggers",
+        action="store_true",
+        help="diagnosis: disable the triggers on meeting_notes and message_attachments (monitoring roll-ups)",
+    )
     args = parser.parse_args(argv)
 
     load = os.getloadavg()
@@ -314,6 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stack.start_services()
         print(f"state in {stack.state}")
+        if args.without_triggers:
+            with context_db().transaction() as cur:
+                cur.execute("ALTER TABLE meeting_notes DISABLE TRIGGER USER")
+                cur.execute("ALTER TABLE message_attachments DISABLE TRIGGER USER")
         warm_up(stack)
         results = {p: throughput(stack, p, args.messages, 1_000_000 * p) for p in (1, 2)}
         lat = latency(stack, args.latency_messages, args.rate, 10_000_000)
@@ -326,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     for p, (r, cpu) in results.items():
         workers = f"{p} worker process{'es' if p > 1 else ''}"
         print(f"text messages archived/s, {workers} | {r:,.0f}")
-        print(f"CPU per message (workers, PostgreSQL, Redis, GCS emulator), {workers} | {cpu:.1f} ms")
+        parts = ", ".join(f"{name} {ms:.1f}" for name, ms in cpu.items())
+        print(f"CPU ms per message, {workers} | {sum(cpu.values()):.1f} ({parts})")
     print(f"webhook to stored at {args.rate:g}/s, p50 | {pct(lat, 50):.0f} ms")
     print(f"webhook to stored at {args.rate:g}/s, p99 | {pct(lat, 99):.0f} ms")
     print()
