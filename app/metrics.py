@@ -25,7 +25,8 @@ REQUEST_LATENCY = Histogram(
 
 JOBS = Counter(
     "meeting_notes_jobs_total",
-    "Jobs run, by job and result (ok, retry, error).",
+    "Job outcomes as each job sees them, by job function and result (ok, retry, error): a job that"
+    " records a final failure on its row and returns counts as error here, as ok in job_runs.",
     ["job", "result"],
 )
 

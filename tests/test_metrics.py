@@ -187,7 +187,9 @@ def test_many_processes_add_up(environ: dict[str, str], tmp_path: Path, db: Any,
     assert value(found, "meeting_notes_http_request_duration_seconds_count", endpoint="/healthz") >= requests
     assert value(found, "meeting_notes_job_runs_total", job="rehome_job", result="ok") == 1
     pids = {p.name.split("_")[-1] for p in metrics_dir.glob("*.db")}
-    assert len(pids) >= 3  # two web workers and the job's process wrote their own files
+    # The job's process and the web worker(s) that answered wrote files of their own (which of the two
+    # sync workers takes each request is the kernel's choice, so one may have answered them all).
+    assert len(pids) >= 2
 
 
 @pytest.fixture(autouse=True)

@@ -122,7 +122,7 @@ def _defer(spec: JobSpec, item_id: int, exc: storage.BucketCreationThrottled) ->
         enqueue(spec, item_id, delay_seconds=delay, suffix=f"after{int(time.time()) + delay}")
     except QueueUnavailable:
         raise exc from None
-    JOBS.labels(job=spec.id_prefix, result="retry").inc()
+    JOBS.labels(job=spec.func.rsplit(".", 1)[-1], result="retry").inc()
     log.info("bucket creation throttled; job scheduled again", extra={"id": item_id, "delay": delay})
     return f"deferred {delay} s"
 
@@ -141,14 +141,14 @@ def archive_message(note_id: int) -> str:
         return _defer(ARCHIVE_MESSAGE, note_id, exc)
     except (ArchiveRefused, storage.PermanentStorageError) as exc:
         _record_failure(note_id, exc, True, written)
-        JOBS.labels(job="archive", result="error").inc()
+        JOBS.labels(job="archive_message", result="error").inc()
         return f"error: {_reason(exc)}"
     except Exception as exc:
         final = _final_attempt()
         _record_failure(note_id, exc, final, written)
-        JOBS.labels(job="archive", result="error" if final else "retry").inc()
+        JOBS.labels(job="archive_message", result="error" if final else "retry").inc()
         raise
-    JOBS.labels(job="archive", result="ok").inc()
+    JOBS.labels(job="archive_message", result="ok").inc()
     log.info(
         "message archived",
         extra={
@@ -362,14 +362,14 @@ def archive_update(update_id: int) -> str:
         return _defer(ARCHIVE_UPDATE, update_id, exc)
     except storage.PermanentStorageError as exc:
         _record_update_failure(update_id, exc, final=True)
-        JOBS.labels(job="archive-update", result="error").inc()
+        JOBS.labels(job="archive_update", result="error").inc()
         return f"error: {_reason(exc)}"
     except Exception as exc:
         final = _final_attempt()
         _record_update_failure(update_id, exc, final=final)
-        JOBS.labels(job="archive-update", result="error" if final else "retry").inc()
+        JOBS.labels(job="archive_update", result="error" if final else "retry").inc()
         raise
-    JOBS.labels(job="archive-update", result="ok").inc()
+    JOBS.labels(job="archive_update", result="ok").inc()
     return outcome
 
 
