@@ -6,6 +6,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
+preload_app = True
+"""Load the app once in the master: a bad setting stops the start with one line."""
+accesslog = "-"
+access_log_format = '{"time":"%(t)s","access":"%(m)s %(U)s","status":%(s)s,"ms":%(M)s}'
+"""The path without its query string: a webhook URL token (?token=) never reaches a log line."""
+graceful_timeout = 20
+"""Seconds a worker has to finish the request in flight after SIGTERM."""
+
 
 def child_exit(server: Any, worker: Any) -> None:
     """A web worker exited: its live gauges stop counting in /metrics (multiprocess mode)."""
