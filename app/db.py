@@ -50,6 +50,9 @@ def load_queries(directory: Path = QUERIES_DIR) -> dict[str, str]:
 
 queries: dict[str, str] = load_queries()
 
+_prepared_on: set[tuple[int, int, str, str]] = set()
+"""(connection object id, backend pid, module, statement) where a statement is prepared."""
+
 
 class Database:
     """A lazily opened connection, reopened after a fork or a lost connection.
@@ -136,6 +139,42 @@ class Database:
         with self.transaction() as cur:
             cur.execute(queries[name], params)
             return int(cur.rowcount)
+
+    def run_prepared(self, name: str, params: Params = None) -> dict[str, Any] | None:
+        """Run the named query `module.execute_x` as its own transaction (autocommit): one round
+        trip instead of three (BEGIN, statement, COMMIT), and no planning. On a connection that
+        has not seen it, `module.prepare_x` is sent first, in the same round trip."""
+        module, _, base = name.partition(".")
+        try:
+            return self._execute_prepared(module, base, params, prepare=None)
+        except psycopg2.errors.InvalidSqlStatementName:
+            # The server forgot it (a pooler, DISCARD ALL): prepare it again.
+            return self._execute_prepared(module, base, params, prepare=True)
+        except psycopg2.errors.DuplicatePreparedStatement:
+            # Prepared by an earlier attempt whose EXECUTE failed.
+            return self._execute_prepared(module, base, params, prepare=False)
+
+    def _execute_prepared(
+        self, module: str, base: str, params: Params, *, prepare: bool | None
+    ) -> dict[str, Any] | None:
+        with self.transaction() as cur:
+            conn = cur.connection
+            key = (id(conn), conn.get_backend_pid(), module, base)
+            if prepare is None:
+                prepare = key not in _prepared_on
+            sql = queries[f"{module}.execute_{base}"]
+            if prepare:
+                sql = queries[f"{module}.prepare_{base}"] + ";\n" + sql
+            conn.autocommit = True
+            try:
+                cur.execute(sql, params)
+                found = cur.fetchone()
+            finally:
+                if not conn.closed:
+                    with suppress(psycopg2.Error):
+                        conn.autocommit = False
+            _prepared_on.add(key)
+        return dict(found) if found else None
 
     def ping(self) -> None:
         with self.transaction() as cur:

@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
-from contextlib import suppress
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-import psycopg2
-import psycopg2.errors
-
 from app import context, jobs, payloads, schemas
 from app.accounts import AccountConfig
-from app.db import DatabaseUnavailable, queries
+from app.db import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -225,43 +221,9 @@ def ingest(payload: dict[str, Any], *, enqueue_jobs: bool = True) -> IngestResul
     return record(prepared, enqueue_jobs=enqueue_jobs)
 
 
-_prepared_on: set[tuple[int, int]] = set()
-"""Connections (object id, backend pid) where `ingest_record` is prepared."""
-
-
 def _run_record(params: dict[str, Any]) -> dict[str, Any]:
-    """Run the prepared ingest statement as its own transaction (autocommit): one round trip
-    instead of three (BEGIN, statement, COMMIT), on the process's usual connection. The first
-    use on a connection sends PREPARE and EXECUTE together, still one round trip."""
-    try:
-        return _execute_record(params, prepare=None)
-    except psycopg2.errors.InvalidSqlStatementName:
-        # The server forgot it (a pooler, DISCARD ALL): prepare it again.
-        return _execute_record(params, prepare=True)
-    except psycopg2.errors.DuplicatePreparedStatement:
-        # Prepared by an earlier attempt whose EXECUTE failed.
-        return _execute_record(params, prepare=False)
-
-
-def _execute_record(params: dict[str, Any], *, prepare: bool | None) -> dict[str, Any]:
-    with context.db().transaction() as cur:
-        conn = cur.connection
-        key = (id(conn), conn.get_backend_pid())
-        if prepare is None:
-            prepare = key not in _prepared_on
-        sql = queries["ingest.execute_record"]
-        if prepare:
-            sql = queries["ingest.prepare_record"] + ";\n" + sql
-        conn.autocommit = True
-        try:
-            cur.execute(sql, params)
-            found = cur.fetchone()
-        finally:
-            if not conn.closed:
-                with suppress(psycopg2.Error):
-                    conn.autocommit = False
-        _prepared_on.add(key)
-    return dict(found) if found else {}
+    """The ingest statement, prepared once per connection, in one round trip."""
+    return context.db().run_prepared("ingest.record", params) or {}
 
 
 def _enqueue(spec: jobs.JobSpec, row_id: int) -> bool:

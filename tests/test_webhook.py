@@ -859,13 +859,14 @@ def test_one_statement_in_autocommit_per_delivery(
 
 
 def test_the_prepared_statement_is_prepared_again_when_the_server_forgot_it(deliver: Any, db: Any) -> None:
-    from app import context, ingest
+    from app import context
+    from app import db as db_module
 
     deliver("message_created__incoming_text")
     with context.db().transaction() as cur:
         cur.execute("DEALLOCATE ingest_record")
     assert deliver("message_created__incoming_order").get_json()["status"] == "accepted"
-    ingest._prepared_on.clear()  # prepared, but this process does not know it
+    db_module._prepared_on.clear()  # prepared, but this process does not know it
     assert deliver("message_created__outgoing_agent").get_json()["status"] == "accepted"
     assert len(rows(db)) == 3
 

@@ -20,12 +20,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
-
-import psycopg2
-import psycopg2.errors
 
 from app import context, media, storage, users
 from app.db import DatabaseError, queries
@@ -185,40 +181,9 @@ def _record_failure(note_id: int, exc: BaseException, final: bool, written: dict
         log.warning("archive failure not recorded: database unavailable", extra={"note_id": note_id})
 
 
-_prepared_on: set[tuple[int, int, str]] = set()
-"""(connection id, backend pid, statement) where a prepared statement of archive.sql exists."""
-
-
 def _run_prepared(name: str, params: dict[str, Any]) -> dict[str, Any] | None:
-    """Run `archive.execute_<name>` as its own transaction (one round trip), preparing it
-    first (in the same round trip) on a connection that has not seen it."""
-    try:
-        return _execute_prepared(name, params, prepare=None)
-    except psycopg2.errors.InvalidSqlStatementName:
-        return _execute_prepared(name, params, prepare=True)  # the server forgot it (a pooler)
-    except psycopg2.errors.DuplicatePreparedStatement:
-        return _execute_prepared(name, params, prepare=False)  # an earlier EXECUTE failed
-
-
-def _execute_prepared(name: str, params: dict[str, Any], *, prepare: bool | None) -> dict[str, Any] | None:
-    with context.db().transaction() as cur:
-        conn = cur.connection
-        key = (id(conn), conn.get_backend_pid(), name)
-        if prepare is None:
-            prepare = key not in _prepared_on
-        sql = queries[f"archive.execute_{name}"]
-        if prepare:
-            sql = queries[f"archive.prepare_{name}"] + ";\n" + sql
-        conn.autocommit = True
-        try:
-            cur.execute(sql, params)
-            found = cur.fetchone()
-        finally:
-            if not conn.closed:
-                with suppress(psycopg2.Error):
-                    conn.autocommit = False
-        _prepared_on.add(key)
-    return dict(found) if found else None
+    """`archive.execute_<name>`, prepared once per connection, in one round trip."""
+    return context.db().run_prepared(f"archive.{name}", params)
 
 
 def _archive_message(note_id: int, written: dict[str, Any]) -> str:
