@@ -243,14 +243,9 @@ def draft(order: dict[str, Any], request_text: str | None, notes: list[str]) -> 
     if not settings.openai_api_key:
         raise GenerationError("OPENAI_API_KEY is not set")
     try:
-        from openai import OpenAI
+        from app.openai_client import chat_client
 
-        client = OpenAI(
-            api_key=settings.openai_api_key,
-            base_url=settings.openai_base_url or None,
-            timeout=120.0,
-            max_retries=1,
-        )
+        client = chat_client(settings, timeout=120.0, max_retries=1)
         response = client.chat.completions.create(
             model=settings.generation_model,
             messages=draft_prompt(order, request_text, notes),  # type: ignore[arg-type]

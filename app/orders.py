@@ -217,14 +217,9 @@ _CLASSIFIER_INSTRUCTIONS = (
 def classify_with_model(text: str, settings: Settings) -> Classification | None:
     """The chat model's reading of the message, or None when it cannot be had (rules decide)."""
     try:
-        from openai import OpenAI
+        from app.openai_client import chat_client
 
-        client = OpenAI(
-            api_key=settings.openai_api_key,
-            base_url=settings.openai_base_url or None,
-            timeout=15.0,
-            max_retries=1,
-        )
+        client = chat_client(settings, timeout=15.0, max_retries=1)
         response = client.chat.completions.create(
             model=settings.classifier_model,
             temperature=0,
