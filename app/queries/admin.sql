@@ -194,42 +194,6 @@ LEFT JOIN rolled r ON r.day = d.day
 LEFT JOIN waiting w ON w.day = d.day
 ORDER BY d.day;
 
--- Work waiting per stage, and the age of the oldest item (seconds).
--- name: dashboard_backlog
-WITH stages (stage, position) AS (
-    VALUES ('archive', 1), ('update archive', 2), ('transcription', 3), ('classification', 4),
-           ('archive error', 5), ('outbox', 6)
-),
-waiting AS (
-    SELECT 'archive' AS stage, created_at AS since
-      FROM meeting_notes WHERE processing_status = 'received'
-    UNION ALL
-    SELECT 'update archive', created_at
-      FROM message_updates WHERE processing_status = 'received'
-    UNION ALL
-    SELECT 'transcription', updated_at
-      FROM meeting_notes WHERE transcription_status = 'pending' AND processing_status = 'stored'
-    UNION ALL
-    SELECT 'classification', updated_at
-      FROM meeting_notes
-     WHERE classification_status = 'pending' AND processing_status = 'stored'
-       AND transcription_status <> 'pending'
-    UNION ALL
-    SELECT 'archive error', created_at
-      FROM meeting_notes WHERE processing_status = 'error'
-    UNION ALL
-    SELECT 'outbox', created_at
-      FROM outbox WHERE status IN ('pending', 'sending')
-),
-per_stage AS (
-    SELECT stage, count(*) AS waiting, min(since) AS oldest FROM waiting GROUP BY stage
-)
-SELECT s.stage, coalesce(p.waiting, 0) AS waiting,
-       floor(extract(epoch FROM now() - p.oldest))::bigint AS oldest_seconds
-FROM stages s
-LEFT JOIN per_stage p ON p.stage = s.stage
-ORDER BY s.position;
-
 -- Archive errors and failed notices of the last 24 hours, by reason.
 -- name: dashboard_errors
 SELECT what, error_details, count(*) AS occurrences, max(at) AS last_seen
