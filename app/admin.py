@@ -109,12 +109,31 @@ def init_app(app: Flask) -> None:
     overall(bp)
     failed(admin_page.bp)
     overall(admin_page.bp)
-    # Only the admin blueprints are limited: other requests (the webhook) skip the limiter's checks.
-    limiter.request_filter(lambda: request.blueprint not in (bp.name, admin_page.bp.name))
-    limiter.init_app(app)
+    _init_limiter_for(app, limiter, (bp.name, admin_page.bp.name))
     app.extensions["admin_limiter"] = limiter
     app.register_blueprint(bp)
     admin_page.init_app(app)
+
+
+def _init_limiter_for(app: Flask, limiter: Any, blueprints: tuple[str, ...]) -> None:
+    """Flask-Limiter's request hooks, run for the requests of `blueprints` only.
+
+    It registers them for every request of the app; the webhook, which has no limit, would
+    still pay for them on each delivery. Its hooks are moved to the blueprints' own hook lists
+    (ahead of the blueprints' hooks, so a limit is checked before the token is).
+    """
+    tables: tuple[dict[str | None, list[Any]], ...] = (
+        app.before_request_funcs,  # type: ignore[assignment]
+        app.after_request_funcs,  # type: ignore[assignment]
+        app.teardown_request_funcs,  # type: ignore[assignment]
+    )
+    app_wide = [list(table.get(None, ())) for table in tables]
+    limiter.init_app(app)
+    for table, before in zip(tables, app_wide, strict=True):
+        added = [hook for hook in table.get(None, ()) if hook not in before]
+        table[None] = before
+        for name in blueprints:
+            table.setdefault(name, [])[:0] = added
 
 
 # ----------------------------------------------------------------------------------------------

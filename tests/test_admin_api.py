@@ -129,6 +129,24 @@ def test_requests_are_rate_limited_per_address(settings: Any, db: Any, redis_con
     assert [call(client, "GET", "/admin/users").status_code for _ in range(6)] == [200] * 5 + [429]
 
 
+def test_the_limiter_runs_only_for_the_admin_blueprints(app: Any, client: Any) -> None:
+    limiter = app.extensions["admin_limiter"]
+
+    def owned(hook: Any) -> bool:
+        target = getattr(hook, "func", hook)  # a functools.partial, or a bound method
+        return getattr(target, "__self__", None) is limiter or limiter in getattr(hook, "args", ())
+
+    for table in (app.before_request_funcs, app.after_request_funcs, app.teardown_request_funcs):
+        assert not any(owned(hook) for hook in table.get(None, []))
+    assert any(owned(hook) for hook in app.before_request_funcs["admin"])
+    assert any(owned(hook) for hook in app.before_request_funcs["admin_page"])
+    # The limit is checked before the token: refused addresses never reach the comparison.
+    assert owned(app.before_request_funcs["admin"][0])
+    # Other requests carry no rate-limit headers.
+    assert "X-RateLimit-Limit" not in client.get("/healthz").headers
+    assert "X-RateLimit-Limit" in call(client, "GET", "/admin/users").headers
+
+
 def test_admin_api_is_off_without_a_token_setting(settings: Any, db: Any, redis_conn: Any) -> None:
     from app import create_app
 
