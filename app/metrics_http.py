@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 bp = Blueprint("metrics", __name__)
 
 SELF_TIMED_BLUEPRINTS = frozenset({"webhooks"})
-"""Blueprints that observe REQUEST_LATENCY themselves (the webhook times its own work)."""
+"""Blueprints that observe REQUEST_LATENCY and log each request themselves (the webhook)."""
+PROBE_RULES = frozenset({"/healthz", "/readyz", "/metrics"})
+"""Polled every few seconds: logged at DEBUG when they answer well."""
 
 
 class QueueDepthCollector(Collector):
@@ -109,12 +111,26 @@ def _start_timer() -> None:
 
 
 def _observe(response: Response) -> Response:
+    """Times the request and logs it: the web server keeps no access log of its own."""
     started = g.pop("metrics_started", None)
     if started is None or request.blueprint in SELF_TIMED_BLUEPRINTS:
         return response
+    elapsed = time.perf_counter() - started
     # The route's rule, not the path: one series per endpoint however many ids are requested.
     rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
-    REQUEST_LATENCY.labels(rule).observe(time.perf_counter() - started)
+    REQUEST_LATENCY.labels(rule).observe(elapsed)
+    quiet = rule in PROBE_RULES and response.status_code < 400
+    log.log(
+        logging.DEBUG if quiet else logging.INFO,
+        "request",
+        # request.path has no query string: a ?token= never reaches the log.
+        extra={
+            "method": request.method,
+            "path": request.path,
+            "http_status": response.status_code,
+            "duration_ms": round(elapsed * 1000, 2),
+        },
+    )
     return response
 
 

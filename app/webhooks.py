@@ -80,6 +80,7 @@ def chatwoot_webhook() -> Response:
         level,
         "webhook",
         extra={
+            "path": PATH,
             "request_id": request_id,
             "delivery_id": delivery_id,
             "outcome": answer.outcome,

@@ -299,7 +299,7 @@ def _run_pipeline(client: Any, settings: Any, run_jobs: Any, capsys: Any) -> str
     return str(captured.err + captured.out)
 
 
-def test_web_access_log_has_no_url_token(services: Any, tmp_path: Path) -> None:
+def test_web_request_log_has_no_url_token(services: Any, tmp_path: Path) -> None:
     """The web process as the local stack starts it: its access log names the path, never `?token=`."""
     port = devstack.free_port()
     env = {
@@ -322,11 +322,21 @@ def test_web_access_log_has_no_url_token(services: Any, tmp_path: Path) -> None:
         assert answer.status_code == 200, answer.text
         wrong = requests.post(url + "x", data=body, headers={"Content-Type": "application/json"}, timeout=10)
         assert wrong.status_code == 401
+        other = requests.get(f"http://127.0.0.1:{port}/api/orders/1?token={URL_TOKEN}", timeout=10)
+        assert other.status_code in {401, 404}
     finally:
         procs.stop_all()
     log = (tmp_path / "logs" / "web.log").read_text()
-    assert "/webhooks/chatwoot" in log
     assert URL_TOKEN not in log and "token=" not in log
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    # One line per request, from the app (the web server keeps no access log of its own).
+    deliveries = [line for line in lines if line.get("path") == "/webhooks/chatwoot"]
+    assert [(d["message"], d["http_status"]) for d in deliveries] == [("webhook", 200), ("webhook", 401)]
+    requests_logged = [line for line in lines if line.get("message") == "request"]
+    assert [(r["path"], r["http_status"]) for r in requests_logged] == [
+        ("/api/orders/1", other.status_code)
+    ]  # /healthz, polled while starting, is logged at DEBUG only
+    assert all(isinstance(line["duration_ms"], float | int) for line in deliveries + requests_logged)
 
 
 # ---------------------------------------------------------------------------------------------
