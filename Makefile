@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt requirements-local.txt | sha256sum | cut -c1-12)
 APT_PACKAGES := espeak-ng ffmpeg sox chromium
 
-.PHONY: help install system-deps dev up down reset status test test-faults lint format bench bench-webhook bench-transcribe bench-archive bench-sql clean
+.PHONY: help install system-deps dev up down reset status test test-faults lint format bench bench-deps bench-webhook bench-transcribe bench-archive bench-sql clean
 
 help:
 	@echo "make dev          run the whole stack in the foreground (Ctrl-C stops it)"
@@ -73,10 +73,21 @@ lint: install
 format: install
 	@$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
 
-bench: install system-deps
+# wrk, the load generator of the webhook benchmark (the benchmark falls back to a Python one).
+bench-deps:
+	@command -v wrk >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null \
+	      || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; } \
+	      || echo "warning: could not install wrk (the webhook benchmark uses its Python load generator)"; \
+	  else \
+	    echo "warning: wrk is missing (apt-get install wrk as root); the webhook benchmark uses its Python load generator"; \
+	  fi; }
+
+bench: install system-deps bench-deps
 	@$(PY) bench/run_all.py
 
-bench-webhook: install system-deps
+bench-webhook: install system-deps bench-deps
 	@$(PY) bench/webhook_bench.py $(BENCH_ARGS)
 
 bench-transcribe: install system-deps
