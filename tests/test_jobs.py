@@ -1,0 +1,54 @@
+"""app.jobs: a job enqueued from its template is the job RQ itself would have written."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rq import Queue, SimpleWorker
+from rq.job import Job
+from rq.registry import FailedJobRegistry
+
+from app import jobs
+
+SQRT = jobs.JobSpec("test-jobs", "math.sqrt", "sqrt", retry_intervals=(5, 30))
+PER_JOB = {"data", "description", "created_at", "enqueued_at"}
+
+
+def test_a_template_job_is_the_job_rq_writes(redis_conn: Any) -> None:
+    jobs._registered_queues.discard((id(redis_conn), SQRT.queue))
+    # The first enqueue on a connection goes through Queue.enqueue (it registers the queue);
+    # later ones are written from the template.
+    assert jobs.enqueue(SQRT, 16, connection=redis_conn)
+    assert (id(redis_conn), SQRT.queue) in jobs._registered_queues
+    assert jobs.enqueue(SQRT, 25, connection=redis_conn)
+
+    by_rq = redis_conn.hgetall("rq:job:sqrt_16")
+    templated = redis_conn.hgetall("rq:job:sqrt_25")
+    assert by_rq.keys() == templated.keys()
+    differ = {key.decode() for key in by_rq if by_rq[key] != templated[key]}
+    assert differ <= PER_JOB
+    assert {"data", "description"} <= differ
+
+    first, second = (Job.fetch(i, connection=redis_conn) for i in ("sqrt_16", "sqrt_25"))
+    assert (second.func_name, second.args, second.kwargs) == ("math.sqrt", (25,), {})
+    assert second.description == "math.sqrt(25)"
+    for attr in ("origin", "retries_left", "retry_intervals", "timeout", "result_ttl", "failure_ttl"):
+        assert getattr(second, attr) == getattr(first, attr), attr
+    assert second.get_status() == first.get_status() == "queued"
+    assert second.enqueued_at is not None and second.created_at is not None
+    assert Queue(SQRT.queue, connection=redis_conn).job_ids == ["sqrt_16", "sqrt_25"]
+
+
+def test_a_template_job_is_unique_and_runs(redis_conn: Any) -> None:
+    assert jobs.enqueue(SQRT, 9, connection=redis_conn)
+    assert jobs.enqueue(SQRT, 4, connection=redis_conn)
+    assert not jobs.enqueue(SQRT, 4, connection=redis_conn)  # queued already: a no-op
+    queue = Queue(SQRT.queue, connection=redis_conn)
+    assert queue.job_ids == ["sqrt_9", "sqrt_4"]
+
+    SimpleWorker([queue], connection=redis_conn).work(burst=True)
+    assert queue.count == 0
+    assert FailedJobRegistry(queue=queue).count == 0
+    # Done, and kept for no time (RESULT_TTL 0): the same id can be queued again on purpose.
+    assert not redis_conn.exists("rq:job:sqrt_4")
+    assert jobs.enqueue(SQRT, 4, connection=redis_conn)
