@@ -6,8 +6,9 @@
 -- message when it is new; when it is already there and this version of what we keep (the
 -- fingerprint, $14) is new, it appends it to message_updates. A row committed by a concurrent
 -- request after this statement began is not visible to `existing`: then all three ids are NULL
--- and the caller runs it again. With $17, the payload is the text as received and the
--- statement removes its one secret, conversation.contact_inbox.pubsub_token.
+-- and the caller runs it again. `existing` is looked up only when the insert did nothing (a
+-- one-time filter: no index probe for a new message). With $17, the payload is the text as
+-- received and the statement removes its one secret, conversation.contact_inbox.pubsub_token.
 -- name: prepare_record
 PREPARE ingest_record (
     jsonb, integer, text, integer, integer, integer, text, text, text, text, boolean, text,
@@ -28,7 +29,7 @@ WITH input AS (
     RETURNING id
 ), existing AS (
     SELECT id, content_fingerprint FROM meeting_notes
-    WHERE chatwoot_account_id = $2 AND chatwoot_message_id = $3
+    WHERE chatwoot_account_id = $2 AND chatwoot_message_id = $3 AND NOT EXISTS (SELECT FROM note)
 ), change AS (
     INSERT INTO message_updates (meeting_note_id, fingerprint, payload, processing_status)
     SELECT existing.id, $14, input.payload, 'received'
