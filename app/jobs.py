@@ -113,6 +113,14 @@ def enqueue(
 
     conn = connection if connection is not None else context.redis()
     jid = job_id(spec, *args) + (f"_{suffix}" if suffix else "")
+    registered = (id(conn), spec.queue)
+    if registered in _registered_queues and not (suffix or retry or timeout or at_front or delay_seconds):
+        # The common case (the webhook's archive job): RQ's job, built from a template.
+        try:
+            return _enqueue_from_template(spec, conn, jid, args)
+        except (RedisError, OSError) as exc:
+            _registered_queues.discard(registered)
+            raise QueueUnavailable(type(exc).__name__) from None
     if retry is None and spec.retry_intervals:
         from rq import Retry
 
@@ -130,14 +138,6 @@ def enqueue(
         timeout = spec.timeout
     if timeout is not None:
         options["job_timeout"] = timeout
-    registered = (id(conn), spec.queue)
-    if registered in _registered_queues and not (suffix or retry or timeout or at_front or delay_seconds):
-        # The common case (the webhook's archive job): RQ's job, built from a template.
-        try:
-            return _enqueue_from_template(spec, conn, jid, args)
-        except (RedisError, OSError) as exc:
-            _registered_queues.discard(registered)
-            raise QueueUnavailable(type(exc).__name__) from None
     try:
         if delay_seconds > 0:
             from datetime import timedelta

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from rq import Queue, SimpleWorker
 from rq.job import Job
 from rq.registry import FailedJobRegistry
@@ -14,13 +15,19 @@ SQRT = jobs.JobSpec("test-jobs", "math.sqrt", "sqrt", retry_intervals=(5, 30))
 PER_JOB = {"data", "description", "created_at", "enqueued_at"}
 
 
-def test_a_template_job_is_the_job_rq_writes(redis_conn: Any) -> None:
+def test_a_template_job_is_the_job_rq_writes(redis_conn: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     jobs._registered_queues.discard((id(redis_conn), SQRT.queue))
     # The first enqueue on a connection goes through Queue.enqueue (it registers the queue);
     # later ones are written from the template.
     assert jobs.enqueue(SQRT, 16, connection=redis_conn)
     assert (id(redis_conn), SQRT.queue) in jobs._registered_queues
-    assert jobs.enqueue(SQRT, 25, connection=redis_conn)
+
+    def not_this_time(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("Queue.enqueue called: the template was not used")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Queue, "enqueue", not_this_time)
+        assert jobs.enqueue(SQRT, 25, connection=redis_conn)
 
     by_rq = redis_conn.hgetall("rq:job:sqrt_16")
     templated = redis_conn.hgetall("rq:job:sqrt_25")
@@ -39,8 +46,9 @@ def test_a_template_job_is_the_job_rq_writes(redis_conn: Any) -> None:
     assert Queue(SQRT.queue, connection=redis_conn).job_ids == ["sqrt_16", "sqrt_25"]
 
 
-def test_a_template_job_is_unique_and_runs(redis_conn: Any) -> None:
+def test_a_template_job_is_unique_and_runs(redis_conn: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     assert jobs.enqueue(SQRT, 9, connection=redis_conn)
+    monkeypatch.setattr(Queue, "enqueue", None)  # from here on, only the template
     assert jobs.enqueue(SQRT, 4, connection=redis_conn)
     assert not jobs.enqueue(SQRT, 4, connection=redis_conn)  # queued already: a no-op
     queue = Queue(SQRT.queue, connection=redis_conn)
