@@ -758,8 +758,14 @@ def test_logs_are_json_with_request_and_delivery_ids_and_no_secrets(
     assert hooks[0]["request_id"] == response.headers["X-Request-Id"]
     assert re.fullmatch(r"[0-9a-f]{32}", hooks[0]["request_id"])
     assert all(h["delivery_id"] == headers["X-Chatwoot-Delivery"] for h in hooks)
-    assert hooks[0]["outcome"] == "accepted" and hooks[0]["message_id"] == "9877"
+    assert hooks[0]["outcome"] == "accepted" and hooks[0]["message_id"] == 9877
     assert hooks[1]["outcome"] == "unauthorized"
+    # A long integer id is an id, not a phone number: the log keeps it whole.
+    long_id = dict(data, id=3_123_456_789_012)
+    body = json.dumps(long_id).encode()
+    assert post_raw(client, body, sign(body)).status_code == 200
+    last = [json.loads(line) for line in json_logs().splitlines() if line.strip()][-1]
+    assert last["message"] == "webhook" and last["message_id"] == 3_123_456_789_012
     everything = json_logs()
     for secret in (WEBHOOK_SECRET, PUBSUB_TOKEN, PHONE, headers["X-Chatwoot-Signature"][7:]):
         assert secret not in everything
