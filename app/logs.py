@@ -106,6 +106,12 @@ def configure_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
         )
     )
     handler.addFilter(RedactingFilter(secrets))
+    # The lines name no source file, thread or process: skip gathering them for every record
+    # (the logging HOWTO's "Optimization" settings).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
