@@ -106,12 +106,9 @@ def configure_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
         )
     )
     handler.addFilter(RedactingFilter(secrets))
-    # The lines name no source file, thread or process: skip gathering them for every record
-    # (the logging HOWTO's "Optimization" settings).
+    # No line names its source file: skip finding the caller's frame for every record (the
+    # logging HOWTO's "Optimization"). Process ids stay: gunicorn's own lines print them.
     logging._srcfile = None
-    logging.logThreads = False
-    logging.logProcesses = False
-    logging.logMultiprocessing = False
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -328,6 +328,7 @@ def test_web_request_log_has_no_url_token(services: Any, tmp_path: Path) -> None
         procs.stop_all()
     log = (tmp_path / "logs" / "web.log").read_text()
     assert URL_TOKEN not in log and "token=" not in log
+    assert "Logging error" not in log and "Traceback" not in log
     lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     # One line per request, from the app (the web server keeps no access log of its own).
     deliveries = [line for line in lines if line.get("path") == "/webhooks/chatwoot"]
