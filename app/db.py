@@ -157,24 +157,33 @@ class Database:
     def _execute_prepared(
         self, module: str, base: str, params: Params, *, prepare: bool | None
     ) -> dict[str, Any] | None:
-        with self.transaction() as cur:
-            conn = cur.connection
-            key = (id(conn), conn.get_backend_pid(), module, base)
-            if prepare is None:
-                prepare = key not in _prepared_on
-            sql = queries[f"{module}.execute_{base}"]
-            if prepare:
-                sql = queries[f"{module}.prepare_{base}"] + ";\n" + sql
-            conn.autocommit = True
-            try:
+        # In autocommit there is no transaction to roll back: the errors of transaction() are
+        # translated here without its context manager and dictionary cursor (the webhook's
+        # statement runs on every delivery).
+        conn = self._connection()
+        key = (id(conn), conn.get_backend_pid(), module, base)
+        if prepare is None:
+            prepare = key not in _prepared_on
+        sql = queries[f"{module}.execute_{base}"]
+        if prepare:
+            sql = queries[f"{module}.prepare_{base}"] + ";\n" + sql
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
                 cur.execute(sql, params)
                 found = cur.fetchone()
-            finally:
-                if not conn.closed:
-                    with suppress(psycopg2.Error):
-                        conn.autocommit = False
-            _prepared_on.add(key)
-        return dict(found) if found else None
+                names = [column.name for column in cur.description or ()]
+        except psycopg2.errors.UniqueViolation as exc:
+            raise UniqueViolation(_short(exc)) from None
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+            self._discard(conn)
+            raise DatabaseUnavailable(_short(exc)) from None
+        finally:
+            if not conn.closed:
+                with suppress(psycopg2.Error):
+                    conn.autocommit = False
+        _prepared_on.add(key)
+        return dict(zip(names, found, strict=True)) if found else None
 
     def ping(self) -> None:
         with self.transaction() as cur:

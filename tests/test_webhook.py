@@ -843,17 +843,27 @@ def test_text_postgresql_cannot_store_is_replaced_not_refused(deliver: Any, db: 
 def test_one_statement_in_autocommit_per_delivery(
     deliver: Any, db: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import psycopg2.extensions
     import psycopg2.extras
+
+    from app import context
 
     deliver("message_created__incoming_text")  # the account's settings are read (and cached) once
     calls: list[tuple[bool, str]] = []
-    original = psycopg2.extras.RealDictCursor.execute
 
-    def counting(self: Any, query: Any, vars: Any = None) -> Any:
-        calls.append((self.connection.autocommit, str(query)[:40]))
-        return original(self, query, vars)
+    class Counting(psycopg2.extensions.cursor):
+        def execute(self, query: Any, vars: Any = None) -> Any:
+            calls.append((self.connection.autocommit, str(query)[:40]))
+            return super().execute(query, vars)
 
-    monkeypatch.setattr(psycopg2.extras.RealDictCursor, "execute", counting)
+    class CountingDict(psycopg2.extras.RealDictCursor):
+        def execute(self, query: Any, vars: Any = None) -> Any:
+            calls.append((self.connection.autocommit, str(query)[:40]))
+            return super().execute(query, vars)
+
+    conn = context.db()._connection()
+    monkeypatch.setattr(conn, "cursor_factory", Counting)
+    monkeypatch.setattr(psycopg2.extras, "RealDictCursor", CountingDict)  # any other statement
     assert deliver("message_created__incoming_order").get_json()["status"] == "accepted"
     assert deliver("message_created__incoming_order").get_json()["status"] == "duplicate"
     update = _update_of("message_created__incoming_order", content="edited")
