@@ -216,9 +216,14 @@ def _finite(text: str) -> float:
     return value
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite)
+"""Built once: json.loads with hooks builds a decoder for every call."""
+
+
 def _parse(body: bytes) -> Any:
     try:
-        return json.loads(body, parse_constant=_reject_constant, parse_float=_finite)
+        # What json.loads does with bytes: detect UTF-8/16/32 (with or without a BOM), decode.
+        return _DECODER.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
     except (ValueError, RecursionError):
         return _NOT_JSON
 
