@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import INCLUDE, Schema, ValidationError, fields, validate
+from marshmallow import INCLUDE, Schema, ValidationError, fields, missing, validate
 
 from app.payloads import MESSAGE_EVENTS, MESSAGE_TYPES_BY_NUMBER, parse_time
 
@@ -108,6 +108,36 @@ class AttachmentSchema(_Kept):
     transcribed_text = fields.String(allow_none=True)
 
 
+class Record(fields.Field[dict[str, Any]]):
+    """A JSON object whose declared keys are checked by the fields of `schema`; every other key
+    is kept as it is. What `fields.Nested(schema)` does for these small objects, without a
+    schema's load machinery (hooks, unknown-field pass, many) for each of them: a third of the
+    webhook's validation time. Errors are nested as Nested's are: `{"id": ["..."]}`."""
+
+    default_error_messages = {"type": "Not a JSON object."}
+
+    def __init__(self, schema: type[Schema], **kwargs: Any):
+        super().__init__(**kwargs)
+        self.members = dict(schema._declared_fields)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.make_error("type")
+        out = dict(value)
+        errors: dict[str, Any] = {}
+        for name, member in self.members.items():
+            try:
+                loaded = member.deserialize(value.get(name, missing), name, value)
+            except ValidationError as exc:
+                errors[name] = exc.messages
+                continue
+            if loaded is not missing:
+                out[name] = loaded
+        if errors:
+            raise ValidationError(errors)
+        return out
+
+
 class EventSchema(_Kept):
     """Any webhook: only its event name is read."""
 
@@ -118,17 +148,17 @@ class MessageSchema(EventSchema):
     """`message_created` and `message_updated`, and the seed guide's minimal test message."""
 
     id = MessageId(required=True)
-    account = fields.Nested(AccountSchema, required=True)
+    account = Record(AccountSchema, required=True)
     message_type = MessageType(required=True)
     content = fields.String(allow_none=True)
     content_type = fields.String(allow_none=True)
     content_attributes = fields.Dict(allow_none=True)
     private = fields.Boolean(allow_none=True, truthy={True}, falsy={False})
     created_at = ChatwootTime(allow_none=True)
-    sender = fields.Nested(SenderSchema, allow_none=True)
-    conversation = fields.Nested(ConversationSchema, required=True)
-    inbox = fields.Nested(InboxSchema, allow_none=True)
-    attachments = fields.List(fields.Nested(AttachmentSchema), allow_none=True)
+    sender = Record(SenderSchema, allow_none=True)
+    conversation = Record(ConversationSchema, required=True)
+    inbox = Record(InboxSchema, allow_none=True)
+    attachments = fields.List(Record(AttachmentSchema), allow_none=True)
 
 
 _event_schema = EventSchema()

@@ -118,3 +118,17 @@ def test_flatten_errors() -> None:
         "_payload": ["whole"],
         "d": ["type"],
     }
+
+
+def test_nested_objects_name_each_bad_member_and_refuse_other_types() -> None:
+    message = load_fixture("message_created__incoming_voice_note")
+    message["conversation"] = "not an object"
+    message["account"] = {"id": None, "plan": "kept"}
+    message["attachments"] = [{"id": "x"}, {"file_type": 3}]
+    assert _errors(message) == {
+        "conversation": ["Not a JSON object."],
+        "account.id": ["Field may not be null."],
+        "attachments.0.id": ["Not a valid integer."],
+        "attachments.1.id": ["Missing data for required field."],
+        "attachments.1.file_type": ["Not a valid string."],
+    }
