@@ -17,7 +17,8 @@ one server:
    /healthz as much as for deliveries, and CPU throughput varies by a quarter from second to second;
 3. server CPU per request in each phase: the CPU time of gunicorn, PostgreSQL and Redis
    processes (from /proc) over the phase, divided by the requests answered; and the CPU time the
-   hypervisor gave to other machines meanwhile (steal), which inflates every figure. The CPU
+   hypervisor gave to other machines meanwhile (steal), which inflates every figure: a run with
+   more than 5 % steal is shown but not judged when another run of that phase was clean. The CPU
    target is judged at full speed, where CPU is the bound; at 200/s each request costs more (idle
    workers wake for each connection), /healthz as much as deliveries.
 
@@ -864,10 +865,10 @@ def main(argv: list[str] | None = None) -> int:
     if not accepted <= notes <= accepted + in_flight or jobs != notes:
         failures.append(f"expected {accepted} rows and as many jobs, found {notes} rows and {jobs} jobs")
     full = results[: 2 * args.runs]
-    hooks_full = [r for r, d in full if d]
-    hook_full = hooks_full[0]
-    at_rate = [r for r, d in results[2 * args.runs :] if d]
-    health_at_rate = [r for r, d in results[2 * args.runs :] if not d]
+    hook_full = next(r for r, d in full if d)
+    hooks_full = _judged([r for r, d in full if d])
+    at_rate = _judged([r for r, d in results[2 * args.runs :] if d])
+    health_at_rate = _judged([r for r, d in results[2 * args.runs :] if not d])
     p99_rate = statistics.median(r.percentile(99) for r in at_rate)
     durable_full = statistics.median(describe(r, True)["durable/s"] for r in hooks_full)
     cpu_full = statistics.median(describe(r, True)["server CPU ms/req"] for r in hooks_full)
@@ -910,6 +911,22 @@ def main(argv: list[str] | None = None) -> int:
     for failure in failures:
         print(f"FAILED: {failure}", file=sys.stderr)
     return 1 if failures else 0
+
+
+MAX_JUDGED_STEAL_PERCENT = 5.0
+"""A phase during which the host took more of the machine's CPU time than this is shown but not
+judged, as long as another run of the same phase was clean: steal inflates the guest's CPU
+accounting and stalls requests, whatever the server does."""
+
+
+def _judged(runs: list[PhaseResult]) -> list[PhaseResult]:
+    clean = [r for r in runs if describe(r, False)["steal %"] <= MAX_JUDGED_STEAL_PERCENT]
+    if clean and len(clean) < len(runs):
+        print(
+            f"not judged ({len(runs) - len(clean)} of {len(runs)} runs of '{runs[0].name}'): "
+            f"the host took more than {MAX_JUDGED_STEAL_PERCENT:g}% of the CPU time meanwhile"
+        )
+    return clean or runs
 
 
 def _fmt(value: Any) -> str:
