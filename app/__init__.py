@@ -20,6 +20,7 @@ def create_app(settings: Settings | None = None, test_config: Mapping[str, Any] 
     from app.health import bp as health_bp
     from app.logs import configure_logging, settings_secrets
     from app.metrics_http import init_app as init_metrics
+    from app.webhooks import WebhookRoute
     from app.webhooks import bp as webhooks_bp
 
     if settings is not None:
@@ -44,4 +45,5 @@ def create_app(settings: Settings | None = None, test_config: Mapping[str, Any] 
     init_metrics(app)
     init_admin(app)
     register_cli(app)
+    app.wsgi_app = WebhookRoute(app.wsgi_app)  # type: ignore[method-assign]
     return app

@@ -904,3 +904,25 @@ def test_ingest_is_the_path_for_replay_and_backfill(db: Any, redis_conn: Any) ->
     assert queued(redis_conn)[ARCHIVE_QUEUE] == [
         (job_id(ARCHIVE_MESSAGE, first.note_id), ARCHIVE_MESSAGE.func, (first.note_id,))
     ]
+
+
+def test_deliveries_skip_flasks_request_machinery_other_methods_do_not(
+    app: Any, client: Any, deliver: Any, db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dispatched: list[str] = []
+    original = type(app).full_dispatch_request
+
+    def counting(self: Any) -> Any:
+        from flask import request
+
+        dispatched.append(f"{request.method} {request.path}")
+        return original(self)
+
+    monkeypatch.setattr(type(app), "full_dispatch_request", counting)
+    assert deliver("message_created__incoming_text").get_json()["status"] == "accepted"
+    assert dispatched == []  # straight to the webhook's handler, ahead of Flask
+    wrong = client.get("/webhooks/chatwoot")
+    assert wrong.status_code == 405 and wrong.is_json
+    assert client.options("/webhooks/chatwoot").status_code == 200
+    assert client.get("/healthz").status_code == 200
+    assert dispatched == ["GET /webhooks/chatwoot", "OPTIONS /webhooks/chatwoot", "GET /healthz"]
