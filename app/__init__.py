@@ -13,15 +13,15 @@ from app.config import Settings
 
 def create_app(settings: Settings | None = None, test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app; settings default to the environment (and `.env`)."""
-    from app.admin import init_app as init_admin
-    from app.api import bp as orders_api_bp
+    from app.admin.api import init_app as init_admin
+    from app.admin.metrics_http import init_app as init_metrics
     from app.cli import register_cli
     from app.errors import register_error_handlers
     from app.health import bp as health_bp
+    from app.ingest.webhook import WebhookRoute
+    from app.ingest.webhook import bp as webhooks_bp
     from app.logs import configure_logging, settings_secrets
-    from app.metrics_http import init_app as init_metrics
-    from app.webhooks import WebhookRoute
-    from app.webhooks import bp as webhooks_bp
+    from app.orders.api import bp as orders_api_bp
 
     if settings is not None:
         context.use_settings(settings)

@@ -12,11 +12,11 @@ from flask.cli import AppGroup
 from app import context
 
 COMMAND_MODULES: tuple[str, ...] = (
-    "app.requeue_cli",
-    "app.spool",
-    "app.backfill",
-    "app.users_cli",
-    "app.admin_cli",
+    "app.admin.requeue",
+    "app.ingest.spool",
+    "app.ingest.backfill",
+    "app.users.cli",
+    "app.admin.cli",
 )
 """Modules with a `register(app)` function that adds their commands."""
 

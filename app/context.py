@@ -70,7 +70,7 @@ def redis() -> Redis:
 
 
 def gcs() -> storage.Client:
-    from app.gcs import make_client
+    from app.archive.gcs_client import make_client
 
     key = _per_process("gcs")
     found = _cache.get(key)

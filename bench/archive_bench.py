@@ -190,8 +190,8 @@ def wait_stored(ids: list[int], timeout: float) -> None:
 
 def warm_up(stack: Stack) -> None:
     """Map half the contacts to users and create every bucket (one message per contact)."""
-    from app import users
-    from app.ingest import ingest
+    from app.ingest.pipeline import ingest
+    from app.users import contacts as users
 
     for contact in range(MAPPED):
         users.link_contact(1, f"bench-user-{contact}", contact_id=50_000 + contact)
@@ -218,7 +218,7 @@ def settle() -> None:
 
 def throughput(stack: Stack, processes: int, count: int, first_id: int) -> tuple[float, dict[str, float]]:
     """(messages archived per second, CPU ms per message of the workers, PostgreSQL, Redis, GCS)."""
-    from app.ingest import ingest
+    from app.ingest.pipeline import ingest
 
     ids = [int(ingest(message(first_id + i, i % CONTACTS)).note_id or 0) for i in range(count)]
     proc = stack.workers(processes, "archive")

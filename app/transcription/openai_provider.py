@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app import audio
-from app.transcription import TranscriptionError, TranscriptionResult, TransientTranscriptionError
+from app.transcription import TranscriptionError, TranscriptionResult, TransientTranscriptionError, audio
 
 OPENAI_MAX_UPLOAD_BYTES = 25_000_000
 """Bytes: the endpoint's limit per file (25 MB)."""

@@ -1,0 +1,1 @@
+"""Administration: the admin API and page, the CLI, monitoring and requeueing."""

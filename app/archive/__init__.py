@@ -1,0 +1,1 @@
+"""Archive: a message row becomes objects in its owner's bucket (message JSON, media)."""

@@ -1,0 +1,581 @@
+"""Google Cloud Storage: bucket names, buckets created on first use, append-only objects.
+
+Each user's archive lives in a bucket of its own, named by a keyed hash of the user key so that a
+bucket name says nothing about whom it belongs to. Buckets are created by the workers (never in
+the request path) in one call with their lifecycle and access settings, at the rate GCS allows,
+and remembered in `gcs_buckets` and in each process. Objects are written with
+`if_generation_match=0`: an object that is already there is success, never an overwrite.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from app import context
+
+if TYPE_CHECKING:
+    from google.cloud.storage import Bucket, Client
+
+log = logging.getLogger(__name__)
+
+SERVICE_LABELS = {"service": "meeting-notes", "component": "archive"}
+"""Labels of every bucket the service creates."""
+LIFECYCLE = ((30, "NEARLINE"), (90, "COLDLINE"), (365, "ARCHIVE"))
+"""(age in days, storage class) transitions of every bucket."""
+MESSAGES_PREFIX = "whatsapp-messages"
+"""The seed guide's object prefix; it holds the messages of every channel."""
+CALL_RETRY_SECONDS = 10.0
+"""Seconds one GCS call retries transient errors before the job fails and RQ retries it later."""
+CALL_TIMEOUT = (5.0, 60.0)
+"""(connect, read) seconds of one GCS request."""
+INLINE_WAIT_SECONDS = 3.0
+"""Longest a job sleeps for a bucket-creation slot; beyond that it is scheduled again later."""
+WAITING_KEY = "meeting-notes:gcs:buckets-waiting"
+"""Redis sorted set of bucket names waiting for a creation slot (score: first seen)."""
+WAITING_TTL = 900
+"""Seconds after which a waiting entry is forgotten (its job died or was erased)."""
+LIMIT_KEY = "gcs-bucket-create"
+
+_BUCKET_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+_SAFE_ID_CHARS = "-_.~"
+
+
+class StorageError(Exception):
+    """Base of the archive's storage errors."""
+
+
+class PermanentStorageError(StorageError):
+    """Retrying will not help: an operator has to act (the row goes to `error`)."""
+
+
+class ForeignBucket(PermanentStorageError):
+    """The bucket name exists but belongs to another project: no data is ever written to it."""
+
+
+class BucketOwnershipUnknown(PermanentStorageError):
+    """A bucket name exists and our project number could not be found to compare with."""
+
+
+class BucketCreationThrottled(StorageError):
+    """No bucket-creation slot is free now; try again after `retry_after` seconds."""
+
+    def __init__(self, name: str, retry_after: float):
+        super().__init__(f"bucket creation throttled; retry in {retry_after:.1f} s")
+        self.name = name
+        self.retry_after = retry_after
+
+
+# ------------------------------------------------------------------------------------------
+# names
+
+
+def bucket_name(user_key: str, secret: str | None = None, prefix: str | None = None) -> str:
+    """`<GCS_BUCKET_PREFIX>-` + the first 32 hex characters of HMAC-SHA256(BUCKET_HASH_SECRET, user key)."""
+    if not user_key:
+        raise ValueError("a user key is required")
+    s = context.settings()
+    key = (s.bucket_hash_secret if secret is None else secret).encode()
+    digest = hmac.new(key, user_key.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+    return f"{s.gcs_bucket_prefix if prefix is None else prefix}-{digest}"
+
+
+def valid_bucket_name(name: str) -> bool:
+    """GCS's rules for a bucket name without dots."""
+    return (
+        bool(_BUCKET_NAME_RE.match(name))
+        and "--" not in name
+        and not name.startswith("goog")
+        and "google" not in name
+        and "g00gle" not in name
+    )
+
+
+def message_prefix(created_at: datetime, message_id: str | int) -> str:
+    """`whatsapp-messages/<YYYY-MM-DD>/<chatwoot_message_id>` (the UTC day the message was created)."""
+    moment = created_at if created_at.tzinfo else created_at.replace(tzinfo=UTC)
+    day = moment.astimezone(UTC).date().isoformat()
+    return f"{MESSAGES_PREFIX}/{day}/{safe_id(message_id)}"
+
+
+def safe_id(value: str | int) -> str:
+    """An id as one path segment: Chatwoot's integers as they are; anything else percent-encoded."""
+    encoded = quote(str(value), safe=_SAFE_ID_CHARS)
+    if encoded in (".", ".."):
+        return encoded.replace(".", "%2E")
+    return encoded or "_"
+
+
+def message_object(prefix: str) -> str:
+    return f"{prefix}.json"
+
+
+def attachment_object(prefix: str, attachment_id: int | str, extension: str) -> str:
+    return f"{prefix}/{safe_id(attachment_id)}{extension}"
+
+
+def update_object(prefix: str, fingerprint: str) -> str:
+    return f"{prefix}/updates/{safe_id(fingerprint)}.json"
+
+
+def transcript_object(prefix: str) -> str:
+    return f"{prefix}/transcript.json"
+
+
+def gs_uri(bucket: str, object_name: str) -> str:
+    return f"gs://{bucket}/{object_name}"
+
+
+def parse_gs_uri(uri: str) -> tuple[str, str]:
+    """(bucket, object) of `gs://bucket/object`."""
+    if not uri.startswith("gs://") or "/" not in uri[5:]:
+        raise ValueError(f"not a gs:// object URI: {uri!r}")
+    bucket, _, name = uri[5:].partition("/")
+    return bucket, name
+
+
+# ------------------------------------------------------------------------------------------
+# buckets
+
+
+_known: weakref.WeakKeyDictionary[Client, set[str]] = weakref.WeakKeyDictionary()
+"""Ready bucket names, per GCS client (so per process and per settings)."""
+_known_lock = threading.Lock()
+_project_numbers: weakref.WeakKeyDictionary[Client, str] = weakref.WeakKeyDictionary()
+
+
+_PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "all_proxy")
+
+
+def _known_set(client: Client) -> set[str]:
+    with _known_lock:
+        found = _known.get(client)
+        if found is None:
+            found = set()
+            _known[client] = found
+            _tune(client)
+        return found
+
+
+def _tune(client: Client) -> None:
+    """Without proxy settings, skip the lookups `requests` makes on every call (.netrc, proxy
+    variables): about a millisecond per object written."""
+    if not any(os.environ.get(v) for v in _PROXY_VARIABLES):
+        client._http.trust_env = False
+
+
+def is_known(name: str) -> bool:
+    """True when this process already knows the bucket is ready (no call made)."""
+    return name in _known_set(context.gcs())
+
+
+def forget_bucket(name: str) -> None:
+    """Forget a bucket in this process and in the database (it was deleted, or has vanished)."""
+    _known_set(context.gcs()).discard(name)
+    context.db().execute("archive.bucket_forget", {"bucket_name": name})
+
+
+def configure_new_bucket(bucket: Bucket) -> Bucket:
+    """Set what every new bucket gets: lifecycle, uniform access, no public access, labels."""
+    bucket.clear_lifecycle_rules()
+    for age, storage_class in LIFECYCLE:
+        bucket.add_lifecycle_set_storage_class_rule(storage_class, age=age)
+    bucket.iam_configuration.uniform_bucket_level_access_enabled = True
+    bucket.iam_configuration.public_access_prevention = "enforced"
+    bucket.labels = dict(SERVICE_LABELS)
+    return bucket
+
+
+def _has_our_settings(bucket: Bucket) -> bool:
+    rules = {
+        (r.get("action", {}).get("storageClass"), r.get("condition", {}).get("age"))
+        for r in bucket.lifecycle_rules
+    }
+    iam = bucket.iam_configuration
+    return (
+        all((cls, age) in rules for age, cls in LIFECYCLE)
+        and bool(iam.uniform_bucket_level_access_enabled)
+        and iam.public_access_prevention == "enforced"
+    )
+
+
+def _call_retry() -> Any:
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    return DEFAULT_RETRY.with_timeout(CALL_RETRY_SECONDS)
+
+
+def ensure_bucket(name: str) -> Bucket:
+    """The bucket, created on first use with our settings; remembered once it is ready.
+
+    Raises ForeignBucket when the name belongs to another project, BucketCreationThrottled when
+    no creation slot is free for a while (the caller tries again later).
+    """
+    client = context.gcs()
+    known = _known_set(client)
+    if name in known:
+        return client.bucket(name)
+    if not valid_bucket_name(name):
+        raise PermanentStorageError(f"invalid bucket name {name!r}")
+    row = context.db().fetch_one("archive.bucket_get", {"bucket_name": name})
+    if row is not None:
+        if row["state"] == "foreign":
+            raise ForeignBucket(f"bucket {name} belongs to another project")
+        known.add(name)
+        return client.bucket(name)
+    bucket = _create_or_adopt(client, name)
+    known.add(name)
+    return bucket
+
+
+def _create_or_adopt(client: Client, name: str) -> Bucket:
+    from google.api_core import exceptions as gexc
+
+    from app.archive.gcs_client import project_id
+
+    settings = context.settings()
+    _acquire_creation_slot(name)
+    # Another process may have created it while this one waited for a slot.
+    row = context.db().fetch_one("archive.bucket_get", {"bucket_name": name})
+    if row is not None:
+        if row["state"] == "foreign":
+            raise ForeignBucket(f"bucket {name} belongs to another project")
+        return client.bucket(name)
+    bucket = configure_new_bucket(client.bucket(name))
+    try:
+        bucket.create(
+            project=project_id(settings),
+            location=settings.gcs_location,
+            timeout=CALL_TIMEOUT,
+            retry=_call_retry(),
+        )
+    except gexc.Conflict:
+        return _adopt(client, name)
+    except gexc.TooManyRequests:
+        raise BucketCreationThrottled(name, _slot_seconds()) from None
+    project_number = str(bucket.project_number) if bucket.project_number is not None else None
+    _record_bucket(name, "ready", "created", project_number)
+    log.info("bucket created", extra={"bucket": name, "location": settings.gcs_location})
+    return bucket
+
+
+def _adopt(client: Client, name: str) -> Bucket:
+    """A 409 on create: use the bucket only if it belongs to our project."""
+    from google.api_core import exceptions as gexc
+
+    try:
+        existing = client.get_bucket(name, timeout=CALL_TIMEOUT, retry=_call_retry())
+    except gexc.Forbidden:
+        return _refuse(name, None, "exists and is not readable by this service")
+    ours = our_project_number(client)
+    theirs = str(existing.project_number) if existing.project_number is not None else None
+    if ours is None:
+        if not context.settings().uses_gcs_emulator:
+            log.error(
+                "bucket exists and the project number is unknown; set GCS_PROJECT_NUMBER",
+                extra={"bucket": name},
+            )
+            raise BucketOwnershipUnknown(
+                f"bucket {name} exists; set GCS_PROJECT_NUMBER to tell whether it is ours"
+            )
+        ours = theirs  # an emulator serves a single project
+    if theirs != ours:
+        return _refuse(name, theirs, f"belongs to project number {theirs}, not ours")
+    if not _has_our_settings(existing) or existing.labels.get("service") != SERVICE_LABELS["service"]:
+        configure_new_bucket(existing)
+        existing.patch(timeout=CALL_TIMEOUT, retry=_call_retry())
+    _record_bucket(name, "ready", "adopted", theirs)
+    log.warning("bucket already existed in our project: adopted", extra={"bucket": name})
+    return existing
+
+
+def _refuse(name: str, project_number: str | None, reason: str) -> Bucket:
+    _record_bucket(name, "foreign", "refused", project_number, error_details=reason[:200])
+    log.error(
+        "BUCKET NAME TAKEN BY ANOTHER PROJECT: no data will be written to it",
+        extra={"bucket": name, "reason": reason},
+    )
+    raise ForeignBucket(f"bucket {name} {reason}")
+
+
+def _record_bucket(
+    name: str, state: str, how: str, project_number: str | None, error_details: str | None = None
+) -> None:
+    with context.db().transaction() as cur:
+        from app.db import queries
+
+        cur.execute(
+            queries["archive.bucket_record"],
+            {
+                "bucket_name": name,
+                "state": state,
+                "how": how,
+                "project_number": project_number,
+                "error_details": error_details,
+            },
+        )
+        if state == "ready":
+            cur.execute(queries["archive.user_bucket_created"], {"bucket_name": name})
+
+
+def our_project_number(client: Client | None = None) -> str | None:
+    """GCS_PROJECT_NUMBER, else what GCS says (its service agent is service-<number>@...),
+    else the number on a bucket we created ourselves; None when nothing tells."""
+    from google.api_core import exceptions as gexc
+
+    settings = context.settings()
+    if settings.gcs_project_number:
+        return settings.gcs_project_number
+    client = client or context.gcs()
+    cached = _project_numbers.get(client)
+    if cached:
+        return cached
+    found: str | None = None
+    try:
+        email = client.get_service_account_email(timeout=CALL_TIMEOUT, retry=None)
+        match = re.match(r"service-(\d+)@", email or "")
+        found = match.group(1) if match else None
+    except (gexc.GoogleAPICallError, ValueError, KeyError):
+        found = None
+    if found is None:
+        row = context.db().fetch_one("archive.bucket_own_project_number")
+        found = row["project_number"] if row else None
+    if found:
+        _project_numbers[client] = found
+    return found
+
+
+# -- the creation rate (shared by every worker through Redis) --------------------------------
+
+_limiters: dict[tuple[int, str, str], tuple[Any, Any]] = {}
+
+
+def _limiter() -> tuple[Any, Any]:
+    from limits import parse_many
+    from limits.storage import RedisStorage
+    from limits.strategies import MovingWindowRateLimiter
+
+    settings = context.settings()
+    redis = context.redis()
+    key = (os.getpid(), settings.redis_url, settings.gcs_bucket_create_rate)
+    found = _limiters.get(key)
+    if found is None:
+        storage = RedisStorage(
+            settings.redis_url, connection_pool=redis.connection_pool, key_prefix="meeting-notes:limits"
+        )
+        items = parse_many(settings.gcs_bucket_create_rate)
+        found = (MovingWindowRateLimiter(storage), items)
+        _limiters.clear()
+        _limiters[key] = found
+    return found
+
+
+def _slot_seconds() -> float:
+    """Average seconds between two creations at the configured rate."""
+    _, items = _limiter()
+    return float(max(item.get_expiry() / item.amount for item in items))
+
+
+def _acquire_creation_slot(name: str) -> None:
+    """Take a bucket-creation slot, sleeping a little if one frees soon; else throttle.
+
+    Waiting names queue in Redis by arrival, so deferred jobs come back one slot apart instead
+    of all at once.
+    """
+    limiter, items = _limiter()
+    redis = context.redis()
+    deadline = time.monotonic() + INLINE_WAIT_SECONDS
+    while True:
+        blocked = [item for item in items if not limiter.test(item, LIMIT_KEY)]
+        if not blocked and all(limiter.hit(item, LIMIT_KEY) for item in items):
+            redis.zrem(WAITING_KEY, name)
+            return
+        now = time.time()
+        reset = max(limiter.get_window_stats(item, LIMIT_KEY).reset_time for item in items)
+        wait = max(0.05, reset - now)
+        pipe = redis.pipeline()
+        pipe.zremrangebyscore(WAITING_KEY, 0, now - WAITING_TTL)
+        pipe.zadd(WAITING_KEY, {name: now}, nx=True)
+        pipe.zrank(WAITING_KEY, name)
+        rank = int(pipe.execute()[2] or 0)
+        if rank == 0 and time.monotonic() + wait <= deadline:
+            time.sleep(wait)
+            continue
+        raise BucketCreationThrottled(name, wait + rank * _slot_seconds())
+
+
+def delete_bucket(name: str) -> int:
+    """Delete every object of the bucket, then the bucket; return the objects deleted (0 if none)."""
+    from google.api_core import exceptions as gexc
+
+    client = context.gcs()
+    deleted = 0
+    try:
+        for blob in client.list_blobs(name, timeout=CALL_TIMEOUT, retry=_call_retry()):
+            try:
+                blob.delete(timeout=CALL_TIMEOUT, retry=_call_retry())
+                deleted += 1
+            except gexc.NotFound:
+                pass
+        client.bucket(name).delete(timeout=CALL_TIMEOUT, retry=_call_retry())
+    except gexc.NotFound:
+        pass
+    forget_bucket(name)
+    log.info("bucket deleted", extra={"bucket": name, "objects": deleted})
+    return deleted
+
+
+# ------------------------------------------------------------------------------------------
+# objects
+
+
+@dataclass(frozen=True)
+class Written:
+    uri: str
+    created: bool
+    """False when the object was already there (an earlier run wrote it)."""
+
+
+def _write(bucket: Bucket, object_name: str, upload: Any) -> Written:
+    """Run an upload with if_generation_match=0; a 412 means it is already archived."""
+    from google.api_core import exceptions as gexc
+
+    for attempt in (1, 2):
+        try:
+            upload(bucket.blob(object_name))
+            return Written(gs_uri(bucket.name, object_name), True)
+        except gexc.PreconditionFailed:
+            return Written(gs_uri(bucket.name, object_name), False)
+        except gexc.NotFound:
+            # The bucket vanished (deleted outside, or an emulator restarted): make it again once.
+            if attempt == 2:
+                raise
+            log.warning("bucket missing on upload; creating it again", extra={"bucket": bucket.name})
+            forget_bucket(bucket.name)
+            bucket = ensure_bucket(bucket.name)
+    raise AssertionError("unreachable")
+
+
+def put_bytes(bucket: Bucket, object_name: str, data: bytes, content_type: str) -> str:
+    """Write an object unless it exists; return `gs://bucket/object`."""
+    return write_bytes(bucket, object_name, data, content_type).uri
+
+
+def write_bytes(bucket: Bucket, object_name: str, data: bytes, content_type: str) -> Written:
+    def upload(blob: Any) -> None:
+        blob.upload_from_string(
+            data,
+            content_type=content_type,
+            if_generation_match=0,
+            timeout=CALL_TIMEOUT,
+            retry=_call_retry(),
+        )
+
+    return _write(bucket, object_name, upload)
+
+
+def put_json(bucket: Bucket, object_name: str, obj: Any) -> str:
+    """Write a JSON object (UTF-8) unless it exists; return `gs://bucket/object`."""
+    return write_json(bucket, object_name, obj).uri
+
+
+def write_json(bucket: Bucket, object_name: str, obj: Any) -> Written:
+    data = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str).encode()
+    return write_bytes(bucket, object_name, data, "application/json; charset=utf-8")
+
+
+def put_file(bucket: Bucket, object_name: str, fileobj: IO[bytes], size: int, content_type: str) -> Written:
+    """Stream a file to an object unless it exists (resumable upload above 8 MiB)."""
+
+    def upload(blob: Any) -> None:
+        fileobj.seek(0)
+        blob.upload_from_file(
+            fileobj,
+            size=size,
+            content_type=content_type,
+            if_generation_match=0,
+            timeout=CALL_TIMEOUT,
+            retry=_call_retry(),
+            rewind=False,
+        )
+
+    return _write(bucket, object_name, upload)
+
+
+def list_objects(bucket_name_: str, prefix: str) -> list[str]:
+    """Names of the objects under a prefix (none when the bucket does not exist)."""
+    from google.api_core import exceptions as gexc
+
+    try:
+        return [
+            b.name
+            for b in context.gcs().list_blobs(
+                bucket_name_, prefix=prefix, timeout=CALL_TIMEOUT, retry=_call_retry()
+            )
+        ]
+    except gexc.NotFound:
+        return []
+
+
+def copy_object(source_bucket: str, object_name: str, destination: Bucket) -> Written:
+    """Copy an object into another bucket under the same name, unless it is already there."""
+    from google.api_core import exceptions as gexc
+
+    client = context.gcs()
+    source = client.bucket(source_bucket).blob(object_name)
+    target = destination.blob(object_name)
+    # GCS refuses the rewrite with 412 when the target exists; emulators do not, so ask first.
+    if target.exists(timeout=CALL_TIMEOUT, retry=_call_retry()):
+        return Written(gs_uri(destination.name, object_name), False)
+    token: str | None = None
+    try:
+        while True:
+            token, _, _ = target.rewrite(
+                source, token=token, if_generation_match=0, timeout=CALL_TIMEOUT, retry=_call_retry()
+            )
+            if token is None:
+                return Written(gs_uri(destination.name, object_name), True)
+    except gexc.PreconditionFailed:
+        return Written(gs_uri(destination.name, object_name), False)
+
+
+def delete_object(bucket_name_: str, object_name: str) -> bool:
+    """Delete an object; False when it was not there."""
+    from google.api_core import exceptions as gexc
+
+    try:
+        context.gcs().bucket(bucket_name_).blob(object_name).delete(timeout=CALL_TIMEOUT, retry=_call_retry())
+        return True
+    except gexc.NotFound:
+        return False
+
+
+def read_bytes(bucket_name_: str, object_name: str) -> bytes:
+    data: bytes = (
+        context.gcs()
+        .bucket(bucket_name_)
+        .blob(object_name)
+        .download_as_bytes(timeout=CALL_TIMEOUT, retry=_call_retry())
+    )
+    return data
+
+
+def iter_message_objects(bucket_name_: str, prefix: str) -> Iterator[str]:
+    """The message JSON and everything beside it (attachments, transcript, updates)."""
+    names = set(list_objects(bucket_name_, message_object(prefix)))
+    names.update(list_objects(bucket_name_, prefix + "/"))
+    for name in sorted(names):
+        if name == message_object(prefix) or name.startswith(prefix + "/"):
+            yield name

@@ -1,0 +1,1 @@
+"""Orders: a message (or transcript) becomes a note, a command, an answer or a content order."""

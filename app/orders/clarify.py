@@ -1,0 +1,697 @@
+"""Content orders: telling an order from a note, the four order fields, and the clarification
+state machine that asks for what is missing, one quick-reply question at a time.
+
+The clarification in progress lives in `conversations.context_json`:
+
+    {"clarification": {"order_id": 12, "field": "topic", "items": [{"title", "value"}...],
+                       "fields": {"platform": "LinkedIn", "length": "Short", ...},
+                       "attempt": 0, "asked_at": "<ISO time>", "language": "en",
+                       "question_outbox_id": 7, "question_message_id": "9882"},
+     "waiting_orders": [13]}
+
+`waiting_orders` are incomplete orders that arrived while another one was being clarified;
+their questions come once the current one is settled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from psycopg2.extras import Json
+
+from app import context
+from app.chatwoot import client as chatwoot
+from app.chatwoot import outbox
+from app.config import Settings
+from app.db import queries
+from app.orders import i18n
+
+log = logging.getLogger(__name__)
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "platform": ("LinkedIn", "Instagram", "Twitter", "Blog"),
+    "length": ("Short", "Medium", "Long"),
+    "tone": ("Professional", "Casual", "Friendly", "Authoritative"),
+    "topic": ("Trends", "News", "Tips", "Product"),
+}
+ASK_ORDER = ("platform", "topic", "length", "tone")
+"""The order in which missing fields are asked."""
+
+MAX_ATTEMPTS_PER_QUESTION = 2
+"""A question whose answer matches no choice is asked once more, then the order is cancelled."""
+
+OPEN_STATUSES = ("clarifying", "queued", "generating")
+
+LOCK_WAIT_SECONDS = 30.0
+"""How long a job waits for another job to finish with the same conversation."""
+
+
+# ------------------------------------------------------------------------------------------
+# Rules
+
+
+def _alternation(words: str) -> str:
+    return "|".join(re.escape(w).replace(r"\ ", r"\s+") for w in words.split(","))
+
+
+# Matched against i18n.normalize(text): lower case, no accents, no punctuation.
+_FIELD_WORDS: dict[str, dict[str, str]] = {
+    "platform": {
+        "LinkedIn": "linkedin,linked in",
+        "Instagram": "instagram,insta,ig,reel,reels",
+        "Twitter": "twitter,tweet,tweets,tuit,tuite,tuitar,x thread",
+        "Blog": "blog,blogpost,blog post,article,artigo,articulo",
+    },
+    "length": {
+        "Short": "short,shorter,brief,quick,curto,curta,breve,corto,corta",
+        "Medium": "medium,medium length,medio,mediano,mediana",
+        "Long": "long,longer,lengthy,detailed,in depth,longo,longa,largo,larga,extenso,extensa",
+    },
+    "tone": {
+        "Professional": "professional,formal,profissional,profesional",
+        "Casual": "casual,informal,relaxed,laid back,descontraido,descontraida,relajado",
+        "Friendly": "friendly,warm,amigavel,amistoso,amistosa,amigable,cercano",
+        "Authoritative": "authoritative,assertive,autoritativo,autoritario,autoritaria",
+    },
+    "topic": {
+        "Trends": "trend,trends,trending,tendencia,tendencias",
+        "News": "news,announcement,noticia,noticias,novidade,novidades,novedad,novedades,anuncio",
+        "Tips": "tip,tips,advice,how to guide,dica,dicas,consejo,consejos,truques,trucos",
+        "Product": "product,produto,producto,feature,launch,lancamento,lanzamiento",
+    },
+}
+_FIELD_PATTERNS = {
+    name: {value: re.compile(rf"\b(?:{_alternation(words)})\b") for value, words in values.items()}
+    for name, values in _FIELD_WORDS.items()
+}
+# "how long", "as long as", "long-term": not a length.
+_NOT_LENGTH = re.compile(
+    r"\b(?:how long|as long as|so long|no longer|long time|long ago|long term|short term|in short|"
+    r"long run|quanto tempo|longo prazo|curto prazo|largo plazo|corto plazo)\b"
+)
+
+_CONTENT_NOUNS = _alternation(
+    "post,posts,postagem,publicacao,publicacion,article,artigo,articulo,blog post,tweet,thread,"
+    "caption,legenda,newsletter,carousel,carrossel,carrusel,copy,texto para,conteudo,contenido,content piece"
+)
+_VERBS = _alternation(
+    "write,draft,create,compose,craft,prepare,put together,make,"
+    "escreva,escreve,escrever,escrevam,redija,redigir,crie,criar,cria,faca,fazer,faz,prepare,preparar,"
+    "prepara,monte,montar,escribe,escribir,escribeme,escribenos,redacta,redactar,crea,crear,haz,hacer,"
+    "preparame,arma,armar"
+)
+_REQUESTS = _alternation(
+    "i need,i want,i would like,i d like,id like,can you,could you,would you,please,pls,"
+    "preciso de,quero,gostaria de,pode,podes,poderia,por favor,necesito,quiero,me gustaria,puedes,podrias"
+)
+_PLATFORMS = _alternation("linkedin,instagram,insta,twitter,blog")
+_ARTICLES = _alternation("a,an,one,new,um,uma,novo,nova,un,una,nuevo,nueva")
+_ORDER_PATTERNS = (
+    # "write a post", "escreva um post", "escribe un post", "draft me a short LinkedIn article"
+    re.compile(rf"\b(?:{_VERBS})\b(?!\s+sure)(?:\s+\w+){{0,5}}?\s+(?:{_CONTENT_NOUNS})\b"),
+    # "can you ... a post", "preciso de um post", "necesito un post"
+    re.compile(rf"\b(?:{_REQUESTS})\b(?:\s+\w+){{0,6}}?\s+(?:{_CONTENT_NOUNS})\b"),
+    # A message that starts by naming what to write: "LinkedIn post about ...", "post para o
+    # instagram sobre ..." (a platform named later, "saw a LinkedIn post...", is only a note).
+    re.compile(rf"^(?:{_ARTICLES}\s+)?(?:{_PLATFORMS})\s+(?:{_CONTENT_NOUNS})\b"),
+    re.compile(
+        rf"^(?:{_ARTICLES}\s+)?(?:{_CONTENT_NOUNS})\s+(?:for|on|no|na|para|en|pro|pra)\s+"
+        rf"(?:o\s+|el\s+|the\s+)?(?:{_PLATFORMS})\b"
+    ),
+    # "tweet about ..."
+    re.compile(r"^(?:please\s+)?tweet\s+about\b"),
+)
+_SUBJECT_RE = re.compile(
+    r"\b(?:about|regarding|on the topic of|sobre|acerca de|a respeito de|falando de|hablando de)\s+"
+    r"(?P<subject>[^.?!\n;]{3,200})",
+    re.IGNORECASE,
+)
+_SUBJECT_TRAILERS = re.compile(
+    r"\s*(?:,|\bfor\b|\bon\b|\bpara\b|\bno\b|\bna\b|\ben\b|\bin\b)\s+(?:my\s+|our\s+|the\s+|o\s+|a\s+|el\s+|la\s+)?"
+    r"(?:linkedin|instagram|twitter|blog)\b.*$",
+    re.IGNORECASE,
+)
+
+
+def extract_fields(text: str) -> dict[str, str]:
+    """The order fields the text names explicitly (first match per field)."""
+    plain = i18n.normalize(text)
+    found: dict[str, str] = {}
+    for name, patterns in _FIELD_PATTERNS.items():
+        haystack = _NOT_LENGTH.sub(" ", plain) if name == "length" else plain
+        hits = [(m.start(), value) for value, pattern in patterns.items() if (m := pattern.search(haystack))]
+        if hits:
+            found[name] = min(hits)[1]
+    return found
+
+
+def extract_subject(text: str) -> str | None:
+    """The free-text subject ("our onboarding results"), when the text says what it is about."""
+    match = _SUBJECT_RE.search(text)
+    if not match:
+        return None
+    subject = _SUBJECT_TRAILERS.sub("", match.group("subject")).strip(" ,:-\"'")
+    return subject[:300] or None
+
+
+def looks_like_order(text: str) -> bool:
+    """True when the text asks for content to be written (English, Portuguese, Spanish)."""
+    plain = i18n.normalize(text)
+    return any(p.search(plain) for p in _ORDER_PATTERNS)
+
+
+@dataclass(frozen=True)
+class Classification:
+    kind: str
+    """'order' or 'note'."""
+    fields: dict[str, str] = field(default_factory=dict)
+    subject: str | None = None
+    via: str = "rules"
+
+
+def classify_text(text: str, settings: Settings | None = None) -> Classification:
+    """Order or note: the rules, helped by the chat model when one is configured."""
+    s = settings or context.settings()
+    rules_order = looks_like_order(text)
+    rule_fields = extract_fields(text)
+    subject = extract_subject(text)
+    model = classify_with_model(text, s) if (s.openai_api_key and s.classifier_model) else None
+    if model is not None:
+        kind = "order" if (rules_order or model.kind == "order") else "note"
+        if kind == "order":
+            # Words the message says literally win over the model's reading.
+            merged = {**model.fields, **rule_fields}
+            return Classification("order", merged, subject or model.subject, via="model")
+        return Classification("note", via="model")
+    if rules_order:
+        return Classification("order", rule_fields, subject)
+    return Classification("note")
+
+
+CLASSIFIER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["kind", "platform", "length", "tone", "topic", "subject"],
+    "properties": {
+        "kind": {"type": "string", "enum": ["note", "order"]},
+        **{name: {"type": ["string", "null"], "enum": [*values, None]} for name, values in CHOICES.items()},
+        "subject": {"type": ["string", "null"]},
+    },
+}
+
+_CLASSIFIER_INSTRUCTIONS = (
+    "Messages come from a professional writing to a content service over WhatsApp. Most are notes "
+    "(ideas, observations, reminders) to be kept. Some are orders: an explicit request to write a "
+    "piece of content (a post, an article, a tweet). Answer with the message kind and, for an order, "
+    "the fields the message states explicitly: platform (LinkedIn, Instagram, Twitter, Blog), length "
+    "(Short, Medium, Long), tone (Professional, Casual, Friendly, Authoritative), topic category "
+    "(Trends, News, Tips, Product) and the subject in the writer's own words. Use null for anything "
+    "the message does not state. Messages may be in English, Portuguese or Spanish."
+)
+
+
+def classify_with_model(text: str, settings: Settings) -> Classification | None:
+    """The chat model's reading of the message, or None when it cannot be had (rules decide)."""
+    try:
+        from app.orders.openai_client import chat_client
+
+        client = chat_client(settings, timeout=15.0, max_retries=1)
+        response = client.chat.completions.create(
+            model=settings.classifier_model,
+            temperature=0,
+            messages=[
+                {"role": "system", "content": _CLASSIFIER_INSTRUCTIONS},
+                {"role": "user", "content": text[:4000]},
+            ],
+            response_format={
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "message_classification",
+                    "strict": True,
+                    "schema": CLASSIFIER_SCHEMA,
+                },
+            },
+        )
+        data = json.loads(response.choices[0].message.content or "")
+    except Exception as exc:  # any failure of the optional model leaves the decision to the rules
+        log.warning("classifier model unavailable; rules decide", extra={"error_type": type(exc).__name__})
+        return None
+    if not isinstance(data, dict) or data.get("kind") not in ("note", "order"):
+        log.warning("classifier model answered out of schema; rules decide")
+        return None
+    fields = {name: data[name] for name in CHOICES if data.get(name) in CHOICES[name]}
+    subject = data.get("subject") if isinstance(data.get("subject"), str) else None
+    return Classification(str(data["kind"]), fields, (subject or "").strip()[:300] or None, via="model")
+
+
+# ------------------------------------------------------------------------------------------
+# Questions and answers
+
+
+def question_items(name: str, language: str | None) -> list[dict[str, str]]:
+    return [{"title": i18n.choice_title(name, v, language), "value": v.lower()} for v in CHOICES[name]]
+
+
+def question_body(name: str, language: str | None, again: bool = False) -> dict[str, Any]:
+    """An input_select question with a numbered text version for channels without quick replies."""
+    items = question_items(name, language)
+    lines = [i18n.t("question.again", language)] if again else []
+    lines.append(i18n.t(f"question.{name}", language))
+    numbered = "\n".join(f"{n}. {item['title']}" for n, item in enumerate(items, 1))
+    content = "\n".join(lines) + "\n\n" + numbered + "\n\n" + i18n.t("question.footer", language)
+    return chatwoot.quick_reply_body(content, items)
+
+
+def match_choice(name: str, items: list[dict[str, str]], text: str) -> str | None:
+    """The choice a reply names: by number, title (in any language), value or canonical name."""
+    answer = i18n.normalize(text)
+    if not answer:
+        return None
+    number = re.fullmatch(r"(?:option\s+|opcao\s+|opcion\s+)?(\d{1,2})", answer)
+    by_value = {v.lower(): v for v in CHOICES[name]}
+    if number:
+        index = int(number.group(1)) - 1
+        if 0 <= index < len(items):
+            return by_value.get(items[index]["value"])
+        return None
+    for canonical in CHOICES[name]:
+        names = {i18n.normalize(canonical)} | {
+            i18n.normalize(title) for title in i18n.CHOICE_TITLES[name][canonical].values()
+        }
+        names |= {i18n.normalize(i["title"]) for i in items if by_value.get(i["value"]) == canonical}
+        if answer in names:
+            return canonical
+    return None
+
+
+@dataclass
+class Effects:
+    """What to do once the transaction is committed: send messages, start drafting orders."""
+
+    outbox_ids: list[int] = field(default_factory=list)
+    queued_orders: list[int] = field(default_factory=list)
+
+    def extend(self, other: Effects) -> None:
+        self.outbox_ids.extend(other.outbox_ids)
+        self.queued_orders.extend(other.queued_orders)
+
+    def run(self) -> None:
+        for outbox_id in self.outbox_ids:
+            outbox.enqueue_send(outbox_id)
+        if self.queued_orders:
+            from app.orders import generation
+
+            for order_id in self.queued_orders:
+                generation.schedule(order_id)
+
+
+@dataclass
+class Turn:
+    """One incoming message being handled, with what is known of its conversation."""
+
+    note_id: int
+    account_id: int
+    conversation_id: int
+    contact_id: int | None
+    user_id: str | None
+    phone: str | None
+    text: str
+    in_reply_to: int | None
+    language: str
+    context: dict[str, Any]
+
+
+def _exec(cur: Any, name: str, params: dict[str, Any]) -> dict[str, Any] | None:
+    cur.execute(queries[name], params)
+    if cur.description is None:
+        return None
+    row = cur.fetchone()
+    return dict(row) if row is not None else None
+
+
+def save_context(cur: Any, turn: Turn) -> None:
+    _exec(
+        cur,
+        "orders.conversation_set_context",
+        {
+            "account_id": turn.account_id,
+            "conversation_id": turn.conversation_id,
+            "context": Json(turn.context),
+        },
+    )
+
+
+def missing_fields(order: dict[str, Any]) -> list[str]:
+    return [name for name in ASK_ORDER if not order.get(name)]
+
+
+def _order_fields(order: dict[str, Any]) -> dict[str, str]:
+    return {name: order[name] for name in CHOICES if order.get(name)}
+
+
+def _ask(cur: Any, turn: Turn, order: dict[str, Any], name: str, attempt: int) -> int:
+    """Record the question for `name` and make it the clarification in progress."""
+    language = order.get("language") or turn.language
+    body = question_body(name, language, again=attempt > 0)
+    outbox_id = outbox.record_in(
+        cur,
+        turn.account_id,
+        turn.conversation_id,
+        "question",
+        f"order:{order['id']}:ask:{name}:{attempt}",
+        body,
+        order_id=int(order["id"]),
+    )
+    turn.context["clarification"] = {
+        "order_id": int(order["id"]),
+        "field": name,
+        "items": body["content_attributes"]["items"],
+        "fields": _order_fields(order),
+        "attempt": attempt,
+        "asked_at": datetime.now(UTC).isoformat(),
+        "language": language,
+        "question_outbox_id": outbox_id,
+        "question_message_id": None,
+    }
+    return outbox_id
+
+
+def _queue(cur: Any, order_id: int) -> dict[str, Any] | None:
+    return _exec(
+        cur, "orders.order_move", {"id": order_id, "to": "queued", "from": ["clarifying"], "reason": None}
+    )
+
+
+def _start_next(cur: Any, turn: Turn, effects: Effects) -> None:
+    """Ask the first question of the next waiting order, if any."""
+    turn.context.pop("clarification", None)
+    waiting: list[int] = list(turn.context.get("waiting_orders") or [])
+    while waiting:
+        order = _exec(cur, "orders.order_get", {"id": waiting.pop(0)})
+        if order is None or order["status"] != "clarifying":
+            continue
+        missing = missing_fields(order)
+        if not missing:
+            if _queue(cur, int(order["id"])):
+                effects.queued_orders.append(int(order["id"]))
+            continue
+        effects.outbox_ids.append(_ask(cur, turn, order, missing[0], 0))
+        break
+    if waiting:
+        turn.context["waiting_orders"] = waiting
+    else:
+        turn.context.pop("waiting_orders", None)
+
+
+def create_order(cur: Any, turn: Turn, found: Classification) -> tuple[dict[str, Any], Effects]:
+    """Store the order the message asks for; ask its first missing field or queue it."""
+    effects = Effects()
+    fields = {name: found.fields.get(name) for name in CHOICES}
+    complete = all(fields.values())
+    order = _exec(
+        cur,
+        "orders.order_insert",
+        {
+            "account_id": turn.account_id,
+            "conversation_id": turn.conversation_id,
+            "contact_id": turn.contact_id,
+            "user_id": turn.user_id,
+            "note_id": turn.note_id,
+            "status": "queued" if complete else "clarifying",
+            "subject": found.subject,
+            "language": turn.language,
+            **fields,
+        },
+    )
+    if order is None:  # this message's order exists already (a job run twice)
+        existing = _exec(cur, "orders.order_by_note", {"note_id": turn.note_id})
+        assert existing is not None
+        return existing, effects
+    if complete:
+        effects.queued_orders.append(int(order["id"]))
+        return order, effects
+    if turn.context.get("clarification"):
+        turn.context.setdefault("waiting_orders", []).append(int(order["id"]))
+    else:
+        effects.outbox_ids.append(_ask(cur, turn, order, missing_fields(order)[0], 0))
+    save_context(cur, turn)
+    return order, effects
+
+
+@dataclass(frozen=True)
+class Answer:
+    choice: str | None
+    """The canonical choice, or None for a reply to our question that matches none."""
+
+
+def question_message_id(clarification: dict[str, Any]) -> str | None:
+    """Chatwoot's id of the pending question (known once its send went through)."""
+    if clarification.get("question_message_id"):
+        return str(clarification["question_message_id"])
+    row = (
+        outbox.get(int(clarification["question_outbox_id"]))
+        if clarification.get("question_outbox_id")
+        else None
+    )
+    if row and row.get("chatwoot_message_id"):
+        clarification["question_message_id"] = str(row["chatwoot_message_id"])
+        return str(row["chatwoot_message_id"])
+    return None
+
+
+def _replies_to_our_question(turn: Turn, clarification: dict[str, Any]) -> bool:
+    if turn.in_reply_to is None:
+        return False
+    if question_message_id(clarification) == str(turn.in_reply_to):
+        return True
+    earlier = context.db().fetch_one(
+        "outbox.find_by_message",
+        {
+            "account_id": turn.account_id,
+            "conversation_id": turn.conversation_id,
+            "message_id": str(turn.in_reply_to),
+        },
+    )
+    return bool(
+        earlier and earlier["kind"] == "question" and earlier["order_id"] == clarification.get("order_id")
+    )
+
+
+def as_answer(turn: Turn) -> Answer | None:
+    """The message read as an answer to the pending question, or None when it is not one."""
+    clarification = turn.context.get("clarification")
+    if not clarification:
+        return None
+    choice = match_choice(clarification["field"], clarification.get("items") or [], turn.text)
+    if choice is not None:
+        return Answer(choice)
+    if _replies_to_our_question(turn, clarification):
+        return Answer(None)
+    return None
+
+
+def apply_answer(cur: Any, turn: Turn, answer: Answer) -> Effects:
+    """Record the answer and ask the next missing field; or ask again once; or cancel."""
+    effects = Effects()
+    clarification = turn.context["clarification"]
+    order = _exec(cur, "orders.order_get", {"id": clarification["order_id"]})
+    if order is None or order["status"] != "clarifying":
+        _start_next(cur, turn, effects)
+        save_context(cur, turn)
+        return effects
+    name = clarification["field"]
+    if answer.choice is None:
+        attempt = int(clarification.get("attempt", 0)) + 1
+        if attempt < MAX_ATTEMPTS_PER_QUESTION:
+            effects.outbox_ids.append(_ask(cur, turn, order, name, attempt))
+        else:
+            _exec(
+                cur,
+                "orders.order_move",
+                {
+                    "id": order["id"],
+                    "to": "cancelled",
+                    "from": ["clarifying"],
+                    "reason": "answer not understood",
+                },
+            )
+            language = order.get("language") or turn.language
+            effects.outbox_ids.append(
+                outbox.record_in(
+                    cur,
+                    turn.account_id,
+                    turn.conversation_id,
+                    "order_cancelled",
+                    f"order:{order['id']}:cancelled",
+                    chatwoot.text_body(i18n.t("order.cancelled_unclear", language, order_id=order["id"])),
+                    order_id=int(order["id"]),
+                )
+            )
+            _start_next(cur, turn, effects)
+        save_context(cur, turn)
+        return effects
+    fields = {**{n: order.get(n) for n in CHOICES}, name: answer.choice}
+    order = _exec(cur, "orders.order_set_fields", {"id": order["id"], **fields})
+    assert order is not None
+    missing = missing_fields(order)
+    if missing:
+        effects.outbox_ids.append(_ask(cur, turn, order, missing[0], 0))
+    else:
+        if _queue(cur, int(order["id"])):
+            effects.queued_orders.append(int(order["id"]))
+        _start_next(cur, turn, effects)
+    save_context(cur, turn)
+    return effects
+
+
+def cancel_open_orders(cur: Any, turn: Turn, reason: str) -> list[int]:
+    """Cancel the conversation's orders in progress (clarifying, queued, generating)."""
+    cur.execute(
+        queries["orders.orders_open_in_conversation"],
+        {"account_id": turn.account_id, "conversation_id": turn.conversation_id},
+    )
+    open_orders = [dict(r) for r in cur.fetchall()]
+    cancelled: list[int] = []
+    for order in open_orders:
+        if _exec(
+            cur,
+            "orders.order_move",
+            {"id": order["id"], "to": "cancelled", "from": list(OPEN_STATUSES), "reason": reason},
+        ):
+            cancelled.append(int(order["id"]))
+    turn.context.pop("clarification", None)
+    turn.context.pop("waiting_orders", None)
+    save_context(cur, turn)
+    return cancelled
+
+
+# ------------------------------------------------------------------------------------------
+# One conversation at a time
+
+
+class ConversationBusy(Exception):
+    """Another job is handling this conversation; this one runs again shortly."""
+
+
+def conversation_key(account_id: int, conversation_id: int | None, note_id: int | None = None) -> str:
+    if conversation_id is None:
+        return f"classify:{account_id}:note:{note_id}"
+    return f"classify:{account_id}:{conversation_id}"
+
+
+@contextmanager
+def conversation_lock(key: str, wait_seconds: float = LOCK_WAIT_SECONDS) -> Iterator[None]:
+    """A PostgreSQL session advisory lock: one job at a time per conversation, in any process."""
+    import time
+
+    database = context.db()
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        row = database.fetch_one("orders.lock_conversation", {"key": key})
+        if row and row["locked"]:
+            break
+        if time.monotonic() >= deadline:
+            raise ConversationBusy(key)
+        time.sleep(0.05)
+    try:
+        yield
+    finally:
+        try:
+            database.fetch_one("orders.unlock_conversation", {"key": key})
+        except Exception:  # a lost connection released the lock with it
+            log.warning("conversation lock not released explicitly", extra={"lock": key})
+
+
+# ------------------------------------------------------------------------------------------
+# Timeouts
+
+
+def expire_clarifications(now: datetime | None = None, limit: int = 200) -> int:
+    """Cancel clarifications left unanswered for CLARIFICATION_TIMEOUT; returns how many.
+
+    Runs from the scheduler. Nothing is sent for an expired question (the user stopped
+    answering, and WhatsApp's reply window has usually closed by then); a waiting order that is
+    still recent gets its first question.
+    """
+    settings = context.settings()
+    current = now or datetime.now(UTC)
+    cutoff = current - timedelta(seconds=settings.clarification_timeout)
+    database = context.db()
+    expired = 0
+    for conv in database.fetch_all("orders.clarifications_expired", {"cutoff": cutoff, "limit": limit}):
+        account_id = int(conv["chatwoot_account_id"])
+        conversation_id = int(conv["chatwoot_conversation_id"])
+        try:
+            with conversation_lock(conversation_key(account_id, conversation_id), wait_seconds=2.0):
+                effects = Effects()
+                with database.transaction() as cur:
+                    row = _exec(
+                        cur,
+                        "orders.conversation_get",
+                        {"account_id": account_id, "conversation_id": conversation_id},
+                    )
+                    if row is None:
+                        continue
+                    ctx: dict[str, Any] = dict(row["context_json"] or {})
+                    clarification = ctx.get("clarification")
+                    if not clarification or datetime.fromisoformat(clarification["asked_at"]) >= cutoff:
+                        continue
+                    turn = Turn(
+                        note_id=0,
+                        account_id=account_id,
+                        conversation_id=conversation_id,
+                        contact_id=row.get("chatwoot_contact_id"),
+                        user_id=row.get("user_id"),
+                        phone=None,
+                        text="",
+                        in_reply_to=None,
+                        language=i18n.language_or_default(
+                            clarification.get("language") or row.get("language")
+                        ),
+                        context=ctx,
+                    )
+                    if _exec(
+                        cur,
+                        "orders.order_move",
+                        {
+                            "id": clarification["order_id"],
+                            "to": "cancelled",
+                            "from": ["clarifying"],
+                            "reason": "clarification timed out",
+                        },
+                    ):
+                        expired += 1
+                    # Waiting orders as old as the question expire with it.
+                    still_waiting = []
+                    for order_id in ctx.get("waiting_orders") or []:
+                        order = _exec(cur, "orders.order_get", {"id": order_id})
+                        if order and order["status"] == "clarifying" and order["created_at"] < cutoff:
+                            _exec(
+                                cur,
+                                "orders.order_move",
+                                {
+                                    "id": order_id,
+                                    "to": "cancelled",
+                                    "from": ["clarifying"],
+                                    "reason": "clarification timed out",
+                                },
+                            )
+                            expired += 1
+                        else:
+                            still_waiting.append(order_id)
+                    ctx["waiting_orders"] = still_waiting
+                    _start_next(cur, turn, effects)
+                    save_context(cur, turn)
+                effects.run()
+        except ConversationBusy:
+            continue  # the next sweep takes it
+    if expired:
+        log.info("clarifications expired", extra={"orders": expired})
+    return expired

@@ -1,0 +1,238 @@
+"""Classify incoming messages: a command, an answer to a pending question, an order, or a note.
+
+Messages of one conversation are handled one at a time and in the order they were written
+(a PostgreSQL advisory lock per conversation, then its pending messages by creation time), so a
+quick answer never overtakes the order it answers. Notes are kept silently.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from app import context
+from app.chatwoot import client as chatwoot
+from app.chatwoot import outbox
+from app.db import DatabaseUnavailable, queries
+from app.metrics import JOBS
+from app.orders import clarify as orders
+from app.orders import commands, i18n
+
+log = logging.getLogger(__name__)
+
+HOLD_SECONDS = 600
+"""An earlier message still being archived or transcribed holds the later ones this long at most."""
+
+
+class _AlreadyClassified(Exception):
+    pass
+
+
+def classify_message(note_id: int) -> str:
+    """Classify this message and any earlier pending ones of its conversation; returns its kind."""
+    database = context.db()
+    note = database.fetch_one("orders.note_get", {"id": note_id})
+    if note is None:
+        return "missing"
+    if note["classification_status"] != "pending":
+        return str(note["message_kind"] or note["classification_status"])
+    account_id = int(note["chatwoot_account_id"])
+    conversation_id = note["chatwoot_conversation_id"]
+    with orders.conversation_lock(orders.conversation_key(account_id, conversation_id, note_id)):
+        if conversation_id is None:
+            if _ready(note):
+                _handle_safely(note_id)
+        else:
+            _drain(account_id, int(conversation_id))
+    done = database.fetch_one("orders.note_get", {"id": note_id})
+    return str((done or {}).get("message_kind") or (done or {}).get("classification_status") or "missing")
+
+
+def _ready(note: dict[str, Any]) -> bool:
+    """Archived, and transcribed when it is a voice note."""
+    return bool(note["processing_status"] == "stored" and note["transcription_status"] != "pending")
+
+
+def _drain(account_id: int, conversation_id: int) -> None:
+    """Handle the conversation's pending messages in order, stopping at one not ready yet."""
+    now = datetime.now(UTC)
+    handled: set[int] = set()
+    while True:
+        rows = context.db().fetch_all(
+            "orders.pending_in_conversation", {"account_id": account_id, "conversation_id": conversation_id}
+        )
+        progress = False
+        for row in rows:
+            if row["id"] in handled:
+                continue
+            if not _ready(row):
+                if now - row["created_at"] < timedelta(seconds=HOLD_SECONDS):
+                    return  # later messages wait for it
+                continue  # stuck too long: do not hold the conversation back any more
+            handled.add(int(row["id"]))
+            _handle_safely(int(row["id"]))
+            progress = True
+        if not progress:
+            return
+
+
+def _handle_safely(note_id: int) -> None:
+    try:
+        kind = handle(note_id)
+        JOBS.labels(job="classify_message", result="ok").inc()
+        log.info("message classified", extra={"note_id": note_id, "kind": kind})
+    except (DatabaseUnavailable, orders.ConversationBusy):
+        JOBS.labels(job="classify_message", result="retry").inc()
+        raise  # the message stays pending; a retry or the sweep takes it again
+    except Exception as exc:
+        JOBS.labels(job="classify_message", result="error").inc()
+        log.error("classification failed", extra={"note_id": note_id, "error_type": type(exc).__name__})
+        _give_up(note_id, f"classification failed: {type(exc).__name__}")
+
+
+def _give_up(note_id: int, reason: str) -> None:
+    """Mark the message failed; a request for content gets one short notice, a note nothing."""
+    database = context.db()
+    database.execute("orders.note_classification_failed", {"id": note_id, "reason": reason})
+    note = database.fetch_one("orders.note_get", {"id": note_id})
+    if not note or not _processable(note) or note["chatwoot_conversation_id"] is None:
+        return
+    text = _text(note)
+    if text and commands.parse(text) is None and orders.looks_like_order(text):
+        language = i18n.language_or_default(i18n.detect_language(text))
+        outbox.record_and_enqueue(
+            int(note["chatwoot_account_id"]),
+            int(note["chatwoot_conversation_id"]),
+            "order_failed",
+            f"note:{note_id}:failed",
+            chatwoot.text_body(i18n.t("request.failed", language)),
+        )
+
+
+def _processable(note: dict[str, Any]) -> bool:
+    """Only a contact's own incoming, public message is processed: never ours coming back."""
+    payload = note.get("payload") or {}
+    attributes = payload.get("content_attributes") if isinstance(payload, dict) else None
+    ours = isinstance(attributes, dict) and chatwoot.OUTBOX_KEY_ATTRIBUTE in attributes
+    return (
+        note["message_type"] == "incoming"
+        and not note["is_private"]
+        and note["sender_type"] in ("contact", None)
+        and not ours
+    )
+
+
+def _text(note: dict[str, Any]) -> str:
+    content = (note.get("content") or "").strip()
+    transcript = (note.get("transcript") or "").strip()
+    if content and transcript and transcript != content:
+        return f"{content}\n{transcript}"
+    return content or transcript
+
+
+def _in_reply_to(payload: dict[str, Any]) -> int | None:
+    attributes = payload.get("content_attributes")
+    raw = attributes.get("in_reply_to") if isinstance(attributes, dict) else None
+    try:
+        return int(raw) if raw is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _phone(payload: dict[str, Any]) -> str | None:
+    sender = payload.get("sender")
+    phone = sender.get("phone_number") if isinstance(sender, dict) else None
+    return str(phone) if phone else None
+
+
+def _can_reply(payload: dict[str, Any]) -> bool | None:
+    conversation = payload.get("conversation")
+    value = conversation.get("can_reply") if isinstance(conversation, dict) else None
+    return value if isinstance(value, bool) else None
+
+
+def build_turn(note: dict[str, Any]) -> orders.Turn:
+    """The message with its conversation (recorded or refreshed) and the language to answer in."""
+    database = context.db()
+    payload: dict[str, Any] = note["payload"] if isinstance(note.get("payload"), dict) else {}
+    account_id = int(note["chatwoot_account_id"])
+    conversation_id = int(note["chatwoot_conversation_id"])
+    contact_id = note.get("chatwoot_contact_id")
+    phone = _phone(payload)
+    text = _text(note)
+    user_id = note.get("user_id")
+    if not user_id:
+        linked = database.fetch_one(
+            "orders.linked_user", {"account_id": account_id, "contact_id": contact_id, "phone": phone}
+        )
+        user_id = linked["user_id"] if linked else None
+    detected = i18n.detect_language(text)
+    conv = database.fetch_one(
+        "orders.conversation_upsert",
+        {
+            "account_id": account_id,
+            "conversation_id": conversation_id,
+            "contact_id": contact_id,
+            "user_id": user_id,
+            "language": detected,
+            "can_reply": _can_reply(payload),
+            "source_type": note.get("source_type"),
+            "message_at": note.get("message_created_at") or note.get("created_at"),
+        },
+    )
+    assert conv is not None
+    mapping = database.fetch_one("orders.user_get", {"user_id": user_id}) if user_id else None
+    language = i18n.language_or_default((mapping or {}).get("language") or detected or conv.get("language"))
+    return orders.Turn(
+        note_id=int(note["id"]),
+        account_id=account_id,
+        conversation_id=conversation_id,
+        contact_id=int(contact_id) if contact_id is not None else None,
+        user_id=user_id,
+        phone=phone,
+        text=text,
+        in_reply_to=_in_reply_to(payload),
+        language=language,
+        context=dict(conv.get("context_json") or {}),
+    )
+
+
+def handle(note_id: int) -> str | None:
+    """Classify one message and act on it; returns the kind stored."""
+    database = context.db()
+    note = database.fetch_one("orders.note_get", {"id": note_id})
+    if note is None or note["classification_status"] != "pending":
+        return None
+    if not _processable(note) or note["chatwoot_conversation_id"] is None:
+        database.fetch_one("orders.note_classified", {"id": note_id, "status": "not_needed", "kind": None})
+        return None
+    turn = build_turn(note)
+    command = commands.parse(turn.text)
+    link = commands.redeem(turn, command.argument) if command and command.name == "link" else None
+    answer = orders.as_answer(turn) if command is None and turn.text else None
+    found = None
+    if command is None and answer is None:
+        found = orders.classify_text(turn.text) if turn.text else orders.Classification("note")
+
+    effects = orders.Effects()
+    try:
+        with database.transaction() as cur:
+            if command is not None:
+                kind = "command"
+                effects = commands.execute(cur, turn, command, link)
+            elif answer is not None:
+                kind = "answer"
+                effects = orders.apply_answer(cur, turn, answer)
+            elif found is not None and found.kind == "order":
+                kind = "order"
+                _, effects = orders.create_order(cur, turn, found)
+            else:
+                kind = "note"
+            cur.execute(queries["orders.note_classified"], {"id": note_id, "status": "done", "kind": kind})
+            if cur.fetchone() is None:
+                raise _AlreadyClassified
+    except _AlreadyClassified:
+        return None
+    effects.run()
+    return kind

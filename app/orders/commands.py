@@ -1,0 +1,195 @@
+"""User commands: /notify on|off, /status, /cancel, /help, and `LINK 123456`.
+
+A command always gets an answer (an unknown one gets the help text); it is never kept as a note.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from app.chatwoot import client as chatwoot
+from app.chatwoot import outbox
+from app.db import queries
+from app.orders import clarify as orders
+from app.orders import i18n
+
+log = logging.getLogger(__name__)
+
+_LINK_RE = re.compile(r"^/?link\s*[:#]?\s*([0-9][0-9 \-]{0,14})$", re.IGNORECASE)
+_ALIASES: dict[str, str] = {
+    "notify": "notify",
+    "notificar": "notify",
+    "avisar": "notify",
+    "status": "status",
+    "estado": "status",
+    "cancel": "cancel",
+    "cancelar": "cancel",
+    "help": "help",
+    "ajuda": "help",
+    "ayuda": "help",
+    "start": "help",
+    "link": "link",
+}
+_ON = {"on", "yes", "sim", "si", "ligar", "activar", "ativar"}
+_OFF = {"off", "no", "nao", "desligar", "desactivar", "desativar"}
+STATUS_NOTE_DAYS = 7
+LINK_REPLIES = {
+    "invalid_code": "link.failed",
+    "expired": "link.failed",
+    "used": "link.failed",
+    "too_many_attempts": "link.too_many",
+    "linked_to_another_user": "link.other_user",
+    "no_contact": "link.unavailable",
+    "unavailable": "link.unavailable",
+}
+"""The reply to a refused `LINK <code>`, by the reason app.links gives."""
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    """notify_on, notify_off, status, cancel, help, link or unknown."""
+    argument: str | None = None
+
+
+def parse(text: str | None) -> Command | None:
+    """The command a message is, or None when it is not one."""
+    stripped = (text or "").strip()
+    if not stripped:
+        return None
+    link = _LINK_RE.match(stripped)
+    if link:
+        return Command("link", re.sub(r"\D", "", link.group(1)))
+    if not stripped.startswith("/"):
+        return None
+    words = i18n.normalize(stripped[1:]).split()
+    if not words:
+        return Command("unknown")
+    name = _ALIASES.get(words[0])
+    argument = words[1] if len(words) > 1 else None
+    if name == "notify":
+        if argument in _ON:
+            return Command("notify_on")
+        if argument in _OFF:
+            return Command("notify_off")
+        return Command("unknown", argument)
+    if name == "link":
+        return Command("link", "".join(words[1:]) or None)
+    if name is None:
+        return Command("unknown", words[0])
+    return Command(name)
+
+
+@dataclass(frozen=True)
+class LinkOutcome:
+    ok: bool
+    reason: str
+    user_id: str | None = None
+
+
+def redeem(turn: orders.Turn, code: str | None) -> LinkOutcome:
+    """Redeem a link code (before the command's transaction: the admin module commits its own)."""
+    if not code or not re.fullmatch(r"\d{6}", code):
+        return LinkOutcome(False, "invalid_code")
+    try:
+        from app.users.link_codes import redeem_link_code
+    except ImportError:
+        log.error("link codes cannot be redeemed: app.links is missing")
+        return LinkOutcome(False, "unavailable")
+    try:
+        result = redeem_link_code(turn.account_id, turn.contact_id, turn.phone, code)
+    except Exception as exc:
+        log.error("link code redemption failed", extra={"error_type": type(exc).__name__})
+        return LinkOutcome(False, "unavailable")
+    return LinkOutcome(bool(result.ok), str(result.reason), result.user_id)
+
+
+def _exec(cur: Any, name: str, params: dict[str, Any]) -> dict[str, Any] | None:
+    return orders._exec(cur, name, params)
+
+
+def linked_user(cur: Any, turn: orders.Turn) -> str | None:
+    if turn.user_id:
+        return turn.user_id
+    row = _exec(
+        cur,
+        "orders.linked_user",
+        {"account_id": turn.account_id, "contact_id": turn.contact_id, "phone": turn.phone},
+    )
+    return str(row["user_id"]) if row else None
+
+
+def execute(cur: Any, turn: orders.Turn, command: Command, link: LinkOutcome | None = None) -> orders.Effects:
+    """Carry out the command inside the caller's transaction and record its reply."""
+    effects = orders.Effects()
+    lang = turn.language
+    if command.name in ("notify_on", "notify_off"):
+        on = command.name == "notify_on"
+        user_id = linked_user(cur, turn)
+        row = _exec(cur, "orders.user_set_notify", {"user_id": user_id, "on": on}) if user_id else None
+        reply = i18n.t("notify.on" if on else "notify.off", lang) if row else i18n.t("notify.unlinked", lang)
+    elif command.name == "status":
+        reply = _status(cur, turn)
+    elif command.name == "cancel":
+        cancelled = orders.cancel_open_orders(cur, turn, "cancelled by the user")
+        if cancelled:
+            reply = "\n".join(i18n.t("cancel.done", lang, order_id=i) for i in cancelled)
+        else:
+            reply = i18n.t("cancel.nothing", lang)
+    elif command.name == "link":
+        outcome = link or LinkOutcome(False, "invalid_code")
+        reply = i18n.t("link.ok" if outcome.ok else LINK_REPLIES.get(outcome.reason, "link.failed"), lang)
+    else:
+        reply = i18n.t("help", lang)
+    effects.outbox_ids.append(
+        outbox.record_in(
+            cur,
+            turn.account_id,
+            turn.conversation_id,
+            "command_reply",
+            f"note:{turn.note_id}:reply",
+            chatwoot.text_body(reply),
+        )
+    )
+    return effects
+
+
+def _status(cur: Any, turn: orders.Turn) -> str:
+    lang = turn.language
+    cur.execute(
+        queries["orders.orders_open_in_conversation"],
+        {"account_id": turn.account_id, "conversation_id": turn.conversation_id},
+    )
+    lines = []
+    clarification = turn.context.get("clarification") or {}
+    for order in (dict(r) for r in cur.fetchall()):
+        state = i18n.t(f"status.{order['status']}", lang)
+        lines.append(
+            i18n.t(
+                "status.order",
+                lang,
+                order_id=order["id"],
+                what=i18n.what(order["platform"], lang),
+                state=state,
+            )
+        )
+        if order["id"] == clarification.get("order_id"):
+            # Remind the user which question is waiting.
+            lines.append(i18n.t(f"question.{clarification['field']}", lang))
+    if not lines:
+        lines.append(i18n.t("status.no_order", lang))
+    count = _exec(
+        cur,
+        "orders.recent_note_count",
+        {
+            "user_id": linked_user(cur, turn),
+            "account_id": turn.account_id,
+            "contact_id": turn.contact_id,
+            "days": STATUS_NOTE_DAYS,
+        },
+    )
+    lines.append(i18n.t("status.notes", lang, count=int(count["notes"]) if count else 0))
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""The admin API, page, CLI, monitoring SQL and metrics."""

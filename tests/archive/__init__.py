@@ -1,0 +1,1 @@
+"""Archiving messages and media into GCS (emulator) buckets."""

@@ -1,0 +1,1 @@
+"""The Chatwoot API client, the outbox and per-account settings."""

@@ -1,0 +1,1 @@
+"""Plain helper modules shared by the test folders (no tests here)."""

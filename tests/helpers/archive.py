@@ -1,0 +1,257 @@
+"""Helpers shared by the archive, storage, users and media tests (this module holds no tests).
+
+Messages enter through `app.ingest.ingest` (the path the webhook uses); the GCS emulator is the
+suite's own, and Chatwoot's attachment URLs are mocked with `responses`.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import responses
+
+from tests.helpers.common import load_fixture
+
+STORAGE_HOST = "https://storage.example-cdn.com"
+PUBLIC_ADDRESS = "93.184.216.34"
+"""What the test resolver answers for public test hosts (example.com's documented address)."""
+
+
+def ingest(payload: dict[str, Any], enqueue: bool = True) -> int:
+    """Store a Chatwoot payload as the webhook would (app.ingest); return the meeting_notes id."""
+    try:
+        from app.ingest.pipeline import ingest as ingest_payload
+    except ImportError:
+        return insert_note(payload, enqueue=enqueue)
+    result = ingest_payload(copy.deepcopy(payload), enqueue_jobs=enqueue)
+    assert result.note_id is not None, result
+    return int(result.note_id)
+
+
+def insert_note(payload: dict[str, Any], enqueue: bool = True) -> int:
+    """Insert a meeting_notes row with the columns ingestion writes, then queue its archive job."""
+    from app import context
+    from app.jobs import ARCHIVE_MESSAGE
+    from app.jobs import enqueue as enqueue_job
+
+    clean = copy.deepcopy(payload)
+    clean.get("conversation", {}).get("contact_inbox", {}).pop("pubsub_token", None)
+    incoming = clean.get("message_type") == "incoming"
+    sender = clean.get("sender") or {}
+    meta_sender = (clean.get("conversation") or {}).get("meta", {}).get("sender") or {}
+    contact_id = sender.get("id") if incoming else meta_sender.get("id")
+    sender_type = "contact" if incoming else (sender.get("type") or None)
+    has_audio = any(a.get("file_type") == "audio" for a in clean.get("attachments") or [])
+    channel = (clean.get("conversation") or {}).get("channel") or "Channel::Whatsapp"
+    row = {
+        "account_id": clean["account"]["id"],
+        "message_id": str(clean["id"]),
+        "conversation_id": (clean.get("conversation") or {}).get("id"),
+        "inbox_id": (clean.get("inbox") or {}).get("id"),
+        "contact_id": contact_id,
+        "source_type": channel.removeprefix("Channel::").lower().replace("webwidget", "web_widget"),
+        "message_type": clean.get("message_type"),
+        "content_type": clean.get("content_type"),
+        "content": clean.get("content"),
+        "is_private": bool(clean.get("private")),
+        "sender_type": sender_type,
+        "created_at": clean.get("created_at"),
+        "payload": json.dumps(clean),
+        "fingerprint": hashlib.sha256(json.dumps(clean, sort_keys=True).encode()).hexdigest(),
+        "transcription": "pending" if incoming and has_audio else "not_needed",
+        "classification": "pending" if incoming and not clean.get("private") else "not_needed",
+    }
+    with context.db().transaction() as cur:
+        cur.execute(
+            """INSERT INTO meeting_notes (chatwoot_account_id, chatwoot_message_id, chatwoot_conversation_id,
+                   chatwoot_inbox_id, chatwoot_contact_id, source_type, message_type, content_type, content,
+                   is_private, sender_type, message_created_at, payload, content_fingerprint,
+                   processing_status, transcription_status, classification_status)
+               VALUES (%(account_id)s, %(message_id)s, %(conversation_id)s, %(inbox_id)s, %(contact_id)s,
+                   %(source_type)s, %(message_type)s, %(content_type)s, %(content)s, %(is_private)s,
+                   %(sender_type)s, %(created_at)s, %(payload)s, %(fingerprint)s, 'received',
+                   %(transcription)s, %(classification)s)
+               RETURNING id""",
+            row,
+        )
+        note_id = int(cur.fetchone()["id"])
+    if enqueue:
+        enqueue_job(ARCHIVE_MESSAGE, note_id)
+    return note_id
+
+
+def text_message(
+    message_id: int,
+    *,
+    contact_id: int = 287,
+    account_id: int = 1,
+    content: str = "a note",
+    created_at: str = "2026-11-20T14:21:40.117Z",
+    phone: str | None = "+5491155550123",
+    identifier: str | None = None,
+) -> dict[str, Any]:
+    """An incoming WhatsApp text message from a contact, in Chatwoot's shape."""
+    payload = load_fixture("message_created__incoming_text")
+    payload["id"] = message_id
+    payload["content"] = content
+    payload["created_at"] = created_at
+    payload["account"] = {"id": account_id, "name": "Test"}
+    for sender in (payload["sender"], payload["conversation"]["meta"]["sender"]):
+        sender["id"] = contact_id
+        sender["phone_number"] = phone
+        sender["identifier"] = identifier
+    payload["conversation"]["contact_inbox"]["contact_id"] = contact_id
+    payload["conversation"]["messages"] = []
+    return payload
+
+
+def voice_note(message_id: int = 9877, attachment_id: int = 5521, contact_id: int = 287) -> dict[str, Any]:
+    payload = load_fixture("message_created__incoming_voice_note")
+    payload["id"] = message_id
+    payload["conversation"]["messages"] = []
+    payload["sender"]["id"] = contact_id
+    payload["conversation"]["meta"]["sender"]["id"] = contact_id
+    attachment = payload["attachments"][0]
+    attachment["id"] = attachment_id
+    attachment["message_id"] = message_id
+    attachment["data_url"] = data_url(attachment_id, "audioclip.ogg")
+    return payload
+
+
+def data_url(attachment_id: int, filename: str) -> str:
+    return f"https://chat.example.com/rails/active_storage/blobs/redirect/eyJ{attachment_id}--x/{filename}"
+
+
+def storage_url(attachment_id: int, filename: str) -> str:
+    return f"{STORAGE_HOST}/media/{attachment_id}/{filename}?X-Amz-Signature=abc"
+
+
+def mock_attachment(
+    rsps: responses.RequestsMock,
+    attachment_id: int,
+    filename: str,
+    body: bytes,
+    content_type: str,
+    *,
+    not_found_first: int = 0,
+) -> None:
+    """Chatwoot's data_url: 404 `not_found_first` times, then 302 to the storage host, which serves `body`."""
+    url = data_url(attachment_id, filename)
+    for _ in range(not_found_first):
+        rsps.add(responses.GET, url, status=404)
+    rsps.add(responses.GET, url, status=302, headers={"Location": storage_url(attachment_id, filename)})
+    rsps.add(
+        responses.GET,
+        storage_url(attachment_id, filename),
+        body=body,
+        status=200,
+        content_type=content_type,
+    )
+
+
+@pytest.fixture
+def public_resolver(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
+    """Host names of the tests resolve through this table (requests is mocked, DNS is not used)."""
+    from app.archive import media
+
+    table: dict[str, list[str]] = {"storage.example-cdn.com": [PUBLIC_ADDRESS]}
+
+    def resolve(host: str) -> list[str]:
+        if host in table:
+            return table[host]
+        return media.system_resolve(host)
+
+    monkeypatch.setattr(media, "resolve", resolve)
+    return table
+
+
+@pytest.fixture
+def http(settings: Any) -> Iterator[responses.RequestsMock]:
+    """Mocked Chatwoot HTTP; the GCS emulator passes through."""
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        rsps.add_passthru(settings.storage_emulator_host)
+        yield rsps
+
+
+@pytest.fixture
+def archive_env(db: Any, redis_conn: Any, gcs: Any, settings: Any) -> Any:
+    """Empty tables, Redis and emulator, and fast retries of GCS calls."""
+    from app.archive import storage
+    from app.chatwoot import accounts
+
+    accounts.forget_cached()  # account settings are cached per process for 30 s
+    previous = storage.CALL_RETRY_SECONDS
+    storage.CALL_RETRY_SECONDS = 1.0
+    yield settings
+    storage.CALL_RETRY_SECONDS = previous
+    accounts.forget_cached()
+
+
+def note(note_id: int) -> dict[str, Any]:
+    from app import context
+
+    with context.db().transaction() as cur:
+        cur.execute("SELECT * FROM meeting_notes WHERE id = %s", (note_id,))
+        row = cur.fetchone()
+    assert row is not None
+    return dict(row)
+
+
+def attachments(note_id: int) -> list[dict[str, Any]]:
+    from app import context
+
+    with context.db().transaction() as cur:
+        cur.execute(
+            "SELECT * FROM message_attachments WHERE meeting_note_id = %s ORDER BY chatwoot_attachment_id",
+            (note_id,),
+        )
+        return [dict(r) for r in cur.fetchall()]
+
+
+def objects(bucket: str, prefix: str = "") -> dict[str, Any]:
+    """name -> blob of every object in a bucket of the emulator."""
+    from app import context
+
+    client = context.gcs()
+    return {b.name: b for b in client.list_blobs(bucket, prefix=prefix or None)}
+
+
+def read_json(bucket: str, name: str) -> Any:
+    from app import context
+
+    return json.loads(context.gcs().bucket(bucket).blob(name).download_as_bytes())
+
+
+def queued(queue: str) -> list[str]:
+    """Job ids waiting in an RQ queue."""
+    from rq import Queue
+
+    from app import context
+
+    return list(Queue(queue, connection=context.redis()).job_ids)
+
+
+def run_archive(run_jobs: Callable[..., int]) -> int:
+    """Run the archive queue only (the next steps' jobs stay queued for the assertions)."""
+    return run_jobs(queues=("archive",))
+
+
+def work_until(
+    redis_conn: Any, done: Callable[[], bool], timeout: float = 120.0, queues: tuple[str, ...] = ("archive",)
+) -> None:
+    """Run burst workers with their scheduler until `done()` (deferred and retried jobs included)."""
+    from rq import Queue
+    from rq.worker import SimpleWorker
+
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "work did not finish in time"
+        worker = SimpleWorker([Queue(q, connection=redis_conn) for q in queues], connection=redis_conn)
+        worker.work(burst=True, with_scheduler=True, logging_level="WARNING")
+        time.sleep(0.1)

@@ -1,0 +1,1 @@
+"""Webhook deliveries, the spool and the Chatwoot backfill, against real PostgreSQL and Redis."""

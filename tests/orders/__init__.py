@@ -1,0 +1,1 @@
+"""Notes, commands, clarifications, orders and drafting."""

@@ -1,0 +1,1 @@
+"""The whole service: set-up, security, faults, fuzzing, the reconciler, shutdown."""

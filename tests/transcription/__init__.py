@@ -1,0 +1,1 @@
+"""Voice notes to text: providers, the job, offline Whisper."""

@@ -1,0 +1,1 @@
+"""Contacts linked to users, link codes and moving archives."""
