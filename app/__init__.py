@@ -13,15 +13,22 @@ from app.config import Settings
 
 def create_app(settings: Settings | None = None, test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app; settings default to the environment (and `.env`)."""
-    from app.admin.api import init_app as init_admin
+    # Imported here, not at the top: the workers import `app.*` modules and must not load the
+    # web app (Flask blueprints, the admin page, the limiter) with them.
+    from app import cli as app_cli
+    from app.admin import cli as admin_cli
+    from app.admin import init_app as init_admin
+    from app.admin import requeue
     from app.admin.metrics_http import init_app as init_metrics
-    from app.cli import register_cli
+    from app.chatwoot import cli as chatwoot_cli
     from app.errors import register_error_handlers
     from app.health import bp as health_bp
+    from app.ingest import backfill, spool
     from app.ingest.webhook import WebhookRoute
     from app.ingest.webhook import bp as webhooks_bp
     from app.logs import configure_logging, settings_secrets
     from app.orders.api import bp as orders_api_bp
+    from app.users import cli as users_cli
 
     if settings is not None:
         context.use_settings(settings)
@@ -44,6 +51,7 @@ def create_app(settings: Settings | None = None, test_config: Mapping[str, Any] 
     app.register_blueprint(orders_api_bp)
     init_metrics(app)
     init_admin(app)
-    register_cli(app)
+    for area in (app_cli, users_cli, chatwoot_cli, admin_cli, requeue, spool, backfill):
+        area.register(app)
     app.wsgi_app = WebhookRoute(app.wsgi_app)  # type: ignore[method-assign]
     return app

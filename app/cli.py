@@ -1,24 +1,31 @@
-"""`flask` commands for operators. Each area adds its own group in `COMMAND_MODULES`."""
+"""`flask db` and `flask config`, and what every area's commands share (each area registers its own
+group from `create_app`)."""
 
 from __future__ import annotations
 
-import importlib
 import json
+from typing import Any
 
 import click
 from flask import Flask
 from flask.cli import AppGroup
+from tabulate import tabulate
 
 from app import context
+from app.db import plain
 
-COMMAND_MODULES: tuple[str, ...] = (
-    "app.admin.requeue",
-    "app.ingest.spool",
-    "app.ingest.backfill",
-    "app.users.cli",
-    "app.admin.cli",
-)
-"""Modules with a `register(app)` function that adds their commands."""
+
+def print_table(rows: list[dict[str, Any]], fmt: str = "psql") -> str:
+    """Rows as a text table (database values made printable)."""
+    if not rows:
+        return "(no rows)"
+    return tabulate([plain(r) for r in rows], headers="keys", tablefmt=fmt, disable_numparse=True)
+
+
+def fail(message: str) -> click.ClickException:
+    """A command failure: the message on stderr, exit status 1."""
+    return click.ClickException(message)
+
 
 db_cli = AppGroup("db", help="Database schema.")
 
@@ -50,8 +57,6 @@ def config_show() -> None:
     click.echo(json.dumps(context.settings().public_summary(), indent=2, default=str))
 
 
-def register_cli(app: Flask) -> None:
+def register(app: Flask) -> None:
     app.cli.add_command(db_cli)
     app.cli.add_command(config_cli)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(app)

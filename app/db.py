@@ -7,6 +7,8 @@ import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
+from datetime import date, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -194,3 +196,16 @@ def _short(exc: BaseException) -> str:
     """The first line of a driver error, without connection strings or parameters."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return re.sub(r"postgres(?:ql)?://\S+", "postgresql://***", text)[:300]
+
+
+def plain(value: Any) -> Any:
+    """A database value as JSON can carry it."""
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value

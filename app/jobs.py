@@ -86,6 +86,19 @@ DELIVER_ORDER = JobSpec(
 )
 
 
+REHOME_RETRY_INTERVALS = (30, 120, 600, 1800)
+"""Seconds between retries of a move of a contact's archive (GCS briefly unavailable)."""
+REHOME_TIMEOUT = 3600
+"""Seconds a move may take (a contact with a long history)."""
+REHOME = JobSpec(
+    MAINTENANCE_QUEUE,
+    "workers.rehome.rehome_request",
+    "rehome",
+    retry_intervals=REHOME_RETRY_INTERVALS,
+    timeout=REHOME_TIMEOUT,
+)
+
+
 def job_id(spec: JobSpec, *ids: object) -> str:
     # RQ 3 accepts only letters, digits, underscores and dashes in a job id.
     return "_".join([spec.id_prefix, *(str(i) for i in ids)])

@@ -29,6 +29,7 @@ from app.jobs import (
     ARCHIVE_MESSAGE,
     ARCHIVE_UPDATE,
     CLASSIFY_MESSAGE,
+    REHOME,
     SEND_OUTBOX,
     TRANSCRIBE_MESSAGE,
     JobSpec,
@@ -79,6 +80,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("classification", CLASSIFY_MESSAGE, "classification"),
     Stage("outbox", SEND_OUTBOX, "outbox", statuses=("pending",)),
     Stage("outbox_sending", SEND_OUTBOX, "outbox", statuses=("sending",), extra_grace=True),
+    Stage("rehome", REHOME, "rehome"),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 

@@ -1,5 +1,19 @@
-"""RQ entry point: jobs queued under `workers.archive.<name>` run the archive stage"s code in `app/archive/jobs.py`."""
+"""RQ entry points of the archive stage (`app/archive/jobs.py`).
 
-from app.archive.jobs import archive_message, archive_update
+Queued jobs and the cron schedule name these functions (`workers.archive.<function>`): keep
+them, so that jobs queued by an earlier version still run after an upgrade.
+"""
 
-__all__ = ["archive_message", "archive_update"]
+from __future__ import annotations
+
+from app.archive import jobs as stage
+
+
+def archive_message(note_id: int) -> str:
+    """Archive meeting_notes row `note_id`; return what happened."""
+    return stage.archive_message(note_id)
+
+
+def archive_update(update_id: int) -> str:
+    """Archive message_updates row `update_id` beside its message; return what happened."""
+    return stage.archive_update(update_id)

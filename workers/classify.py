@@ -1,5 +1,14 @@
-"""RQ entry point: jobs queued under `workers.classify.<name>` run the orders stage"s code in `app/orders/classify.py`."""
+"""RQ entry points of classification (`app/orders/classify.py`).
 
-from app.orders.classify import classify_message
+Queued jobs and the cron schedule name these functions (`workers.classify.<function>`): keep
+them, so that jobs queued by an earlier version still run after an upgrade.
+"""
 
-__all__ = ["classify_message"]
+from __future__ import annotations
+
+from app.orders import classify as stage
+
+
+def classify_message(note_id: int) -> str:
+    """Classify this message and any earlier pending ones of its conversation; returns its kind."""
+    return stage.classify_message(note_id)

@@ -40,7 +40,7 @@ def build_scheduler(conn: Any, settings: Settings) -> Any:
     """A CronScheduler with the service's periodic jobs registered."""
     from rq.cron import CronScheduler
 
-    from app.reconcile import reconcile
+    from workers.reconcile import reconcile
 
     scheduler = CronScheduler(connection=conn, logging_level=settings.log_level)
     scheduler.register(
@@ -54,7 +54,7 @@ def build_scheduler(conn: Any, settings: Settings) -> Any:
         name="reconcile",
     )
     if settings.backfill_interval > 0:
-        from app.ingest.backfill_job import backfill
+        from workers.backfill import backfill
 
         scheduler.register(
             backfill,

@@ -1,5 +1,19 @@
-"""RQ entry point: jobs queued under `workers.generate.<name>` run the orders stage"s code in `app/orders/jobs.py`."""
+"""RQ entry points of orders (`app/orders/jobs.py`).
 
-from app.orders.jobs import deliver_order, generate_order
+Queued jobs and the cron schedule name these functions (`workers.generate.<function>`): keep
+them, so that jobs queued by an earlier version still run after an upgrade.
+"""
 
-__all__ = ["deliver_order", "generate_order"]
+from __future__ import annotations
+
+from app.orders import jobs as stage
+
+
+def generate_order(order_id: int) -> str:
+    """queued -> generating -> ready (or failed, with one short notice, once retries are spent)."""
+    return stage.generate_order(order_id)
+
+
+def deliver_order(order_id: int) -> str:
+    """Ready notice (with opt-in) and the draft in the user's bucket; retried until it holds."""
+    return stage.deliver_order(order_id)

@@ -1,5 +1,16 @@
-"""RQ entry point: jobs queued under `workers.reconcile.<name>` run the reconcile stage"s code in `app/reconcile.py`."""
+"""RQ entry points of the reconciler (`app/reconcile.py`).
 
-from app.reconcile import reconcile
+Queued jobs and the cron schedule name these functions (`workers.reconcile.<function>`): keep
+them, so that jobs queued by an earlier version still run after an upgrade.
+"""
 
-__all__ = ["reconcile"]
+from __future__ import annotations
+
+from typing import Any
+
+from app import reconcile as stage
+
+
+def reconcile() -> dict[str, Any]:
+    """The job run every RECONCILE_INTERVAL: spool replay, clarification expiry, the sweep."""
+    return stage.reconcile()

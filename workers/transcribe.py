@@ -1,5 +1,14 @@
-"""RQ entry point: jobs queued under `workers.transcribe.<name>` run the transcription stage"s code in `app/transcription/jobs.py`."""
+"""RQ entry points of transcription (`app/transcription/jobs.py`).
 
-from app.transcription.jobs import transcribe_message
+Queued jobs and the cron schedule name these functions (`workers.transcribe.<function>`): keep
+them, so that jobs queued by an earlier version still run after an upgrade.
+"""
 
-__all__ = ["transcribe_message"]
+from __future__ import annotations
+
+from app.transcription import jobs as stage
+
+
+def transcribe_message(note_id: int) -> str:
+    """Transcribe note `note_id`; return what happened (for RQ's result and the logs)."""
+    return stage.transcribe_message(note_id)

@@ -31,6 +31,8 @@ from flask import (
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 
 from app import context
+from app.admin.auth import token_matches
+from app.admin.stats import dashboard as numbers
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +134,6 @@ def login_form() -> Any:
 
 @bp.post("/login")
 def login() -> Any:
-    from app.admin.api import token_matches
 
     if not context.settings().admin_api_token:
         return _page("admin/login.html", 503, error="The admin page is off: ADMIN_API_TOKEN is not set.")
@@ -159,7 +160,6 @@ def logout() -> Any:
 
 @bp.get("/")
 def dashboard() -> Any:
-    from app.admin.api import dashboard as numbers
 
     if not signed_in():
         return redirect(url_for("admin_page.login_form"))

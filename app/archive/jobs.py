@@ -60,21 +60,13 @@ class Owner:
 
 
 def _owner(row: dict[str, Any]) -> Owner:
-    """Whose archive the message goes to (see users.py)."""
+    """Whose archive the message goes to: the row's user, else its contact's (app/users/contacts.py)."""
     if row["user_id"]:
         uid = str(row["user_id"])
         return Owner(uid, uid, row["owner_bucket_name"] or storage.bucket_name(uid))
     if row["linked_user_id"]:
         uid = str(row["linked_user_id"])
         return Owner(uid, uid, row["linked_bucket_name"])
-    phone = row["contact_phone"]
-    e164 = users.normalize_phone(phone) if phone else None
-    if e164 and e164 != phone:
-        # The query matched the phone as Chatwoot wrote it; links hold E.164.
-        contact = users.Contact(row["chatwoot_contact_id"], e164, row["contact_identifier"])
-        found = users.find_user(row["chatwoot_account_id"], contact)
-        if found:
-            return Owner(found[0], found[0], found[1])
     key = users.fallback_key(row["chatwoot_account_id"])
     return Owner(key, None, storage.bucket_name(key))
 

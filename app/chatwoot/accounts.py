@@ -12,7 +12,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from marshmallow import RAISE, Schema, fields, validate
+
 from app import context
+from app.chatwoot.payloads import INT32_MAX
 from app.config import Settings
 
 CACHE_SECONDS = 30.0
@@ -100,7 +103,7 @@ def resolve(account_id: int, use_cache: bool = True) -> AccountConfig:
         hit = _cache.get(account_id)
         if hit and now - hit[0] < CACHE_SECONDS:
             return hit[1]
-    row = context.db().fetch_one("accounts.get", {"account_id": account_id})
+    row = context.db().fetch_one("accounts.account_get", {"account_id": account_id})
     config = from_row(row) if row else env_config(account_id)
     _cache[account_id] = (now, config)
     return config
@@ -164,3 +167,16 @@ def public_view(row: dict[str, Any]) -> dict[str, Any]:
         "created_at": row["created_at"].isoformat() if row.get("created_at") else None,
         "updated_at": row["updated_at"].isoformat() if row.get("updated_at") else None,
     }
+
+
+class AccountBody(Schema):
+    """An account's settings as the admin API and `flask accounts set` take them."""
+
+    class Meta:
+        unknown = RAISE
+
+    name = fields.String(validate=validate.Length(1, 200))
+    base_url = fields.Url(schemes={"http", "https"}, require_tld=False, validate=validate.Length(max=2048))
+    api_token = fields.String(validate=validate.Length(1, 4096), load_only=True)
+    webhook_secret = fields.String(validate=validate.Length(8, 4096), load_only=True)
+    inbox_ids = fields.List(fields.Integer(strict=True, validate=validate.Range(1, INT32_MAX)))

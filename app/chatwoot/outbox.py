@@ -69,7 +69,7 @@ def record(  # noqa: PLR0917
 ) -> int | None:
     """Record a message to send; None when a message with this key was already recorded."""
     row = context.db().fetch_one(
-        "outbox.insert", _params(account_id, conversation_id, kind, dedupe_key, body, order_id)
+        "outbox.message_insert", _params(account_id, conversation_id, kind, dedupe_key, body, order_id)
     )
     return int(row["id"]) if row else None
 
@@ -85,7 +85,8 @@ def record_in(  # noqa: PLR0917
 ) -> int:
     """Record inside the caller's transaction; returns the id for the key (new or earlier)."""
     cur.execute(
-        queries["outbox.insert"], _params(account_id, conversation_id, kind, dedupe_key, body, order_id)
+        queries["outbox.message_insert"],
+        _params(account_id, conversation_id, kind, dedupe_key, body, order_id),
     )
     row = cur.fetchone()
     if row is None:
@@ -139,4 +140,4 @@ def enqueue_send(outbox_id: int) -> bool:
 
 
 def get(outbox_id: int) -> dict[str, Any] | None:
-    return context.db().fetch_one("outbox.get", {"id": outbox_id})
+    return context.db().fetch_one("outbox.message_get", {"id": outbox_id})

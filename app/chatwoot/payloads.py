@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import phonenumbers
+
 SECRET_KEYS = frozenset(
     {
         "pubsub_token",  # conversation.contact_inbox: lets anyone read the conversation's live feed
@@ -45,12 +47,17 @@ MESSAGE_EVENTS = frozenset({"message_created", "message_updated"})
 ARCHIVED_MESSAGE_TYPES = frozenset({"incoming", "outgoing", "template"})
 MESSAGE_TYPES_BY_NUMBER = {0: "incoming", 1: "outgoing", 2: "activity", 3: "template"}
 """Chatwoot's enum, as its REST API (and older payload formats) send it."""
-SENDER_TYPES = frozenset({"contact", "user", "agent_bot"})
+CONTACT = "contact"
+"""The one sender type whose messages are processed; every other (user, agent_bot,
+captain_assistant, ...) is our side: archived, never processed."""
+OUTBOX_KEY_ATTRIBUTE = "outbox_key"
+"""content_attributes key that marks a message we sent (app/chatwoot/outbox.py)."""
 DEFAULT_SOURCE_TYPE = "whatsapp"
 INT32_MAX = 2**31 - 1
 
 _CAMEL_RE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 _REPLACEMENT = "\ufffd"
+_E164_RE = re.compile(r"\+[1-9][0-9]{6,14}")
 
 
 def strip_secrets(payload: Any) -> Any:
@@ -185,17 +192,17 @@ def message_type(payload: dict[str, Any]) -> str | None:
 
 
 def sender_type(payload: dict[str, Any]) -> str | None:
-    """'contact', 'user', 'agent_bot', or None (no sender, or one we cannot tell)."""
+    """The sender's type in snake case, as sent (`contact`, `user`, `agent_bot`,
+    `captain_assistant`...), or None (no sender, or one that names no type)."""
     sender = payload.get("sender")
     if not isinstance(sender, dict):
         return None
     raw = sender.get("type")
-    if isinstance(raw, str) and raw:
-        value = _CAMEL_RE.sub("_", raw.strip()).lower()  # "AgentBot" (REST API) -> "agent_bot"
-        value = "agent_bot" if value == "agentbot" else value
-        return value if value in SENDER_TYPES else None
-    # A contact sender carries no `type` in message payloads; contacts only write incoming messages.
-    return "contact" if message_type(payload) == "incoming" else None
+    if isinstance(raw, str) and raw.strip():
+        value = _CAMEL_RE.sub("_", raw.strip()).replace("::", "_").lower()  # "AgentBot" -> "agent_bot"
+        return "agent_bot" if value == "agentbot" else value[:50]
+    # Older payloads give a contact sender no `type`; contacts only write incoming messages.
+    return CONTACT if message_type(payload) == "incoming" else None
 
 
 def source_type(payload: dict[str, Any]) -> str:
@@ -207,17 +214,75 @@ def source_type(payload: dict[str, Any]) -> str:
     return _CAMEL_RE.sub("_", name).replace("::", "_").replace(" ", "_").lower() or DEFAULT_SOURCE_TYPE
 
 
-def contact_id(payload: dict[str, Any]) -> int | None:
-    """The contact of the message: its sender when a contact wrote it, else the conversation's."""
-    if sender_type(payload) == "contact":
-        found = _int(_dict(payload.get("sender")).get("id"))
-        if found is not None:
-            return found
+def normalize_phone(raw: Any, region: str | None = None) -> str | None:
+    """E.164 (`+5491155550123`) of a phone number, or None when it is not a valid number.
+
+    Without a leading `+`, `region` (an ISO country code such as "BR") says which country's
+    numbering plan to read it in. Chatwoot sends E.164 already: that is kept as it is.
+    """
+    if not isinstance(raw, str | int) or isinstance(raw, bool):
+        return None
+    text = str(raw).strip()
+    if not text:
+        return None
+    if _E164_RE.fullmatch(text):
+        return text
+    try:
+        number = phonenumbers.parse(text, None if text.startswith("+") else region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_possible_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+@dataclass(frozen=True)
+class Contact:
+    """A Chatwoot contact as far as linking it to a user is concerned."""
+
+    id: int | None = None
+    phone: str | None = None
+    """E.164 when it is a valid number, else as sent."""
+    identifier: str | None = None
+
+    @classmethod
+    def from_mapping(cls, data: Any, fallback_id: int | None = None) -> Contact:
+        """From a Chatwoot contact (or sender) object: `id`, `phone_number`, `identifier`."""
+        if not isinstance(data, dict):
+            return cls(fallback_id)
+        found = _int(data.get("id"))
+        phone = data.get("phone_number", data.get("phone"))
+        identifier = data.get("identifier")
+        phone_text = (
+            str(phone).strip() if isinstance(phone, str | int) and not isinstance(phone, bool) else ""
+        )
+        ident_text = str(identifier).strip() if isinstance(identifier, str | int) else ""
+        return cls(
+            id=found if found is not None else fallback_id,
+            phone=(normalize_phone(phone_text) or phone_text[:64]) if phone_text else None,
+            identifier=ident_text[:255] or None,
+        )
+
+    @property
+    def known(self) -> bool:
+        return self.id is not None or bool(self.phone) or bool(self.identifier)
+
+
+def contact(payload: dict[str, Any]) -> Contact:
+    """Whose message this is: the sender when a contact wrote it, else the conversation's contact
+    (`conversation.meta.sender`, its id else `conversation.contact_inbox.contact_id`)."""
     conversation = _dict(payload.get("conversation"))
-    found = _int(_dict(_dict(conversation.get("meta")).get("sender")).get("id"))
-    if found is not None:
-        return found
-    return _int(_dict(conversation.get("contact_inbox")).get("contact_id"))
+    inbox_contact = _int(_dict(conversation.get("contact_inbox")).get("contact_id"))
+    sender = payload.get("sender")
+    if sender_type(payload) == CONTACT and isinstance(sender, dict):
+        found = Contact.from_mapping(sender)
+        if found.id is not None:
+            return found
+    return Contact.from_mapping(_dict(conversation.get("meta")).get("sender"), inbox_contact)
+
+
+def contact_id(payload: dict[str, Any]) -> int | None:
+    return contact(payload).id
 
 
 def inbox_id(payload: dict[str, Any]) -> int | None:
@@ -250,14 +315,8 @@ def has_audio(payload: dict[str, Any]) -> bool:
 
 
 def is_processable(payload: dict[str, Any]) -> bool:
-    """True for an incoming, non-private message written by a contact: the only messages that
-    are transcribed, classified or answered (never our own messages coming back)."""
-    return (
-        payload.get("event", "message_created") in MESSAGE_EVENTS
-        and message_type(payload) == "incoming"
-        and sender_type(payload) == "contact"
-        and not is_private(payload)
-    )
+    """See Message.processable."""
+    return Message.of(payload).processable
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -277,54 +336,91 @@ def parse_time(value: Any) -> datetime | None:
     raise ValueError("not a time")
 
 
-@dataclass(frozen=True)
-class NoteFields:
-    """The meeting_notes columns a message payload gives."""
+def in_reply_to(payload: dict[str, Any]) -> int | None:
+    """The Chatwoot id of the message this one answers (a WhatsApp reply), if any."""
+    return _int(_dict(payload.get("content_attributes")).get("in_reply_to"))
 
-    account_id: int
-    message_id: str
+
+def is_ours(payload: dict[str, Any]) -> bool:
+    """A message this service sent (it carries our outbox key)."""
+    return OUTBOX_KEY_ATTRIBUTE in _dict(payload.get("content_attributes"))
+
+
+@dataclass(frozen=True)
+class Message:
+    """The one typed view of a Chatwoot message payload: every stage reads this instead of
+    re-deriving who the contact is, whether it may be processed or what it answers.
+
+    Built by `Message.of(payload)` from a webhook payload or a stored one; it never raises on
+    a missing or malformed key (the webhook's schema has already refused those).
+    """
+
+    account_id: int | None
+    message_id: str | None
+    event: str
     conversation_id: int | None
     inbox_id: int | None
-    contact_id: int | None
+    contact: Contact
     source_type: str
     message_type: str | None
+    sender_type: str | None
     content_type: str | None
     content: str | None
     is_private: bool
-    sender_type: str | None
     message_created_at: datetime | None
     content_fingerprint: str
-    transcription_status: str
-    classification_status: str
+    has_audio: bool
+    in_reply_to: int | None
+    can_reply: bool | None
+    ours: bool
 
+    @classmethod
+    def of(cls, payload: dict[str, Any]) -> Message:
+        try:
+            created_at = parse_time(payload.get("created_at"))
+        except (ValueError, OverflowError, OSError):
+            created_at = None
+        content = payload.get("content")
+        content_type = payload.get("content_type")
+        event = payload.get("event")
+        can_reply = _dict(payload.get("conversation")).get("can_reply")
+        return cls(
+            account_id=account_id(payload),
+            message_id=message_id(payload),
+            event=event if isinstance(event, str) else "message_created",
+            conversation_id=_int(_dict(payload.get("conversation")).get("id")),
+            inbox_id=inbox_id(payload),
+            contact=contact(payload),
+            source_type=source_type(payload),
+            message_type=message_type(payload),
+            sender_type=sender_type(payload),
+            content_type=content_type if isinstance(content_type, str) else None,
+            content=content if isinstance(content, str) else None,
+            is_private=is_private(payload),
+            message_created_at=created_at,
+            content_fingerprint=fingerprint(payload),
+            has_audio=has_audio(payload),
+            in_reply_to=in_reply_to(payload),
+            can_reply=can_reply if isinstance(can_reply, bool) else None,
+            ours=is_ours(payload),
+        )
 
-def note_fields(payload: dict[str, Any]) -> NoteFields:
-    """The columns of a validated message payload (see app.schemas.MessageSchema)."""
-    account = account_id(payload)
-    message = message_id(payload)
-    if account is None or message is None:
-        raise ValueError("a message payload needs account.id and id")
-    processable = is_processable(payload)
-    try:
-        created_at = parse_time(payload.get("created_at"))
-    except (ValueError, OverflowError, OSError):
-        created_at = None
-    content = payload.get("content")
-    content_type = payload.get("content_type")
-    return NoteFields(
-        account_id=account,
-        message_id=message,
-        conversation_id=_int(_dict(payload.get("conversation")).get("id")),
-        inbox_id=inbox_id(payload),
-        contact_id=contact_id(payload),
-        source_type=source_type(payload),
-        message_type=message_type(payload),
-        content_type=content_type if isinstance(content_type, str) else None,
-        content=content if isinstance(content, str) else None,
-        is_private=is_private(payload),
-        sender_type=sender_type(payload),
-        message_created_at=created_at,
-        content_fingerprint=fingerprint(payload),
-        transcription_status="pending" if processable and has_audio(payload) else "not_needed",
-        classification_status="pending" if processable else "not_needed",
-    )
+    @property
+    def processable(self) -> bool:
+        """An incoming, public message a contact wrote: the only messages transcribed,
+        classified or answered (never our own messages coming back)."""
+        return (
+            self.event in MESSAGE_EVENTS
+            and self.message_type == "incoming"
+            and self.sender_type == CONTACT
+            and not self.is_private
+            and not self.ours
+        )
+
+    @property
+    def transcription_status(self) -> str:
+        return "pending" if self.processable and self.has_audio else "not_needed"
+
+    @property
+    def classification_status(self) -> str:
+        return "pending" if self.processable else "not_needed"

@@ -60,7 +60,7 @@ def send_outbox(outbox_id: int) -> str:
 
     # An earlier attempt not found in the conversation still counts as unknown until one succeeds.
     earlier_unknown = row["status"] == "sending"
-    claimed = context.db().fetch_one("outbox.claim", {"id": outbox_id})
+    claimed = context.db().fetch_one("outbox.message_claim", {"id": outbox_id})
     if claimed is None:
         return "skipped"
     try:

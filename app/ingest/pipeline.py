@@ -70,7 +70,7 @@ class Prepared:
     """The JSON text PostgreSQL receives: without secrets, or, with `strip_token`, the text as
     received, from which the statement drops conversation.contact_inbox.pubsub_token."""
     strip_token: bool
-    fields: payloads.NoteFields
+    fields: payloads.Message
     event: str
 
     @cached_property
@@ -133,7 +133,7 @@ def prepare(
             source=payload,
             database_json=raw.decode("utf-8"),
             strip_token=token_only,
-            fields=payloads.note_fields(payload),
+            fields=_message(payload),
             event=event,
         )
     clean = payloads.strip_secrets(payload)
@@ -141,9 +141,17 @@ def prepare(
         source=clean,
         database_json=json.dumps(clean, ensure_ascii=False, separators=(",", ":")),
         strip_token=False,
-        fields=payloads.note_fields(clean),
+        fields=_message(clean),
         event=event,
     )
+
+
+def _message(payload: dict[str, Any]) -> payloads.Message:
+    """The Message view of a validated payload (the schema requires account.id and id)."""
+    message = payloads.Message.of(payload)
+    if message.account_id is None or message.message_id is None:
+        raise ValueError("a message payload needs account.id and id")
+    return message
 
 
 def record(prepared: Prepared, *, enqueue_jobs: bool = True) -> IngestResult:
@@ -160,7 +168,9 @@ def record(prepared: Prepared, *, enqueue_jobs: bool = True) -> IngestResult:
         "message_id": f.message_id,
         "conversation_id": f.conversation_id,
         "inbox_id": f.inbox_id,
-        "contact_id": f.contact_id,
+        "contact_id": f.contact.id,
+        "contact_phone": f.contact.phone,
+        "contact_identifier": f.contact.identifier,
         "source_type": f.source_type,
         "message_type": f.message_type,
         "content_type": f.content_type,

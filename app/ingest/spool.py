@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app import context
+from app.chatwoot import payloads
+from app.chatwoot.payloads import normalize_phone
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -304,9 +306,6 @@ def purge(matches: Callable[[dict[str, Any]], bool]) -> int:
 def purge_contacts(contacts: Mapping[int, Mapping[str, Sequence[Any]]]) -> int:
     """Remove the spooled deliveries of these contacts: `{account_id: {"contact_id": [...],
     "phone": [...], "identifier": [...]}}` (an erased user's contact links)."""
-    from app.chatwoot import payloads
-    from app.users.contacts import normalize_phone
-
     wanted = {
         int(account): (
             {int(c) for c in links.get("contact_id", ())},
@@ -316,31 +315,17 @@ def purge_contacts(contacts: Mapping[int, Mapping[str, Sequence[Any]]]) -> int:
         for account, links in contacts.items()
     }
 
-    def people(payload: dict[str, Any]) -> list[dict[str, Any]]:
-        raw_conversation = payload.get("conversation")
-        conversation: dict[str, Any] = raw_conversation if isinstance(raw_conversation, dict) else {}
-        raw_meta = conversation.get("meta")
-        meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
-        found = [
-            meta.get("sender"),
-            payload.get("sender") if payloads.sender_type(payload) == "contact" else None,
-        ]
-        return [p for p in found if isinstance(p, dict)]
-
     def matches(payload: dict[str, Any]) -> bool:
-        account = payloads.account_id(payload)
-        if account not in wanted:
+        message = payloads.Message.of(payload)
+        if message.account_id not in wanted:
             return False
-        contact_ids, phones, identifiers = wanted[account]
-        if payloads.contact_id(payload) in contact_ids:
-            return True
-        for person in people(payload):
-            phone = person.get("phone_number")
-            if phone and (normalize_phone(str(phone)) or str(phone)) in phones:
-                return True
-            if person.get("identifier") and str(person["identifier"]) in identifiers:
-                return True
-        return False
+        contact_ids, phones, identifiers = wanted[message.account_id]
+        found = message.contact
+        return (
+            found.id in contact_ids
+            or (found.phone is not None and found.phone in phones)
+            or (found.identifier is not None and found.identifier in identifiers)
+        )
 
     return purge(matches)
 

@@ -13,11 +13,12 @@ from typing import Any
 
 from app import context
 from app.chatwoot import client as chatwoot
-from app.chatwoot import outbox
+from app.chatwoot import outbox, payloads
 from app.db import DatabaseUnavailable, queries
 from app.metrics import JOBS
 from app.orders import clarify as orders
-from app.orders import commands, i18n
+from app.orders import commands, i18n, rules
+from app.users import contacts as users
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def _give_up(note_id: int, reason: str) -> None:
     if not note or not _processable(note) or note["chatwoot_conversation_id"] is None:
         return
     text = _text(note)
-    if text and commands.parse(text) is None and orders.looks_like_order(text):
+    if text and commands.parse(text) is None and rules.looks_like_order(text):
         language = i18n.language_or_default(i18n.detect_language(text))
         outbox.record_and_enqueue(
             int(note["chatwoot_account_id"]),
@@ -110,17 +111,14 @@ def _give_up(note_id: int, reason: str) -> None:
         )
 
 
+def _message(note: dict[str, Any]) -> payloads.Message:
+    payload = note.get("payload")
+    return payloads.Message.of(payload if isinstance(payload, dict) else {})
+
+
 def _processable(note: dict[str, Any]) -> bool:
     """Only a contact's own incoming, public message is processed: never ours coming back."""
-    payload = note.get("payload") or {}
-    attributes = payload.get("content_attributes") if isinstance(payload, dict) else None
-    ours = isinstance(attributes, dict) and chatwoot.OUTBOX_KEY_ATTRIBUTE in attributes
-    return (
-        note["message_type"] == "incoming"
-        and not note["is_private"]
-        and note["sender_type"] in ("contact", None)
-        and not ours
-    )
+    return _message(note).processable
 
 
 def _text(note: dict[str, Any]) -> str:
@@ -131,68 +129,45 @@ def _text(note: dict[str, Any]) -> str:
     return content or transcript
 
 
-def _in_reply_to(payload: dict[str, Any]) -> int | None:
-    attributes = payload.get("content_attributes")
-    raw = attributes.get("in_reply_to") if isinstance(attributes, dict) else None
-    try:
-        return int(raw) if raw is not None else None
-    except (TypeError, ValueError):
-        return None
-
-
-def _phone(payload: dict[str, Any]) -> str | None:
-    sender = payload.get("sender")
-    phone = sender.get("phone_number") if isinstance(sender, dict) else None
-    return str(phone) if phone else None
-
-
-def _can_reply(payload: dict[str, Any]) -> bool | None:
-    conversation = payload.get("conversation")
-    value = conversation.get("can_reply") if isinstance(conversation, dict) else None
-    return value if isinstance(value, bool) else None
-
-
 def build_turn(note: dict[str, Any]) -> orders.Turn:
     """The message with its conversation (recorded or refreshed) and the language to answer in."""
     database = context.db()
-    payload: dict[str, Any] = note["payload"] if isinstance(note.get("payload"), dict) else {}
+    message = _message(note)
     account_id = int(note["chatwoot_account_id"])
     conversation_id = int(note["chatwoot_conversation_id"])
-    contact_id = note.get("chatwoot_contact_id")
-    phone = _phone(payload)
+    contact = payloads.Contact(
+        note.get("chatwoot_contact_id"), note.get("contact_phone"), note.get("contact_identifier")
+    )
     text = _text(note)
     user_id = note.get("user_id")
     if not user_id:
-        linked = database.fetch_one(
-            "orders.linked_user", {"account_id": account_id, "contact_id": contact_id, "phone": phone}
-        )
-        user_id = linked["user_id"] if linked else None
+        linked = users.find_user(account_id, contact)
+        user_id = linked[0] if linked else None
     detected = i18n.detect_language(text)
     conv = database.fetch_one(
         "orders.conversation_upsert",
         {
             "account_id": account_id,
             "conversation_id": conversation_id,
-            "contact_id": contact_id,
+            "contact_id": contact.id,
             "user_id": user_id,
             "language": detected,
-            "can_reply": _can_reply(payload),
+            "can_reply": message.can_reply,
             "source_type": note.get("source_type"),
             "message_at": note.get("message_created_at") or note.get("created_at"),
         },
     )
     assert conv is not None
-    mapping = database.fetch_one("orders.user_get", {"user_id": user_id}) if user_id else None
+    mapping = database.fetch_one("users.user_get", {"user_id": user_id}) if user_id else None
     language = i18n.language_or_default((mapping or {}).get("language") or detected or conv.get("language"))
     return orders.Turn(
         note_id=int(note["id"]),
         account_id=account_id,
         conversation_id=conversation_id,
-        contact_id=int(contact_id) if contact_id is not None else None,
+        contact=contact,
         user_id=user_id,
-        phone=phone,
         text=text,
-        in_reply_to=_in_reply_to(payload),
+        in_reply_to=message.in_reply_to,
         language=language,
         context=dict(conv.get("context_json") or {}),
     )
@@ -213,7 +188,7 @@ def handle(note_id: int) -> str | None:
     answer = orders.as_answer(turn) if command is None and turn.text else None
     found = None
     if command is None and answer is None:
-        found = orders.classify_text(turn.text) if turn.text else orders.Classification("note")
+        found = rules.classify_text(turn.text) if turn.text else rules.Classification("note")
 
     effects = orders.Effects()
     try:

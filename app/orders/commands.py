@@ -15,6 +15,8 @@ from app.chatwoot import outbox
 from app.db import queries
 from app.orders import clarify as orders
 from app.orders import i18n
+from app.users import contacts as users
+from app.users.link_codes import redeem_link_code
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +97,6 @@ def redeem(turn: orders.Turn, code: str | None) -> LinkOutcome:
     if not code or not re.fullmatch(r"\d{6}", code):
         return LinkOutcome(False, "invalid_code")
     try:
-        from app.users.link_codes import redeem_link_code
-    except ImportError:
-        log.error("link codes cannot be redeemed: app.links is missing")
-        return LinkOutcome(False, "unavailable")
-    try:
         result = redeem_link_code(turn.account_id, turn.contact_id, turn.phone, code)
     except Exception as exc:
         log.error("link code redemption failed", extra={"error_type": type(exc).__name__})
@@ -114,11 +111,9 @@ def _exec(cur: Any, name: str, params: dict[str, Any]) -> dict[str, Any] | None:
 def linked_user(cur: Any, turn: orders.Turn) -> str | None:
     if turn.user_id:
         return turn.user_id
-    row = _exec(
-        cur,
-        "orders.linked_user",
-        {"account_id": turn.account_id, "contact_id": turn.contact_id, "phone": turn.phone},
-    )
+    if not turn.contact.known:
+        return None
+    row = _exec(cur, "users.find_link", users.lookup_params(turn.account_id, turn.contact))
     return str(row["user_id"]) if row else None
 
 

@@ -14,9 +14,11 @@ from typing import Any
 from app import context
 from app.chatwoot import client as chatwoot
 from app.chatwoot import outbox
+from app.chatwoot.payloads import Contact
 from app.jobs import DELIVER_RETRY_INTERVALS as _DELIVER_INTERVALS
 from app.jobs import GENERATE_RETRY_INTERVALS as _GENERATE_INTERVALS
 from app.orders import i18n
+from app.users import contacts as users
 
 log = logging.getLogger(__name__)
 
@@ -90,17 +92,13 @@ def user_of(order: dict[str, Any]) -> str | None:
     """The order's user, or the user its contact has been linked to since."""
     if order.get("user_id"):
         return str(order["user_id"])
-    if order.get("chatwoot_contact_id") is None:
+    row = context.db().fetch_one("orders.order_contact", {"order_id": order["id"]})
+    if row is None:
         return None
-    row = context.db().fetch_one(
-        "orders.linked_user",
-        {
-            "account_id": order["chatwoot_account_id"],
-            "contact_id": order["chatwoot_contact_id"],
-            "phone": None,
-        },
+    found = users.find_user(
+        int(row["account_id"]), Contact(row["contact_id"], row["phone"], row["identifier"])
     )
-    return str(row["user_id"]) if row else None
+    return found[0] if found else None
 
 
 def bucket_for(order: dict[str, Any]) -> str:
@@ -128,7 +126,7 @@ def fail_order(order_id: int, reason: str) -> bool:
         return False
     log.warning("order failed", extra={"order_id": order_id, "reason": reason})
     user_id = user_of(order)
-    mapping = context.db().fetch_one("orders.user_get", {"user_id": user_id}) if user_id else None
+    mapping = context.db().fetch_one("users.user_get", {"user_id": user_id}) if user_id else None
     language = _language(order, mapping)
     outbox.record_and_enqueue(
         int(order["chatwoot_account_id"]),
@@ -164,7 +162,7 @@ def deliver(order_id: int) -> dict[str, Any] | None:
     if order is None or order["status"] != "ready" or order["delivered_at"] is not None:
         return order
     user_id = user_of(order)
-    mapping = database.fetch_one("orders.user_get", {"user_id": user_id}) if user_id else None
+    mapping = database.fetch_one("users.user_get", {"user_id": user_id}) if user_id else None
     if mapping and mapping["notify_on_ready"]:
         language = _language(order, mapping)
         outbox.record_and_enqueue(

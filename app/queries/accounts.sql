@@ -1,4 +1,4 @@
--- name: get
+-- name: account_get
 SELECT * FROM chatwoot_accounts WHERE chatwoot_account_id = %(account_id)s;
 
 -- name: list

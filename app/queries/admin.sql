@@ -10,7 +10,7 @@ WHERE m.user_id > %(after)s
 ORDER BY m.user_id
 LIMIT %(limit)s;
 
--- name: user_get
+-- name: user_with_stats
 SELECT m.user_id, m.bucket_name, m.notify_on_ready, m.display_name, m.language, m.bucket_created_at,
        m.created_at, m.updated_at, coalesce(s.messages, 0) AS messages, s.last_message_at,
        coalesce(b.attachments, 0) AS attachments, coalesce(b.bytes, 0) AS attachment_bytes
@@ -18,12 +18,6 @@ FROM user_bucket_mapping m
 LEFT JOIN user_storage_stats s ON s.user_id = m.user_id
 LEFT JOIN bucket_storage_stats b ON b.bucket_name = m.bucket_name
 WHERE m.user_id = %(user_id)s;
-
--- name: user_insert
-INSERT INTO user_bucket_mapping (user_id, bucket_name, notify_on_ready, display_name, language)
-VALUES (%(user_id)s, %(bucket_name)s, %(notify_on_ready)s, %(display_name)s, %(language)s)
-ON CONFLICT DO NOTHING
-RETURNING user_id;
 
 -- Each field changes only when its set_* flag is true (so a field can also be cleared to NULL).
 -- name: user_update
@@ -84,10 +78,8 @@ FROM meeting_notes n
 WHERE n.chatwoot_account_id = %(account_id)s
   AND n.user_id IS NULL
   AND (n.chatwoot_contact_id = ANY(%(contact_ids)s::integer[])
-    OR n.payload -> 'sender' ->> 'phone_number' = ANY(%(phones)s::text[])
-    OR n.payload #>> '{conversation,meta,sender,phone_number}' = ANY(%(phones)s::text[])
-    OR n.payload -> 'sender' ->> 'identifier' = ANY(%(identifiers)s::text[])
-    OR n.payload #>> '{conversation,meta,sender,identifier}' = ANY(%(identifiers)s::text[]));
+    OR n.contact_phone = ANY(%(phones)s::text[])
+    OR n.contact_identifier = ANY(%(identifiers)s::text[]));
 
 -- Every message row to erase: the user's, and the fallback ones found above.
 -- name: erase_note_keys

@@ -32,27 +32,14 @@ SET bucket_created_at = COALESCE(bucket_created_at, now()), updated_at = now()
 WHERE bucket_name = %(bucket_name)s AND bucket_created_at IS NULL;
 
 -- Everything the job needs in one round trip: the row, its attachments so far, and who owns it
--- (the row's user, else the user a contact link names: by contact id, then identifier, then
--- phone as Chatwoot sent it; the job normalises the phone and asks again only when that differs).
--- The contact is the sender of an incoming message, else the conversation's contact.
+-- (the row's user, else the user its contact is linked to: contact_user(), migrations/0009).
 -- Prepared once per connection (planning it costs more than running it); run with execute_load_note.
 -- name: prepare_load_note
 PREPARE archive_load_note (bigint) AS
-WITH note AS (
-    SELECT n.*,
-           CASE WHEN n.message_type = 'incoming' AND jsonb_typeof(n.payload -> 'sender') = 'object'
-                THEN n.payload -> 'sender'
-                ELSE n.payload #> '{conversation,meta,sender}'
-           END AS contact
-    FROM meeting_notes n
-    WHERE n.id = $1
-)
 SELECT note.id, note.chatwoot_account_id, note.chatwoot_message_id, note.chatwoot_contact_id,
        note.user_id, note.message_type, note.processing_status, note.transcription_status,
        note.classification_status, note.message_created_at, note.created_at, note.payload,
-       note.gcs_storage_path, note.error_details,
-       note.contact ->> 'phone_number' AS contact_phone,
-       note.contact ->> 'identifier' AS contact_identifier,
+       note.gcs_storage_path, note.error_details, note.contact_phone, note.contact_identifier,
        owner.bucket_name AS owner_bucket_name,
        link.user_id AS linked_user_id,
        link.bucket_name AS linked_bucket_name,
@@ -60,19 +47,12 @@ SELECT note.id, note.chatwoot_account_id, note.chatwoot_message_id, note.chatwoo
            (SELECT jsonb_agg(to_jsonb(a)) FROM message_attachments a WHERE a.meeting_note_id = note.id),
            '[]'::jsonb
        ) AS attachment_rows
-FROM note
+FROM meeting_notes note
 LEFT JOIN user_bucket_mapping owner ON owner.user_id = note.user_id
-LEFT JOIN LATERAL (
-    SELECT l.user_id, m.bucket_name
-    FROM contact_links l
-    JOIN user_bucket_mapping m ON m.user_id = l.user_id
-    WHERE l.chatwoot_account_id = note.chatwoot_account_id
-      AND ((l.link_type = 'contact_id' AND l.link_value = note.chatwoot_contact_id::text)
-        OR (l.link_type = 'identifier' AND l.link_value = note.contact ->> 'identifier')
-        OR (l.link_type = 'phone' AND l.link_value = note.contact ->> 'phone_number'))
-    ORDER BY CASE l.link_type WHEN 'contact_id' THEN 0 WHEN 'identifier' THEN 1 ELSE 2 END
-    LIMIT 1
-) link ON true;
+LEFT JOIN LATERAL contact_user(
+    note.chatwoot_account_id, note.chatwoot_contact_id::text, note.contact_identifier, note.contact_phone
+) link ON true
+WHERE note.id = $1;
 -- name: execute_load_note
 EXECUTE archive_load_note (%(note_id)s);
 

@@ -1,8 +1,5 @@
 -- One-time link codes (only their HMAC is stored).
 
--- name: user_exists
-SELECT 1 AS found FROM user_bucket_mapping WHERE user_id = %(user_id)s;
-
 -- A new code replaces the user's earlier unused ones.
 -- name: delete_unused_of_user
 DELETE FROM link_codes WHERE user_id = %(user_id)s AND used_at IS NULL;
@@ -15,13 +12,13 @@ DELETE FROM link_codes WHERE expires_at < now() - interval '1 day';
 DELETE FROM link_codes
 WHERE code_hash = %(code_hash)s AND (used_at IS NOT NULL OR expires_at <= now());
 
--- name: insert
+-- name: code_insert
 INSERT INTO link_codes (user_id, chatwoot_account_id, code_hash, expires_at)
 VALUES (%(user_id)s, %(account_id)s, %(code_hash)s, now() + make_interval(secs => %(ttl)s))
 RETURNING id, expires_at;
 
 -- Take a live code, once: two contacts sending it at the same moment cannot both get it.
--- name: claim
+-- name: code_claim
 UPDATE link_codes
 SET used_at = now(), used_by_account_id = %(account_id)s, used_by_contact_id = %(contact_id)s
 WHERE code_hash = %(code_hash)s

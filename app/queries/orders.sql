@@ -154,22 +154,18 @@ WHERE status IN ('queued', 'generating') AND updated_at < now() - make_interval(
 ORDER BY id
 LIMIT %(limit)s;
 
--- name: user_get
-SELECT * FROM user_bucket_mapping WHERE user_id = %(user_id)s;
-
 -- name: user_set_notify
 UPDATE user_bucket_mapping SET notify_on_ready = %(on)s, updated_at = now()
 WHERE user_id = %(user_id)s
 RETURNING *;
 
--- name: linked_user
--- The user a contact is linked to: by contact id, else by phone number.
-SELECT user_id FROM contact_links
-WHERE chatwoot_account_id = %(account_id)s
-  AND ((link_type = 'contact_id' AND link_value = %(contact_id)s::text)
-       OR (link_type = 'phone' AND link_value = %(phone)s))
-ORDER BY CASE link_type WHEN 'contact_id' THEN 0 ELSE 1 END
-LIMIT 1;
+-- The contact of an order, as its message's row keeps it (the user is found by contact_user()).
+-- name: order_contact
+SELECT o.chatwoot_account_id AS account_id, o.chatwoot_contact_id AS contact_id,
+       n.contact_phone AS phone, n.contact_identifier AS identifier
+FROM orders o
+LEFT JOIN meeting_notes n ON n.id = o.source_meeting_note_id
+WHERE o.id = %(order_id)s;
 
 -- name: lock_conversation
 SELECT pg_try_advisory_lock(hashtextextended(%(key)s, 0)) AS locked;

@@ -1,12 +1,12 @@
 -- Every message sent to Chatwoot: recorded with a unique key before it is sent.
 
--- name: insert
+-- name: message_insert
 INSERT INTO outbox (dedupe_key, chatwoot_account_id, chatwoot_conversation_id, kind, order_id, body)
 VALUES (%(dedupe_key)s, %(account_id)s, %(conversation_id)s, %(kind)s, %(order_id)s, %(body)s)
 ON CONFLICT (dedupe_key) DO NOTHING
 RETURNING id;
 
--- name: get
+-- name: message_get
 SELECT * FROM outbox WHERE id = %(id)s;
 
 -- name: get_by_key
@@ -19,7 +19,7 @@ WHERE chatwoot_account_id = %(account_id)s
   AND chatwoot_conversation_id = %(conversation_id)s
   AND chatwoot_message_id = %(message_id)s;
 
--- name: claim
+-- name: message_claim
 -- The attempt starts: from here on the request may reach Chatwoot.
 UPDATE outbox
 SET status = 'sending', attempts = attempts + 1, first_attempt_at = COALESCE(first_attempt_at, now()),

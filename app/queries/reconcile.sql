@@ -203,3 +203,26 @@ SELECT
       AND transcription_status <> 'pending') AS classification,
   (SELECT count(*) FROM message_updates WHERE processing_status = 'received') AS update,
   (SELECT count(*) FROM outbox WHERE status IN ('pending', 'sending')) AS outbox;
+
+-- Moves of a contact's archive into its user's bucket (app/users/rehome.py).
+-- name: rehome_stuck
+SELECT id, attempts, error_details
+  FROM rehome_requests
+ WHERE status = 'pending'
+   AND updated_at < now() - make_interval(secs => %(grace)s)
+   AND (NOT %(due)s OR next_attempt_at IS NULL OR next_attempt_at <= now())
+   AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
+ ORDER BY id
+ LIMIT %(limit)s;
+
+-- name: rehome_attempt
+UPDATE rehome_requests
+   SET attempts = attempts + 1,
+       next_attempt_at = now() + make_interval(secs => %(delay)s)
+ WHERE id = %(id)s AND status = 'pending'
+RETURNING attempts;
+
+-- name: rehome_give_up
+UPDATE rehome_requests
+   SET status = 'error', error_details = %(error)s, next_attempt_at = NULL, updated_at = now()
+ WHERE id = %(id)s AND status = 'pending';

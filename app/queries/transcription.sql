@@ -1,6 +1,6 @@
 -- Transcription of voice notes (workers/transcribe.py).
 
--- name: claim
+-- name: note_claim
 -- The note, its user's language, its audio attachments and any transcript of Chatwoot's own, in
 -- one round trip, and the note's transcription lock: a session lock, released by `unlock` or by
 -- PostgreSQL when the connection ends (a worker that dies holds nothing). `locked` is false

@@ -1,16 +1,9 @@
 -- Users, the Chatwoot contacts linked to them, and re-homing of archived messages.
 
--- The user a contact is linked to: by contact id first, then identifier, then phone (E.164).
+-- The user a contact is linked to (the rule is contact_user(), migrations/0009).
 -- name: find_link
-SELECT l.user_id, m.bucket_name, l.link_type
-FROM contact_links l
-JOIN user_bucket_mapping m ON m.user_id = l.user_id
-WHERE l.chatwoot_account_id = %(account_id)s
-  AND ((l.link_type = 'contact_id' AND l.link_value = %(contact_id)s)
-    OR (l.link_type = 'identifier' AND l.link_value = %(identifier)s)
-    OR (l.link_type = 'phone' AND l.link_value = %(phone)s))
-ORDER BY CASE l.link_type WHEN 'contact_id' THEN 0 WHEN 'identifier' THEN 1 ELSE 2 END
-LIMIT 1;
+SELECT user_id, bucket_name, link_type
+FROM contact_user(%(account_id)s, %(contact_id)s, %(identifier)s, %(phone)s);
 
 -- name: user_get
 SELECT user_id, bucket_name, notify_on_ready, display_name, language, bucket_created_at, created_at
@@ -50,25 +43,16 @@ SELECT link_type, link_value
 FROM contact_links
 WHERE user_id = %(user_id)s AND chatwoot_account_id = %(account_id)s;
 
--- Archived messages of an account with no user yet (their objects are in the account's bucket),
--- with the contact's phone and identifier as in the archive job's load_note.
+-- Archived messages of an account with no user yet (their objects are in the account's bucket).
 -- name: unmapped_archived_notes
-SELECT n.id, n.chatwoot_message_id, n.chatwoot_contact_id, n.message_created_at, n.created_at,
-       n.gcs_storage_path,
-       c.contact ->> 'phone_number' AS contact_phone,
-       c.contact ->> 'identifier' AS contact_identifier
-FROM meeting_notes n
-CROSS JOIN LATERAL (
-    SELECT CASE WHEN n.message_type = 'incoming' AND jsonb_typeof(n.payload -> 'sender') = 'object'
-                THEN n.payload -> 'sender'
-                ELSE n.payload #> '{conversation,meta,sender}'
-           END AS contact
-) c
-WHERE n.chatwoot_account_id = %(account_id)s
-  AND n.user_id IS NULL
-  AND n.gcs_storage_path IS NOT NULL
-  AND n.id > %(after_id)s
-ORDER BY n.id
+SELECT id, chatwoot_message_id, chatwoot_contact_id, message_created_at, created_at,
+       gcs_storage_path, contact_phone, contact_identifier
+FROM meeting_notes
+WHERE chatwoot_account_id = %(account_id)s
+  AND user_id IS NULL
+  AND gcs_storage_path IS NOT NULL
+  AND id > %(after_id)s
+ORDER BY id
 LIMIT %(limit)s;
 
 -- Messages of a user whose move was recorded but whose old copies are not all deleted yet.
@@ -109,3 +93,20 @@ WHERE meeting_note_id = %(note_id)s AND starts_with(gcs_storage_path, 'gs://' ||
 UPDATE meeting_notes
 SET rehome_from_bucket = NULL, updated_at = now()
 WHERE id = %(note_id)s AND rehome_from_bucket = %(from_bucket)s;
+
+-- A move to do (one pending request per account and user; asking again only touches it).
+-- name: rehome_request
+INSERT INTO rehome_requests (chatwoot_account_id, user_id)
+VALUES (%(account_id)s, %(user_id)s)
+ON CONFLICT (chatwoot_account_id, user_id) WHERE status = 'pending'
+DO UPDATE SET updated_at = now()
+RETURNING id;
+
+-- name: rehome_request_get
+SELECT id, chatwoot_account_id, user_id, status, attempts FROM rehome_requests WHERE id = %(id)s;
+
+-- name: rehome_request_done
+UPDATE rehome_requests
+SET status = 'done', messages_moved = %(messages)s, error_details = NULL, next_attempt_at = NULL,
+    updated_at = now()
+WHERE id = %(id)s AND status = 'pending';

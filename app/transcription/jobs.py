@@ -78,7 +78,7 @@ class Outcome:
 def transcribe_message(note_id: int) -> str:
     """Transcribe note `note_id`; return what happened (for RQ's result and the logs)."""
     db = context.db()
-    note = db.fetch_one("transcription.claim", {"id": note_id})
+    note = db.fetch_one("transcription.note_claim", {"id": note_id})
     if note is None:
         JOBS.labels(JOB_NAME, "ok").inc()
         return "gone"

@@ -1,81 +1,250 @@
-"""`flask users ...`: mapping Chatwoot contacts to users (other areas add commands to this group)."""
+"""`flask users ...`: users, the Chatwoot contacts linked to them, link codes and erasure.
+
+They do what the admin API does, for operators at a shell on the server.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import click
 from flask import Flask
 from flask.cli import AppGroup
 
-from app import context
+from app.cli import fail, print_table
+from app.users import link_codes as links
+from app.users import service
+from app.users.erase import StorageUnavailable, erase_user
+from app.users.rehome import rehome_messages
 
 users_cli = AppGroup("users", help="Users and the Chatwoot contacts linked to them.")
 
 
-@users_cli.command("map")
-@click.option("--user", "user_id", required=True, help="The user id (created if new).")
-@click.option("--contact-id", type=click.IntRange(min=1), help="Chatwoot contact id.")
-@click.option("--phone", help="Phone number, with its country code (+5491155550123).")
-@click.option("--identifier", help="Chatwoot contact identifier.")
+@users_cli.command("list")
+@click.option("--limit", type=click.IntRange(1, 10000), default=100, show_default=True)
+@click.option("--after", default="", help="Start after this user id (paging).")
+def users_list(limit: int, after: str) -> None:
+    """List users with their bucket, message count and links."""
+    click.echo(print_table(service.list_users(limit, after)))
+
+
+@users_cli.command("show")
+@click.argument("user_id")
+def users_show(user_id: str) -> None:
+    """Show a user and the contacts linked to it."""
+    try:
+        user = service.get_user(user_id)
+    except service.NotFound as exc:
+        raise fail(str(exc)) from None
+    links = user.pop("links")
+    click.echo(print_table([{"field": k, "value": v} for k, v in user.items()], "plain"))
+    click.echo("\nlinks:")
+    click.echo(print_table(links))
+
+
+@users_cli.command("create")
+@click.argument("user_id")
+@click.option("--name", "display_name", help="Display name.")
+@click.option("--language", type=click.Choice(["en", "pt", "es"]), help="Language of replies.")
+@click.option(
+    "--notify/--no-notify",
+    "notify_on_ready",
+    default=False,
+    show_default=True,
+    help="Tell the user when content is ready.",
+)
+def users_create(user_id: str, display_name: str | None, language: str | None, notify_on_ready: bool) -> None:
+    """Create a user; its bucket name is derived from the user id."""
+    try:
+        user = service.create_user(
+            user_id, display_name=display_name, language=language, notify_on_ready=notify_on_ready
+        )
+    except (service.Conflict, service.Invalid) as exc:
+        raise fail(str(exc)) from None
+    click.echo(f"created user {user['user_id']} (bucket {user['bucket_name']})")
+
+
+@users_cli.command("update")
+@click.argument("user_id")
+@click.option("--name", "display_name", help="New display name.")
+@click.option("--clear-name", is_flag=True, help="Remove the display name.")
+@click.option(
+    "--language", type=click.Choice(["en", "pt", "es", "none"]), help="Language of replies (none: unknown)."
+)
+@click.option(
+    "--notify/--no-notify", "notify_on_ready", default=None, help="Tell the user when content is ready."
+)
+def users_update(
+    user_id: str,
+    display_name: str | None,
+    clear_name: bool,
+    language: str | None,
+    notify_on_ready: bool | None,
+) -> None:
+    """Change a user's display name, language or notify_on_ready."""
+    changes: dict[str, Any] = {}
+    if clear_name:
+        changes["display_name"] = None
+    elif display_name is not None:
+        changes["display_name"] = display_name
+    if language is not None:
+        changes["language"] = None if language == "none" else language
+    if notify_on_ready is not None:
+        changes["notify_on_ready"] = notify_on_ready
+    if not changes:
+        raise click.UsageError("give --name, --clear-name, --language or --notify/--no-notify")
+    try:
+        user = service.update_user(user_id, **changes)
+    except service.NotFound as exc:
+        raise fail(str(exc)) from None
+    click.echo(
+        f"updated user {user['user_id']}: name={user['display_name']!r} language={user['language']} "
+        f"notify_on_ready={user['notify_on_ready']}"
+    )
+
+
+@users_cli.command("notify")
+@click.argument("user_id")
+@click.argument("state", type=click.Choice(["on", "off"]))
+def users_notify(user_id: str, state: str) -> None:
+    """Turn the "content is ready" notice on or off for a user."""
+    try:
+        service.update_user(user_id, notify_on_ready=state == "on")
+    except service.NotFound as exc:
+        raise fail(str(exc)) from None
+    click.echo(f"notify_on_ready is {state} for {user_id}")
+
+
+@users_cli.command("link")
+@click.argument("user_id")
 @click.option(
     "--account",
     "account_id",
     type=click.IntRange(min=1),
-    help="Chatwoot account id (default: CHATWOOT_ACCOUNT_ID).",
+    help="Chatwoot account (default: CHATWOOT_ACCOUNT_ID).",
 )
+@click.option("--contact-id", type=click.IntRange(min=1), help="Chatwoot contact id.")
+@click.option("--phone", help="Phone number with its country code (+5491155550123).")
+@click.option("--identifier", help="Chatwoot contact identifier.")
 @click.option("--region", help="Country (ISO code such as BR) of a phone number written without +.")
-@click.option("--name", "display_name", help="Display name of the user.")
-@click.option("--replace", is_flag=True, help="Move links that belong to another user to this one.")
-def users_map(
+@click.option("--replace", is_flag=True, help="Move a link that belongs to another user to this one.")
+@click.option("--no-rehome", is_flag=True, help="Do not move the contact's archived messages now.")
+@click.option("--create", is_flag=True, help="Create the user when it does not exist yet.")
+@click.option("--name", "display_name", help="Display name of a user created with --create.")
+def users_link(
     *,
     user_id: str,
+    create: bool,
+    display_name: str | None,
+    account_id: int | None,
     contact_id: int | None,
     phone: str | None,
     identifier: str | None,
-    account_id: int | None,
     region: str | None,
-    display_name: str | None,
     replace: bool,
+    no_rehome: bool,
 ) -> None:
     """Link a Chatwoot contact to a user, then move the contact's archived messages from the
     account's fallback bucket into the user's bucket. Safe to run again."""
-    from app.archive import storage
-    from app.users import contacts as users
-
-    account = account_id or context.settings().chatwoot_account_id
-    if account is None:
-        raise click.UsageError("give --account (CHATWOOT_ACCOUNT_ID is not set)")
     if contact_id is None and not phone and not identifier:
         raise click.UsageError("give --contact-id, --phone or --identifier")
     try:
-        link = users.link_contact(
-            account,
+        if create:
+            created = service.ensure_user(user_id, display_name=display_name)
+            label = "new user" if created["created"] else "user"
+            click.echo(f"{label} {user_id} (bucket {created['bucket_name']})")
+        outcome = service.add_link(
             user_id,
+            account_id=account_id,
             contact_id=contact_id,
             phone=phone,
             identifier=identifier,
             region=region,
             replace=replace,
-            display_name=display_name,
+            rehome=False,
         )
-    except (users.LinkConflict, users.InvalidContact) as exc:
-        raise click.ClickException(str(exc)) from None
-    created = "new user" if link.created_user else "user"
-    click.echo(f"{created} {link.user_id} (bucket {link.bucket_name})")
-    for label, items in (("linked", link.added), ("already linked", link.existing), ("moved", link.moved)):
+    except (service.NotFound, service.Conflict, service.Invalid) as exc:
+        raise fail(str(exc)) from None
+    for label, items in (
+        ("linked", outcome.added),
+        ("already linked", outcome.existing),
+        ("moved", outcome.moved),
+    ):
         for link_type, value in items:
-            click.echo(f"  {label}: {link_type.replace('_', ' ')} {value} (account {account})")
+            click.echo(
+                f"{label}: {link_type.replace('_', ' ')} {value} (account {outcome.account_id}) -> {user_id}"
+            )
+    if no_rehome:
+        return
     try:
-        moved = users.rehome_messages(account, link.user_id)
-    except storage.StorageError as exc:
-        raise click.ClickException(f"the link is saved; moving the archive failed: {exc}") from None
+        moved = rehome_messages(outcome.account_id, user_id)
     except Exception as exc:  # GCS or the database unavailable: the move resumes when run again
-        raise click.ClickException(
+        raise fail(
             f"the link is saved; moving the archive failed ({type(exc).__name__}): run the command again"
         ) from None
     click.echo(
         f"re-homed {moved.messages} message(s): {moved.objects_copied} object(s) copied, "
         f"{moved.objects_deleted} deleted from the account's bucket"
     )
+
+
+@users_cli.command("unlink")
+@click.argument("user_id")
+@click.argument("link_id", type=click.IntRange(min=1))
+def users_unlink(user_id: str, link_id: int) -> None:
+    """Remove one contact link of a user (LINK_ID as shown by `flask users show`)."""
+    try:
+        row = service.remove_link(user_id, link_id)
+    except service.NotFound as exc:
+        raise fail(str(exc)) from None
+    click.echo(
+        f"unlinked {row['link_type'].replace('_', ' ')} {row['link_value']} (account {row['chatwoot_account_id']})"
+    )
+
+
+@users_cli.command("link-code")
+@click.argument("user_id")
+@click.option(
+    "--account", "account_id", type=click.IntRange(min=1), help="Only valid from this Chatwoot account."
+)
+def users_link_code(user_id: str, account_id: int | None) -> None:
+    """Make a one-time code the user sends from WhatsApp as `LINK <code>` (valid 10 minutes)."""
+    try:
+        issued = links.issue_code(user_id, account_id)
+    except links.UnknownUser:
+        raise fail(f"no user {user_id!r}") from None
+    click.echo(f"code: {issued.code}")
+    click.echo(f"expires: {issued.expires_at.isoformat()}")
+    click.echo(f"The user sends: LINK {issued.code}  (once, within 10 minutes)")
+
+
+@users_cli.command("erase")
+@click.argument("user_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def users_erase(user_id: str, yes: bool) -> None:
+    """Erase a user (GDPR): bucket and objects, messages, orders, conversations, links. Safe to repeat."""
+    if not yes:
+        click.confirm(f"Erase everything kept about {user_id!r}? This cannot be undone", abort=True)
+    try:
+        report = erase_user(user_id)
+    except StorageUnavailable as exc:
+        raise fail(f"erasure stopped part-way ({exc}): run the command again") from None
+    data = report.as_dict()
+    click.echo(f"erased {user_id} (bucket {report.bucket_name})")
+    click.echo(f"  bucket objects deleted: {report.bucket_objects_deleted}")
+    click.echo(f"  fallback objects deleted: {report.fallback_objects_deleted}")
+    for table, count in data["rows_deleted"].items():
+        click.echo(f"  {table}: {count} row(s)")
+    if report.nothing_left:
+        click.echo("nothing was left to delete")
+
+
+@users_cli.command("unmapped")
+@click.option("--limit", type=click.IntRange(1, 10000), default=100, show_default=True)
+@click.option("--offset", type=click.IntRange(0), default=0)
+def users_unmapped(limit: int, offset: int) -> None:
+    """Contacts with archived messages but no user, most messages first."""
+    click.echo(print_table(service.unmapped_contacts(limit, offset)))
 
 
 def register(app: Flask) -> None:

@@ -19,7 +19,9 @@ from datetime import datetime
 from typing import Any
 
 from app import context
+from app.chatwoot.payloads import normalize_phone
 from app.db import UniqueViolation
+from app.users import rehome, service
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,7 @@ def code_hash(code: str, secret: str | None = None) -> str:
 def issue_code(user_id: str, account_id: int | None = None) -> IssuedCode:
     """A new code for a user (earlier unused codes of the user stop working). Shown once."""
     db = context.db()
-    if db.fetch_one("links.user_exists", {"user_id": user_id}) is None:
+    if db.fetch_one("users.user_get", {"user_id": user_id}) is None:
         raise UnknownUser(user_id)
     db.execute("links.delete_unused_of_user", {"user_id": user_id})
     db.execute("links.delete_stale", {})
@@ -77,7 +79,7 @@ def issue_code(user_id: str, account_id: int | None = None) -> IssuedCode:
         db.execute("links.delete_inactive_hash", {"code_hash": digest})
         try:
             row = db.fetch_one(
-                "links.insert",
+                "links.code_insert",
                 {
                     "user_id": user_id,
                     "account_id": account_id,
@@ -144,10 +146,8 @@ def _count_failure(keys: list[tuple[Any, str]]) -> None:
 
 def redeem_link_code(account_id: int, contact_id: int | None, phone: str | None, code: str) -> LinkResult:
     """Link the contact that sent `LINK <code>` to the code's user; see LinkResult for reasons."""
-    from app.users import contacts as users
-
     code = (code or "").strip()
-    e164 = users.normalize_phone(phone) if phone else None
+    e164 = normalize_phone(phone) if phone else None
     if contact_id is None and not e164:
         return LinkResult(False, "no_contact")
     keys = _attempt_keys(account_id, contact_id, e164)
@@ -165,7 +165,7 @@ def redeem_link_code(account_id: int, contact_id: int | None, phone: str | None,
     db = context.db()
     digest = code_hash(code)
     claimed = db.fetch_one(
-        "links.claim",
+        "links.code_claim",
         {"code_hash": digest, "account_id": account_id, "contact_id": contact_id},
     )
     if claimed is None:
@@ -184,73 +184,15 @@ def redeem_link_code(account_id: int, contact_id: int | None, phone: str | None,
 
     user_id = str(claimed["user_id"])
     try:
-        link = users.link_contact(account_id, user_id, contact_id=contact_id, phone=e164)
-    except users.LinkConflict:
+        link = service.link_contact(account_id, user_id, contact_id=contact_id, phone=e164)
+    except service.LinkConflict:
         db.execute("links.unclaim", {"id": claimed["id"]})
         log.warning("link code refused: contact linked to another user", extra={"account_id": account_id})
         return LinkResult(False, "linked_to_another_user")
     except Exception:
         db.execute("links.unclaim", {"id": claimed["id"]})
         raise
-    schedule_rehome(account_id, user_id)
+    rehome.schedule(account_id, user_id)
     reason = "linked" if link.added else "already_linked"
     log.info("link code redeemed", extra={"account_id": account_id, "user_id": user_id, "reason": reason})
     return LinkResult(True, reason, user_id)
-
-
-REHOME_JOB = "app.users.link_codes.rehome_job"
-REHOME_RETRY_INTERVALS = (30, 120, 600, 1800)
-"""Seconds between retries of a move that failed (GCS briefly unavailable)."""
-REHOME_TIMEOUT = 3600
-"""Seconds a move may take (a contact with a long history)."""
-
-
-def schedule_rehome(account_id: int, user_id: str) -> bool:
-    """Enqueue the move of the user's fallback-archived messages into the user's bucket.
-
-    False when the move is already queued, or when Redis is down: the link stands, and linking
-    again or `flask users map` moves the messages.
-    """
-    from redis.exceptions import RedisError
-    from rq import Queue, Retry
-    from rq.exceptions import DuplicateJobError
-
-    from app.jobs import FAILURE_TTL, MAINTENANCE_QUEUE, RESULT_TTL
-
-    # Job ids allow letters, digits, _ and - only; a user id may hold anything else.
-    digest = hashlib.sha256(user_id.encode()).hexdigest()[:24]
-    try:
-        Queue(MAINTENANCE_QUEUE, connection=context.redis()).enqueue(
-            REHOME_JOB,
-            account_id,
-            user_id,
-            job_id=f"rehome_{int(account_id)}_{digest}",
-            unique=True,
-            result_ttl=RESULT_TTL,
-            failure_ttl=FAILURE_TTL,
-            retry=Retry(max=len(REHOME_RETRY_INTERVALS), interval=list(REHOME_RETRY_INTERVALS)),
-            job_timeout=REHOME_TIMEOUT,
-        )
-    except DuplicateJobError:
-        return False
-    except (RedisError, OSError) as exc:
-        log.warning(
-            "re-homing not queued: Redis unavailable",
-            extra={"account_id": account_id, "user_id": user_id, "error_type": type(exc).__name__},
-        )
-        return False
-    return True
-
-
-def rehome_job(account_id: int, user_id: str) -> dict[str, int]:
-    """Job: move a user's messages out of the account's fallback bucket (safe to run twice)."""
-    from app.users import contacts as users
-
-    if context.db().fetch_one("links.user_exists", {"user_id": user_id}) is None:
-        return {"messages": 0, "objects_copied": 0, "objects_deleted": 0}  # erased meanwhile
-    result = users.rehome_messages(account_id, user_id)
-    return {
-        "messages": result.messages,
-        "objects_copied": result.objects_copied,
-        "objects_deleted": result.objects_deleted,
-    }

@@ -17,10 +17,10 @@ def run(runner: Any, *args: str, input: str | None = None) -> Any:
     return runner.invoke(args=list(args), input=input, catch_exceptions=False)
 
 
-def test_users_group_has_the_admin_commands_beside_map(runner: Any) -> None:
+def test_users_group_has_every_user_command(runner: Any) -> None:
     result = run(runner, "users", "--help")
+    assert not re.search(r"^\s+map\s", result.output, re.MULTILINE)  # one command links: `link`
     for name in (
-        "map",
         "create",
         "update",
         "notify",

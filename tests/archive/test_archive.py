@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import responses
 
+from app.users import service
 from tests.helpers.archive import (
     attachments,
     data_url,
@@ -122,9 +123,8 @@ def test_a_missing_row_is_nothing_to_do() -> None:
 
 
 def test_mapped_contact_goes_to_the_users_bucket(run_jobs: Any, db: Any) -> None:
-    from app.users import contacts as users
 
-    users.link_contact(1, "user-maria", contact_id=287)
+    service.link_contact(1, "user-maria", contact_id=287)
     note_id = ingest(text_message(5003, contact_id=287))
     other = ingest(text_message(5004, contact_id=300, phone="+14155550100"))
     run_archive(run_jobs)
@@ -137,12 +137,11 @@ def test_mapped_contact_goes_to_the_users_bucket(run_jobs: Any, db: Any) -> None
 
 
 def test_contact_recognised_by_phone_written_loosely(run_jobs: Any) -> None:
-    from app.users import contacts as users
 
-    users.link_contact(1, "user-phone", phone="+54 9 11 5555-0199")
+    service.link_contact(1, "user-phone", phone="+54 9 11 5555-0199")
     note_id = ingest(text_message(5005, contact_id=301, phone="+54 9 11 5555 0199"))
     by_identifier = ingest(text_message(5006, contact_id=302, phone=None, identifier="crm-77"))
-    users.link_contact(1, "user-crm", identifier="crm-77")
+    service.link_contact(1, "user-crm", identifier="crm-77")
     run_archive(run_jobs)
     assert note(note_id)["user_id"] == "user-phone"
     assert note(by_identifier)["user_id"] == "user-crm"

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import responses
 
+from app.users import service
 from tests.helpers.archive import (
     data_url,
     ingest,
@@ -78,7 +79,6 @@ def test_a_hundred_new_users_at_once_are_all_archived(
     """Bucket creation is rate-limited across workers: jobs wait or come back later, none is lost."""
     from app import context
     from app.archive import storage
-    from app.users import contacts as users
 
     db, gcs = context.db(), context.gcs()
 
@@ -87,7 +87,7 @@ def test_a_hundred_new_users_at_once_are_all_archived(
     monkeypatch.setattr(storage, "INLINE_WAIT_SECONDS", 0.1)
     ids = []
     for i in range(100):
-        users.link_contact(1, f"user-{i:03d}", contact_id=1000 + i)
+        service.link_contact(1, f"user-{i:03d}", contact_id=1000 + i)
         ids.append(ingest(text_message(6000 + i, contact_id=1000 + i)))
 
     def all_stored() -> bool:

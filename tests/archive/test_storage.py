@@ -13,6 +13,7 @@ import pytest
 import responses
 
 from app.config import ConfigError, load_settings
+from app.users import service
 from tests.helpers.archive import objects
 
 pytestmark = pytest.mark.usefixtures("archive_env")
@@ -166,7 +167,7 @@ def test_user_mapping_records_when_its_bucket_was_created(db: Any) -> None:
     from app.archive import storage
     from app.users import contacts as users
 
-    users.ensure_user("user-7")
+    service.ensure_user("user-7")
     assert db.fetch_one("users.user_get", {"user_id": "user-7"})["bucket_created_at"] is None
     storage.ensure_bucket(users.user_bucket("user-7"))
     assert db.fetch_one("users.user_get", {"user_id": "user-7"})["bucket_created_at"] is not None

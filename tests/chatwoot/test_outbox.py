@@ -163,7 +163,7 @@ def test_a_worker_that_died_mid_request_is_treated_as_an_unknown_outcome(
     outbox_id = outbox.record(1, 42, "order_ready", "order:1:ready", BODY)
     assert outbox_id is not None
     # The earlier attempt reached Chatwoot, then the worker was killed before recording it.
-    db.fetch_one("outbox.claim", {"id": outbox_id})
+    db.fetch_one("outbox.message_claim", {"id": outbox_id})
     chatwoot_api._keep(42, {**BODY, "content_attributes": {"outbox_key": "order:1:ready"}})
     outbox.enqueue_send(outbox_id)
     run_jobs()

@@ -7,7 +7,6 @@ suite's own, and Chatwoot's attachment URLs are mocked with `responses`.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 import responses
 
+from app.ingest.pipeline import ingest as ingest_payload
 from tests.helpers.common import load_fixture
 
 STORAGE_HOST = "https://storage.example-cdn.com"
@@ -25,65 +25,9 @@ PUBLIC_ADDRESS = "93.184.216.34"
 
 def ingest(payload: dict[str, Any], enqueue: bool = True) -> int:
     """Store a Chatwoot payload as the webhook would (app.ingest); return the meeting_notes id."""
-    try:
-        from app.ingest.pipeline import ingest as ingest_payload
-    except ImportError:
-        return insert_note(payload, enqueue=enqueue)
     result = ingest_payload(copy.deepcopy(payload), enqueue_jobs=enqueue)
     assert result.note_id is not None, result
     return int(result.note_id)
-
-
-def insert_note(payload: dict[str, Any], enqueue: bool = True) -> int:
-    """Insert a meeting_notes row with the columns ingestion writes, then queue its archive job."""
-    from app import context
-    from app.jobs import ARCHIVE_MESSAGE
-    from app.jobs import enqueue as enqueue_job
-
-    clean = copy.deepcopy(payload)
-    clean.get("conversation", {}).get("contact_inbox", {}).pop("pubsub_token", None)
-    incoming = clean.get("message_type") == "incoming"
-    sender = clean.get("sender") or {}
-    meta_sender = (clean.get("conversation") or {}).get("meta", {}).get("sender") or {}
-    contact_id = sender.get("id") if incoming else meta_sender.get("id")
-    sender_type = "contact" if incoming else (sender.get("type") or None)
-    has_audio = any(a.get("file_type") == "audio" for a in clean.get("attachments") or [])
-    channel = (clean.get("conversation") or {}).get("channel") or "Channel::Whatsapp"
-    row = {
-        "account_id": clean["account"]["id"],
-        "message_id": str(clean["id"]),
-        "conversation_id": (clean.get("conversation") or {}).get("id"),
-        "inbox_id": (clean.get("inbox") or {}).get("id"),
-        "contact_id": contact_id,
-        "source_type": channel.removeprefix("Channel::").lower().replace("webwidget", "web_widget"),
-        "message_type": clean.get("message_type"),
-        "content_type": clean.get("content_type"),
-        "content": clean.get("content"),
-        "is_private": bool(clean.get("private")),
-        "sender_type": sender_type,
-        "created_at": clean.get("created_at"),
-        "payload": json.dumps(clean),
-        "fingerprint": hashlib.sha256(json.dumps(clean, sort_keys=True).encode()).hexdigest(),
-        "transcription": "pending" if incoming and has_audio else "not_needed",
-        "classification": "pending" if incoming and not clean.get("private") else "not_needed",
-    }
-    with context.db().transaction() as cur:
-        cur.execute(
-            """INSERT INTO meeting_notes (chatwoot_account_id, chatwoot_message_id, chatwoot_conversation_id,
-                   chatwoot_inbox_id, chatwoot_contact_id, source_type, message_type, content_type, content,
-                   is_private, sender_type, message_created_at, payload, content_fingerprint,
-                   processing_status, transcription_status, classification_status)
-               VALUES (%(account_id)s, %(message_id)s, %(conversation_id)s, %(inbox_id)s, %(contact_id)s,
-                   %(source_type)s, %(message_type)s, %(content_type)s, %(content)s, %(is_private)s,
-                   %(sender_type)s, %(created_at)s, %(payload)s, %(fingerprint)s, 'received',
-                   %(transcription)s, %(classification)s)
-               RETURNING id""",
-            row,
-        )
-        note_id = int(cur.fetchone()["id"])
-    if enqueue:
-        enqueue_job(ARCHIVE_MESSAGE, note_id)
-    return note_id
 
 
 def text_message(

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import responses
 
+from app.users import service
 from tests.helpers.common import CHATWOOT_BASE_URL, CHATWOOT_TOKEN, load_fixture
 
 MESSAGES_URL = re.compile(
@@ -74,7 +75,7 @@ def add_note(
     from app.jobs import enqueue as enqueue_job
 
     clean = payloads.strip_secrets(payload)
-    f = payloads.note_fields(clean)
+    f = payloads.Message.of(clean)
     with db.transaction() as cur:
         cur.execute(
             """
@@ -82,11 +83,12 @@ def add_note(
                 chatwoot_account_id, chatwoot_message_id, chatwoot_conversation_id, chatwoot_inbox_id,
                 chatwoot_contact_id, user_id, source_type, message_type, content_type, content, is_private,
                 sender_type, message_created_at, payload, content_fingerprint, processing_status,
-                transcription_status, transcript, classification_status, stored_at)
+                transcription_status, transcript, classification_status, stored_at, contact_phone,
+                contact_identifier)
             VALUES (%(account)s, %(message)s, %(conversation)s, %(inbox)s, %(contact)s, %(user_id)s,
                     %(source)s, %(mtype)s, %(ctype)s, %(content)s, %(private)s, %(sender)s, %(created)s,
                     %(payload)s, %(fp)s, %(status)s, %(tstatus)s, %(transcript)s, %(cstatus)s,
-                    CASE WHEN %(status)s = 'stored' THEN now() END)
+                    CASE WHEN %(status)s = 'stored' THEN now() END, %(phone)s, %(identifier)s)
             RETURNING id
             """,
             {
@@ -94,7 +96,9 @@ def add_note(
                 "message": f.message_id,
                 "conversation": f.conversation_id,
                 "inbox": f.inbox_id,
-                "contact": f.contact_id,
+                "contact": f.contact.id,
+                "phone": f.contact.phone,
+                "identifier": f.contact.identifier,
                 "user_id": user_id,
                 "source": f.source_type,
                 "mtype": f.message_type,
@@ -155,9 +159,8 @@ def add_user(
     account_id: int = 1,
 ) -> str:
     """A mapped user (with the bucket name the archive gives it), linked to the fixtures' contact."""
-    from app.users import contacts as users
 
-    users.ensure_user(user_id, language=language)
+    service.ensure_user(user_id, language=language)
     with db.transaction() as cur:
         cur.execute(
             "UPDATE user_bucket_mapping SET notify_on_ready = %s WHERE user_id = %s", (notify, user_id)

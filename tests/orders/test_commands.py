@@ -6,7 +6,9 @@ from typing import Any
 
 import pytest
 
+from app.chatwoot.payloads import Contact
 from app.orders import commands, i18n
+from app.users import service
 from tests.helpers.orders import (
     ChatwootAPI,
     add_note,
@@ -167,12 +169,12 @@ def test_link_with_a_code_from_the_app_then_notify(
     from app.users import contacts as users
     from app.users import link_codes as links
 
-    users.ensure_user("user-maria")
+    service.ensure_user("user-maria")
     issued = links.issue_code("user-maria")
     note_id = send(db, run_jobs, f"LINK {issued.code}")
     assert note(db, note_id)["message_kind"] == "command"
     assert chatwoot_api.posted == [reply(i18n.t("link.ok", "en"), f"note:{note_id}:reply")]
-    assert users.find_user(1, {"id": 287}) == ("user-maria", users.user_bucket("user-maria"))
+    assert users.find_user(1, Contact(287)) == ("user-maria", users.user_bucket("user-maria"))
     # Linked: ready notices can be turned on now.
     send(db, run_jobs, "/notify on")
     assert chatwoot_api.contents[-1] == "Done: I'll let you know when your content is ready."
@@ -184,8 +186,8 @@ def test_link_with_a_code_from_the_app_then_notify(
 def test_a_wrong_link_code(db: Any, gcs: Any, run_jobs: Any, chatwoot_api: ChatwootAPI) -> None:
     from app.users import contacts as users
 
-    users.ensure_user("user-maria")
+    service.ensure_user("user-maria")
     note_id = send(db, run_jobs, "link 000000")
     assert note(db, note_id)["message_kind"] == "command"
     assert chatwoot_api.contents == [i18n.t("link.failed", "en")]
-    assert users.find_user(1, {"id": 287}) is None
+    assert users.find_user(1, Contact(287)) is None

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from app.config import Settings
-from app.orders import clarify as order_rules
+from app.orders import clarify, rules
 from tests.helpers.orders import (
     ChatwootAPI,
     add_note,
@@ -81,8 +81,8 @@ def question(content: str, items: list[dict[str, str]], key: str) -> dict[str, A
     ],
 )
 def test_explicit_order_phrases_in_three_languages(text: str) -> None:
-    assert order_rules.looks_like_order(text)
-    assert order_rules.classify_text(text, RULES_ONLY).kind == "order"
+    assert rules.looks_like_order(text)
+    assert rules.classify_text(text, RULES_ONLY).kind == "order"
 
 
 @pytest.mark.parametrize(
@@ -99,7 +99,7 @@ def test_explicit_order_phrases_in_three_languages(text: str) -> None:
     ],
 )
 def test_everything_else_is_a_note(text: str) -> None:
-    assert order_rules.classify_text(text, RULES_ONLY).kind == "note"
+    assert rules.classify_text(text, RULES_ONLY).kind == "note"
 
 
 @pytest.mark.parametrize(
@@ -137,7 +137,7 @@ def test_everything_else_is_a_note(text: str) -> None:
 def test_fields_and_subject_are_taken_from_the_message(
     text: str, fields: dict[str, str], subject: str
 ) -> None:
-    found = order_rules.classify_text(text, RULES_ONLY)
+    found = rules.classify_text(text, RULES_ONLY)
     assert found.kind == "order"
     assert found.fields == fields
     assert found.subject == subject
@@ -146,9 +146,9 @@ def test_fields_and_subject_are_taken_from_the_message(
 def test_question_titles_fit_whatsapp_and_are_unique_in_every_language() -> None:
     from app.chatwoot import client as chatwoot
 
-    for name in order_rules.CHOICES:
+    for name in rules.CHOICES:
         for language in ("en", "pt", "es"):
-            body = order_rules.question_body(name, language)
+            body = clarify.question_body(name, language)
             chatwoot.validate_body(body)  # raises on a limit
             titles = [i["title"] for i in body["content_attributes"]["items"]]
             assert all(len(t) <= 20 for t in titles)
@@ -175,8 +175,8 @@ def test_question_titles_fit_whatsapp_and_are_unique_in_every_language() -> None
     ],
 )
 def test_answers_by_title_number_or_value(name: str, text: str, expected: str | None) -> None:
-    items = order_rules.question_items(name, "en")
-    assert order_rules.match_choice(name, items, text) == expected
+    items = clarify.question_items(name, "en")
+    assert clarify.match_choice(name, items, text) == expected
 
 
 # ------------------------------------------------------------------------------------------
@@ -440,15 +440,15 @@ def test_an_unanswered_question_is_cancelled_after_the_timeout(
     use_settings(clarification_timeout=3600)
     add_note(db, message("message_created__incoming_order"))
     run_jobs()
-    assert order_rules.expire_clarifications() == 0
-    assert order_rules.expire_clarifications(now=datetime.now(UTC) + timedelta(minutes=59)) == 0
-    assert order_rules.expire_clarifications(now=datetime.now(UTC) + timedelta(minutes=61)) == 1
+    assert clarify.expire_clarifications() == 0
+    assert clarify.expire_clarifications(now=datetime.now(UTC) + timedelta(minutes=59)) == 0
+    assert clarify.expire_clarifications(now=datetime.now(UTC) + timedelta(minutes=61)) == 1
     assert orders(db)[0]["status"] == "cancelled"
     assert orders(db)[0]["cancelled_reason"] == "clarification timed out"
     assert conversation(db)["context_json"] == {}
     run_jobs()
     assert len(chatwoot_api.posted) == 1  # nothing is sent for an expired question
-    assert order_rules.expire_clarifications(now=datetime.now(UTC) + timedelta(hours=5)) == 0
+    assert clarify.expire_clarifications(now=datetime.now(UTC) + timedelta(hours=5)) == 0
 
 
 def test_an_unmapped_contacts_order_is_clarified_and_stored(

@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from app.orders import clarify as order_rules
-from app.orders import generation
+from app.orders import generation, rules
 from tests.helpers.orders import (
     ChatModelStub,
     ChatwootAPI,
@@ -38,7 +37,7 @@ def test_the_model_finds_an_order_the_rules_miss_and_its_fields(
 ) -> None:
     chat_model.reply(MODEL_ORDER)
     text = "Could you put something together for Instagram on our Q3 numbers?"
-    assert order_rules.looks_like_order(text) is False
+    assert rules.looks_like_order(text) is False
     note_id = add_note(db, message(content=text))
     run_jobs()
     assert note(db, note_id)["message_kind"] == "order"
@@ -52,7 +51,7 @@ def test_the_model_finds_an_order_the_rules_miss_and_its_fields(
     assert request["body"]["model"] == "classifier-test"
     schema = request["body"]["response_format"]
     assert schema["type"] == "json_schema" and schema["json_schema"]["strict"] is True
-    assert schema["json_schema"]["schema"] == order_rules.CLASSIFIER_SCHEMA
+    assert schema["json_schema"]["schema"] == rules.CLASSIFIER_SCHEMA
     assert request["body"]["messages"][-1] == {"role": "user", "content": text}
 
 
@@ -60,7 +59,7 @@ def test_literal_words_win_over_the_models_reading(chat_model: ChatModelStub, se
     from app import context
 
     chat_model.reply({**MODEL_ORDER, "platform": "Blog", "length": "Long"})
-    found = order_rules.classify_text("Write a short LinkedIn post about our Q3 numbers", context.settings())
+    found = rules.classify_text("Write a short LinkedIn post about our Q3 numbers", context.settings())
     assert found.kind == "order" and found.via == "model"
     assert found.fields == {"platform": "LinkedIn", "length": "Short", "topic": "News"}
 
@@ -71,7 +70,7 @@ def test_an_explicit_order_phrase_stays_an_order_whatever_the_model_says(chat_mo
     chat_model.reply(
         {"kind": "note", "platform": None, "length": None, "tone": None, "topic": None, "subject": None}
     )
-    assert order_rules.classify_text("Escribe un post sobre el evento", context.settings()).kind == "order"
+    assert rules.classify_text("Escribe un post sobre el evento", context.settings()).kind == "order"
 
 
 @pytest.mark.parametrize("reply", [(500, "boom"), (200, "not json"), (200, json.dumps({"kind": "poem"}))])
@@ -80,8 +79,8 @@ def test_when_the_model_fails_the_rules_decide(chat_model: ChatModelStub, reply:
 
     chat_model.default = reply
     settings = context.settings()
-    assert order_rules.classify_text("Idea: a checklist for new hires", settings).kind == "note"
-    assert order_rules.classify_text("Write a LinkedIn post about hiring", settings).fields == {
+    assert rules.classify_text("Idea: a checklist for new hires", settings).kind == "note"
+    assert rules.classify_text("Write a LinkedIn post about hiring", settings).fields == {
         "platform": "LinkedIn"
     }
     assert chat_model.requests  # it was asked
@@ -91,7 +90,7 @@ def test_without_a_classifier_model_no_call_is_made(chat_model: ChatModelStub, u
     from app import context
 
     use_settings(classifier_model="")
-    assert order_rules.classify_text("Write a LinkedIn post about hiring", context.settings()).kind == "order"
+    assert rules.classify_text("Write a LinkedIn post about hiring", context.settings()).kind == "order"
     assert chat_model.requests == []
 
 

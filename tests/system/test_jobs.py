@@ -60,3 +60,38 @@ def test_a_template_job_is_unique_and_runs(redis_conn: Any, monkeypatch: pytest.
     # Done, and kept for no time (RESULT_TTL 0): the same id can be queued again on purpose.
     assert not redis_conn.exists("rq:job:sqrt_4")
     assert jobs.enqueue(SQRT, 4, connection=redis_conn)
+
+
+@pytest.mark.parametrize(
+    "dotted",
+    [
+        "workers.archive.archive_message",
+        "workers.archive.archive_update",
+        "workers.transcribe.transcribe_message",
+        "workers.classify.classify_message",
+        "workers.send.send_outbox",
+        "workers.generate.generate_order",
+        "workers.generate.deliver_order",
+        "workers.reconcile.reconcile",
+        "workers.backfill.backfill",
+        "app.links.rehome_job",
+    ],
+)
+def test_jobs_queued_by_an_earlier_version_still_resolve(dotted: str) -> None:
+    """A job queued before an upgrade names its function by this dotted path; RQ imports it."""
+    from rq.utils import import_attribute
+
+    assert callable(import_attribute(dotted))
+
+
+def test_a_job_queued_under_its_old_name_runs(redis_conn: Any, db: Any, run_jobs: Any) -> None:
+    from rq import Queue
+
+    from tests.helpers.archive import ingest, text_message
+
+    note_id = ingest(text_message(7301), enqueue=False)
+    Queue("archive", connection=redis_conn).enqueue("workers.archive.archive_message", note_id)
+    run_jobs(queues=("archive",))
+    with db.transaction() as cur:
+        cur.execute("SELECT processing_status FROM meeting_notes WHERE id = %s", (note_id,))
+        assert cur.fetchone()["processing_status"] == "stored"

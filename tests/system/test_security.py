@@ -20,6 +20,7 @@ import devstack
 import pytest
 import responses
 
+from app.users import service
 from tests.helpers.common import (
     BUCKET_HASH_SECRET,
     CHATWOOT_BASE_URL,
@@ -391,18 +392,17 @@ def test_an_erased_user_leaves_nothing_in_the_spool(
 ) -> None:
     """Deliveries spooled while PostgreSQL was down are erased with the user: a later replay
     brings nothing of theirs back."""
-    from app.admin import api as admin
     from app.ingest import spool
     from app.ingest.pipeline import ingest, prepare
-    from app.users import contacts as users
+    from app.users import erase
 
     user_id = "maria"
-    users.link_contact(1, user_id, contact_id=287, phone=PHONE)
+    service.link_contact(1, user_id, contact_id=287, phone=PHONE)
     ingest(load_fixture("message_created__incoming_order"))
     spool.append(prepare(load_fixture("message_created__incoming_text")))
     assert spool.status()["records"] == 1
 
-    admin.erase_user(user_id)
+    erase.erase_user(user_id)
     assert spool.status()["records"] == 0
     assert spool.replay().accepted == 0
     with db.transaction() as cur:

@@ -92,7 +92,7 @@ def test_audio_the_model_cannot_decode_fails_clearly(h: Harness) -> None:
 def test_nothing_loads_faster_whisper_until_a_voice_note_is_transcribed() -> None:
     """The web process and a production install without faster-whisper import these modules."""
     probe = (
-        "import sys, workers.transcribe, app.transcription, app.audio\n"
+        "import sys, workers.transcribe, app.transcription, app.transcription.audio\n"
         "from app.config import load_settings\n"
         "from app.transcription import get_provider\n"
         f"s = load_settings({{'DATABASE_URL': 'postgresql://x/y', 'REDIS_URL': 'redis://x',"

@@ -147,7 +147,11 @@ def test_is_processable_refuses_templates_private_and_senderless_messages() -> N
     assert not payloads.is_processable(text | {"event": "conversation_updated"})
     assert payloads.sender_type(text | {"sender": None}) is None
     assert payloads.sender_type(text | {"sender": {"id": 1, "type": "AgentBot"}}) == "agent_bot"
-    assert payloads.sender_type(text | {"sender": {"id": 1, "type": "something_new"}}) is None
+    # Every sender type is kept as sent; anything but a contact is our side, never processed.
+    assistant = text | {"sender": {"id": 1, "type": "captain_assistant"}}
+    assert payloads.sender_type(assistant) == "captain_assistant"
+    assert not payloads.is_processable(assistant)
+    assert payloads.sender_type(text | {"sender": {"id": 1, "type": "SomethingNew"}}) == "something_new"
 
 
 def test_contact_id_of_incoming_and_outgoing_messages() -> None:
@@ -164,14 +168,15 @@ def test_contact_id_of_incoming_and_outgoing_messages() -> None:
     assert payloads.contact_id(huge) == 287  # out of an integer column's range: not an id
 
 
-def test_note_fields_of_the_voice_note() -> None:
-    fields = payloads.note_fields(load_fixture("message_created__incoming_voice_note"))
-    assert fields == payloads.NoteFields(
+def test_message_view_of_the_voice_note() -> None:
+    fields = payloads.Message.of(load_fixture("message_created__incoming_voice_note"))
+    assert fields == payloads.Message(
         account_id=1,
         message_id="9877",
+        event="message_created",
         conversation_id=42,
         inbox_id=4,
-        contact_id=287,
+        contact=payloads.Contact(287, "+5491155550123", None),
         source_type="whatsapp",
         message_type="incoming",
         content_type="text",
@@ -180,14 +185,21 @@ def test_note_fields_of_the_voice_note() -> None:
         sender_type="contact",
         message_created_at=datetime(2026, 11, 20, 14, 21, 40, 117000, tzinfo=UTC),
         content_fingerprint=fields.content_fingerprint,
-        transcription_status="pending",
-        classification_status="pending",
+        has_audio=True,
+        in_reply_to=None,
+        can_reply=True,
+        ours=False,
+    )
+    assert (fields.processable, fields.transcription_status, fields.classification_status) == (
+        True,
+        "pending",
+        "pending",
     )
 
 
-def test_note_fields_of_rest_api_numbers_and_unix_times() -> None:
+def test_message_view_of_rest_api_numbers_and_unix_times() -> None:
     message = load_fixture("message_created__incoming_text") | {"message_type": 0, "created_at": 1795702811}
-    fields = payloads.note_fields(message)
+    fields = payloads.Message.of(message)
     assert fields.message_type == "incoming"
     assert fields.message_created_at == datetime.fromtimestamp(1795702811, tz=UTC)
     assert fields.classification_status == "pending"
