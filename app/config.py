@@ -111,7 +111,8 @@ class Settings:
     chatwoot_inbox_ids: tuple[int, ...] = ()
     webhook_url_token: str = field(default="", repr=False)
     webhook_timestamp_tolerance: int = 300
-    max_webhook_bytes: int = 1024 * 1024
+    max_webhook_bytes: int = 32 * 1024 * 1024
+    webhook_body_timeout: int = 10
     allow_unsigned_webhooks: bool = False
     secrets_encryption_key: str = field(default="", repr=False)
     spool_dir: str = "var/spool"
@@ -310,6 +311,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         )
     if get("MAX_WEBHOOK_BYTES"):
         values["max_webhook_bytes"] = _int("MAX_WEBHOOK_BYTES", get("MAX_WEBHOOK_BYTES"), 1024)
+    if get("WEBHOOK_BODY_TIMEOUT"):
+        values["webhook_body_timeout"] = _duration("WEBHOOK_BODY_TIMEOUT", get("WEBHOOK_BODY_TIMEOUT"))
     values["allow_unsigned_webhooks"] = _bool("ALLOW_UNSIGNED_WEBHOOKS", get("ALLOW_UNSIGNED_WEBHOOKS"))
     values["secrets_encryption_key"] = get("SECRETS_ENCRYPTION_KEY")
     if values["secrets_encryption_key"]:

@@ -328,3 +328,44 @@ def accounts_delete(account_id: int) -> Any:
         raise NotFound(f"no account {account_id}")
     log.info("chatwoot account deleted", extra={"account_id": account_id})
     return jsonify(chatwoot_account_id=account_id, deleted=True)
+
+
+class InboxSecretBody(_Strict):
+    secret = fields.String(required=True, validate=validate.Length(8, 4096), load_only=True)
+
+
+@bp.put("/accounts/<int:account_id>/inboxes/<int:inbox_id>/secret")
+def inbox_secret_set(account_id: int, inbox_id: int) -> Any:
+    """An API-channel inbox's webhook secret (Chatwoot 4.13+ signs that inbox's webhook with it);
+    a new one keeps the old one valid until finish-rotation."""
+    from app.chatwoot import accounts
+
+    if not (1 <= account_id <= INT32_MAX and 1 <= inbox_id <= INT32_MAX):
+        raise NotFound(f"no account {account_id} or inbox {inbox_id}")
+    body = InboxSecretBody().load(json_body())
+    try:
+        view = accounts.set_inbox_secret(account_id, inbox_id, body["secret"])
+    except accounts.SecretsKeyMissing:
+        return error_response(
+            409, "secrets_key_missing", "set SECRETS_ENCRYPTION_KEY before storing an account's secrets"
+        )
+    log.info("inbox secret saved", extra={"account_id": account_id, "inbox_id": inbox_id})
+    return jsonify(view)
+
+
+@bp.post("/accounts/<int:account_id>/inboxes/<int:inbox_id>/finish-rotation")
+def inbox_secret_finish_rotation(account_id: int, inbox_id: int) -> Any:
+    from app.chatwoot import accounts
+
+    finished = accounts.finish_inbox_rotation(account_id, inbox_id)
+    return jsonify(chatwoot_account_id=account_id, inbox_id=inbox_id, finished=finished)
+
+
+@bp.delete("/accounts/<int:account_id>/inboxes/<int:inbox_id>/secret")
+def inbox_secret_delete(account_id: int, inbox_id: int) -> Any:
+    from app.chatwoot import accounts
+
+    if not accounts.delete_inbox_secret(account_id, inbox_id):
+        raise NotFound(f"account {account_id} has no secret for inbox {inbox_id}")
+    log.info("inbox secret deleted", extra={"account_id": account_id, "inbox_id": inbox_id})
+    return jsonify(chatwoot_account_id=account_id, inbox_id=inbox_id, deleted=True)

@@ -11,15 +11,21 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlparse
 
+from cryptography.fernet import Fernet, MultiFernet
 from marshmallow import RAISE, Schema, fields, validate
 
 from app import context
+from app.chatwoot import signatures
 from app.chatwoot.payloads import INT32_MAX
 from app.config import Settings
+from app.db import DatabaseUnavailable, queries
 
 CACHE_SECONDS = 30.0
-"""Seconds an account's configuration is reused before it is read again."""
+"""Seconds the accounts' settings are reused before they are read again."""
+ENV = 0
+"""Owner of the environment's secrets (CHATWOOT_WEBHOOK_SECRET) among signature candidates."""
 
 
 class SecretsKeyMissing(Exception):
@@ -32,16 +38,20 @@ class AccountConfig:
     base_url: str
     api_token: str = field(repr=False)
     webhook_secrets: tuple[str, ...] = field(repr=False)
-    """Current secret first, then the previous one during a rotation."""
+    """Every secret that signs this account's deliveries: the account webhook's (current, then
+    previous during a rotation) and each API-channel inbox's (current and previous)."""
     inbox_ids: tuple[int, ...]
     """Inboxes whose messages are archived; empty means all."""
     own_row: bool
     """True when the account has its own row in chatwoot_accounts."""
+    url_token: str = field(default="", repr=False)
+    """The `?token=` that authenticates this account's unsigned deliveries: its own, or the
+    global WEBHOOK_URL_TOKEN when it has no secret of its own."""
+    own_secrets: bool = False
+    """True when its deliveries are verified with secrets of its own (never the environment's)."""
 
 
 def _fernet(settings: Settings) -> Any:
-    from cryptography.fernet import Fernet, MultiFernet
-
     if not settings.secrets_encryption_key:
         raise SecretsKeyMissing("SECRETS_ENCRYPTION_KEY is not set")
     return MultiFernet([Fernet(k.strip()) for k in settings.secrets_encryption_key.split(",") if k.strip()])
@@ -60,6 +70,7 @@ def decrypt(token: str | None, settings: Settings | None = None) -> str:
 
 
 def env_config(account_id: int, settings: Settings | None = None) -> AccountConfig:
+    """The settings of an account without a row of its own: the environment's."""
     s = settings or context.settings()
     secrets = tuple(x for x in (s.chatwoot_webhook_secret, s.chatwoot_webhook_secret_previous) if x)
     return AccountConfig(
@@ -69,48 +80,124 @@ def env_config(account_id: int, settings: Settings | None = None) -> AccountConf
         webhook_secrets=secrets,
         inbox_ids=s.chatwoot_inbox_ids,
         own_row=False,
+        url_token=s.webhook_url_token,
     )
 
 
 def from_row(row: dict[str, Any], settings: Settings | None = None) -> AccountConfig:
+    """An account's own settings; what it leaves unset comes from the environment, except that
+    the environment's API token never goes to another host and the environment's secrets and
+    URL token never authenticate an account that has secrets of its own."""
     s = settings or context.settings()
     fallback = env_config(int(row["chatwoot_account_id"]), s)
-    secrets = tuple(
-        x
-        for x in (
-            decrypt(row.get("webhook_secret_enc"), s),
-            decrypt(row.get("previous_webhook_secret_enc"), s),
-        )
-        if x
-    )
+    own: list[str] = [
+        decrypt(row.get("webhook_secret_enc"), s),
+        decrypt(row.get("previous_webhook_secret_enc"), s),
+    ]
+    for inbox in row.get("inbox_secrets") or ():
+        own += [decrypt(inbox.get("secret_enc"), s), decrypt(inbox.get("previous_secret_enc"), s)]
+    secrets = tuple(dict.fromkeys(x for x in own if x))
+    base_url = (row.get("base_url") or fallback.base_url).rstrip("/")
+    own_token = decrypt(row.get("api_access_token_enc"), s)
+    same_host = _origin(base_url) == _origin(fallback.base_url)
+    own_url_token = decrypt(row.get("url_token_enc"), s)
     return AccountConfig(
         account_id=int(row["chatwoot_account_id"]),
-        base_url=(row.get("base_url") or fallback.base_url).rstrip("/"),
-        api_token=decrypt(row.get("api_access_token_enc"), s) or fallback.api_token,
+        base_url=base_url,
+        api_token=own_token or (fallback.api_token if same_host else ""),
         webhook_secrets=secrets or fallback.webhook_secrets,
         inbox_ids=tuple(row.get("inbox_ids") or ()) or fallback.inbox_ids,
         own_row=True,
+        url_token=own_url_token or ("" if secrets else fallback.url_token),
+        own_secrets=bool(secrets),
     )
 
 
-_cache: dict[int, tuple[float, AccountConfig]] = {}
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parsed = urlparse(url)
+    try:
+        port = parsed.port
+    except ValueError:
+        port = None
+    return (parsed.scheme.lower(), (parsed.hostname or "").lower(), port)
+
+
+@dataclass(frozen=True)
+class Registry:
+    """The settings of every account with a row of its own, read at once (one query, however
+    many accounts deliver) and kept in memory: a delivery naming any account id, known or not,
+    costs no query and no memory of its own."""
+
+    own: dict[int, AccountConfig]
+    settings: Settings
+
+    def config(self, account_id: int) -> AccountConfig:
+        found = self.own.get(account_id)
+        return found if found is not None else env_config(account_id, self.settings)
+
+    def candidates(self, account_id: int | None) -> list[tuple[str, int]]:
+        """(secret, owner) pairs a delivery may be signed with: the claimed account's, or, when
+        the body names no account, every secret held (the environment's under ENV)."""
+        if account_id is not None:
+            config = self.config(account_id)
+            owner = account_id if config.own_secrets else ENV
+            return [(secret, owner) for secret in config.webhook_secrets]
+        pairs = [(secret, ENV) for secret in env_config(ENV, self.settings).webhook_secrets]
+        for config in self.own.values():
+            if config.own_secrets:
+                pairs += [(secret, config.account_id) for secret in config.webhook_secrets]
+        return pairs
+
+    def signed_by(self, account_id: int | None, owners: list[Any]) -> bool:
+        """Whether one of the secrets that matched may sign this account's deliveries."""
+        if account_id is None:
+            return bool(owners)
+        config = self.config(account_id)
+        return (account_id if config.own_secrets else ENV) in owners
+
+    def url_token_ok(self, account_id: int | None, token: str) -> bool:
+        """Whether `token` authenticates a delivery of this account (or, for an event naming no
+        account, any account)."""
+        if account_id is not None:
+            return signatures.token_matches(token, self.config(account_id).url_token)
+        tokens = [env_config(ENV, self.settings).url_token, *(c.url_token for c in self.own.values())]
+        return any(signatures.token_matches(token, t) for t in tokens if t)
+
+    def url_token_known(self, token: str) -> bool:
+        return self.url_token_ok(None, token)
+
+
+_registry: list[tuple[float, Registry]] = []
+
+
+def registry(max_age: float = CACHE_SECONDS) -> Registry:
+    """The accounts' settings, read again when older than `max_age` seconds.
+
+    While PostgreSQL cannot be read the last settings read stay in force (kept across outages);
+    raises DatabaseUnavailable only when this process has never read them.
+    """
+    now = time.monotonic()
+    if _registry and now - _registry[0][0] < max_age:
+        return _registry[0][1]
+    try:
+        rows = context.db().fetch_all("accounts.list")
+    except DatabaseUnavailable:
+        if _registry:
+            return _registry[0][1]
+        raise
+    settings = context.settings()
+    loaded = Registry({int(r["chatwoot_account_id"]): from_row(r, settings) for r in rows}, settings)
+    _registry[:] = [(now, loaded)]
+    return loaded
 
 
 def resolve(account_id: int, use_cache: bool = True) -> AccountConfig:
     """The configuration in force for a Chatwoot account (its own row, else the environment's)."""
-    now = time.monotonic()
-    if use_cache:
-        hit = _cache.get(account_id)
-        if hit and now - hit[0] < CACHE_SECONDS:
-            return hit[1]
-    row = context.db().fetch_one("accounts.account_get", {"account_id": account_id})
-    config = from_row(row) if row else env_config(account_id)
-    _cache[account_id] = (now, config)
-    return config
+    return registry(CACHE_SECONDS if use_cache else 0.0).config(account_id)
 
 
 def forget_cached() -> None:
-    _cache.clear()
+    _registry.clear()
 
 
 def upsert(
@@ -121,6 +208,7 @@ def upsert(
     api_token: str | None = None,
     webhook_secret: str | None = None,
     inbox_ids: list[int] | None = None,
+    url_token: str | None = None,
 ) -> dict[str, Any]:
     """Create or change an account. A new webhook secret keeps the old one as the previous secret.
 
@@ -133,21 +221,22 @@ def upsert(
         "api_token_enc": encrypt(api_token) if api_token else None,
         "webhook_secret_enc": encrypt(webhook_secret) if webhook_secret else None,
         "inbox_ids": inbox_ids,
+        "url_token_enc": encrypt(url_token) if url_token else None,
     }
     row = context.db().fetch_one("accounts.upsert", params)
-    _cache.pop(account_id, None)
+    forget_cached()
     assert row is not None
     return public_view(row)
 
 
 def finish_rotation(account_id: int) -> bool:
     """Stop accepting the previous webhook secret of an account."""
-    _cache.pop(account_id, None)
+    forget_cached()
     return context.db().execute("accounts.drop_previous_secret", {"account_id": account_id}) > 0
 
 
 def delete(account_id: int) -> bool:
-    _cache.pop(account_id, None)
+    forget_cached()
     return context.db().execute("accounts.delete", {"account_id": account_id}) > 0
 
 
@@ -164,6 +253,11 @@ def public_view(row: dict[str, Any]) -> dict[str, Any]:
         "api_token_set": bool(row.get("api_access_token_enc")),
         "webhook_secret_set": bool(row.get("webhook_secret_enc")),
         "previous_webhook_secret_set": bool(row.get("previous_webhook_secret_enc")),
+        "url_token_set": bool(row.get("url_token_enc")),
+        "inbox_secrets": [
+            {"inbox_id": i["inbox_id"], "previous_secret_set": bool(i.get("previous_secret_enc"))}
+            for i in row.get("inbox_secrets") or ()
+        ],
         "created_at": row["created_at"].isoformat() if row.get("created_at") else None,
         "updated_at": row["updated_at"].isoformat() if row.get("updated_at") else None,
     }
@@ -180,3 +274,50 @@ class AccountBody(Schema):
     api_token = fields.String(validate=validate.Length(1, 4096), load_only=True)
     webhook_secret = fields.String(validate=validate.Length(8, 4096), load_only=True)
     inbox_ids = fields.List(fields.Integer(strict=True, validate=validate.Range(1, INT32_MAX)))
+    url_token = fields.String(validate=validate.Length(16, 4096), load_only=True)
+
+
+def set_inbox_secret(account_id: int, inbox_id: int, secret: str) -> dict[str, Any]:
+    """Store (or rotate) the secret an API-channel inbox signs its webhook with; the account's
+    row is created when it has none."""
+    encrypted = encrypt(secret)
+    db = context.db()
+    with db.transaction() as cur:
+        cur.execute(
+            queries["accounts.upsert"],
+            {
+                "account_id": account_id,
+                "name": None,
+                "base_url": None,
+                "api_token_enc": None,
+                "webhook_secret_enc": None,
+                "inbox_ids": None,
+                "url_token_enc": None,
+            },
+        )
+        cur.execute(
+            queries["accounts.inbox_secret_set"],
+            {"account_id": account_id, "inbox_id": inbox_id, "secret_enc": encrypted},
+        )
+    forget_cached()
+    return account_view(account_id)
+
+
+def finish_inbox_rotation(account_id: int, inbox_id: int) -> bool:
+    forget_cached()
+    params = {"account_id": account_id, "inbox_id": inbox_id}
+    return context.db().execute("accounts.inbox_secret_finish_rotation", params) > 0
+
+
+def delete_inbox_secret(account_id: int, inbox_id: int) -> bool:
+    forget_cached()
+    params = {"account_id": account_id, "inbox_id": inbox_id}
+    return context.db().execute("accounts.inbox_secret_delete", params) > 0
+
+
+def account_view(account_id: int) -> dict[str, Any]:
+    """The public view of one account (NotFound-free: an empty dict when it has no row)."""
+    for row in context.db().fetch_all("accounts.list"):
+        if row["chatwoot_account_id"] == account_id:
+            return public_view(row)
+    return {}

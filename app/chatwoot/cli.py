@@ -48,6 +48,12 @@ def accounts_list() -> None:
     is_flag=True,
     help="Read a new webhook secret (the old one stays valid until finish-rotation).",
 )
+@click.option(
+    "--url-token",
+    "ask_url_token",
+    is_flag=True,
+    help="Read the account's own ?token= for a Chatwoot too old to sign (16+ characters).",
+)
 def accounts_set(
     *,
     account_id: int,
@@ -56,6 +62,7 @@ def accounts_set(
     inbox_ids: str | None,
     ask_token: bool,
     ask_secret: bool,
+    ask_url_token: bool,
 ) -> None:
     """Create or change a Chatwoot account's settings. Secrets are read, never echoed."""
     body: dict[str, Any] = {}
@@ -72,6 +79,8 @@ def accounts_set(
         body["api_token"] = _secret("API access token")
     if ask_secret:
         body["webhook_secret"] = _secret("Webhook secret")
+    if ask_url_token:
+        body["url_token"] = _secret("URL token")
     try:
         loaded = accounts.AccountBody().load(body)
         view = accounts.upsert(account_id, **loaded)
@@ -100,6 +109,35 @@ def accounts_delete(account_id: int, yes: bool) -> None:
     if not accounts.delete(account_id):
         raise fail(f"no account {account_id}")
     click.echo(f"account {account_id} deleted; it now uses the environment's settings")
+
+
+@accounts_cli.command("inbox-secret")
+@click.argument("account_id", type=click.IntRange(1, 2**31 - 1))
+@click.argument("inbox_id", type=click.IntRange(1, 2**31 - 1))
+@click.option("--finish-rotation", is_flag=True, help="Stop accepting the inbox's previous secret.")
+@click.option("--delete", "remove", is_flag=True, help="Forget the inbox's secrets.")
+def accounts_inbox_secret(account_id: int, inbox_id: int, finish_rotation: bool, remove: bool) -> None:
+    """Set (or rotate) the secret an API-channel inbox signs its webhook with (Chatwoot 4.13+).
+
+    The secret is read from stdin or a hidden prompt; the previous one stays valid until
+    --finish-rotation."""
+    if finish_rotation:
+        done = accounts.finish_inbox_rotation(account_id, inbox_id)
+        click.echo("previous inbox secret dropped" if done else "there was no previous inbox secret")
+        return
+    if remove:
+        if not accounts.delete_inbox_secret(account_id, inbox_id):
+            raise fail(f"account {account_id} has no secret for inbox {inbox_id}")
+        click.echo(f"inbox {inbox_id} of account {account_id}: secrets deleted")
+        return
+    secret = _secret("Inbox secret")
+    if len(secret) < 8:
+        raise click.UsageError("an inbox secret has 8 characters or more")
+    try:
+        view = accounts.set_inbox_secret(account_id, inbox_id, secret)
+    except accounts.SecretsKeyMissing:
+        raise fail("set SECRETS_ENCRYPTION_KEY before storing an account's secrets") from None
+    click.echo(print_table([view]))
 
 
 def register(app: Flask) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -424,3 +425,28 @@ class Message:
     @property
     def classification_status(self) -> str:
         return "pending" if self.processable else "not_needed"
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError("a number too large for a float")
+    return value
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite)
+"""Built once: json.loads with hooks builds a decoder for every call."""
+
+
+def parse_body(body: bytes) -> Any:
+    """The JSON value of a delivery's body, as json.loads reads bytes (UTF-8/16/32, with or
+    without a BOM), without NaN or infinite numbers. Raises ValueError for anything else, a
+    body nested too deep for the parser included."""
+    try:
+        return _DECODER.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
+    except RecursionError:
+        raise ValueError("nested too deeply") from None

@@ -180,11 +180,37 @@ def flatten_errors(messages: Any, prefix: str = "") -> dict[str, list[str]]:
     return out
 
 
-def load(payload: dict[str, Any]) -> dict[str, Any]:
+MAX_DEPTH = 32
+"""Levels of nesting a payload may have (Chatwoot's own go about eight deep): deeper ones are
+refused at ingestion, so that no later stage meets a structure it cannot walk."""
+
+
+def too_deep(payload: Any, limit: int = MAX_DEPTH) -> str | None:
+    """The path of the first value nested more than `limit` levels deep, or None."""
+    stack: list[tuple[Any, str, int]] = [(payload, "", 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        if depth > limit:
+            return path or "_payload"
+        if isinstance(value, dict):
+            stack.extend((v, f"{path}.{k}" if path else str(k), depth + 1) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, f"{path}.{i}" if path else str(i), depth + 1) for i, v in enumerate(value))
+    return None
+
+
+def load(payload: dict[str, Any], raw: bytes | None = None) -> dict[str, Any]:
     """Validate a webhook payload: the message schema for message events, else the event name.
 
-    Returns the loaded data; raises InvalidPayload naming each bad field by its path.
+    Returns the loaded data; raises InvalidPayload naming each bad field by its path (and the
+    path of a value nested too deep). `raw`, the text the payload was parsed from, spares the
+    depth walk when it holds too few brackets to be that deep.
     """
+    if raw is None or raw.count(b"{") + raw.count(b"[") > MAX_DEPTH:
+        path = too_deep(payload)
+        if path is not None:
+            shown = path if len(path) <= 200 else path[:100] + "..." + path[-97:]
+            raise InvalidPayload({shown: [f"nested more than {MAX_DEPTH} levels deep"]})
     event = payload.get("event")
     schema = _message_schema if isinstance(event, str) and event in MESSAGE_EVENTS else _event_schema
     try:

@@ -1,8 +1,12 @@
 """Chatwoot webhook authentication: HMAC signature with a timestamp window, or a URL token.
 
-Chatwoot 4.11.2 and later sign each delivery: `X-Chatwoot-Signature: sha256=<hex HMAC-SHA256(
-secret, "<X-Chatwoot-Timestamp>.<raw body>")>`. Older installations cannot sign; for them a
-secret `?token=` on the webhook URL (WEBHOOK_URL_TOKEN) is the fallback.
+Chatwoot 4.12.0 and later sign each delivery of an account webhook, and 4.13.0 and later each
+delivery of an API-channel inbox with that channel's secret: `X-Chatwoot-Signature: sha256=<hex
+HMAC-SHA256(secret, "<X-Chatwoot-Timestamp>.<raw body>")>` (Chatwoot's lib/webhooks/trigger.rb).
+Older installations cannot sign; for them a secret `?token=` on the webhook URL is the fallback.
+
+The body is verified as it streams in (`StreamVerifier`): an unauthenticated body never has to
+be held in memory or parsed before it is known to be Chatwoot's.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 
 SIGNATURE_HEADER = "X-Chatwoot-Signature"
@@ -19,6 +23,7 @@ DELIVERY_HEADER = "X-Chatwoot-Delivery"
 SIGNATURE_PREFIX = "sha256="
 MAX_TIMESTAMP_LENGTH = 20
 """Characters of a unix-seconds timestamp header worth parsing."""
+SIGNING_HELP = "see the README, section 'Signatures' (how Chatwoot signs a delivery and where the secret is)"
 
 
 def compute(secret: str, timestamp: str, body: bytes) -> str:
@@ -37,6 +42,14 @@ def sign_headers(secret: str, body: bytes, timestamp: int | None = None) -> dict
     }
 
 
+def ascii_int(text: str, max_length: int = MAX_TIMESTAMP_LENGTH) -> int | None:
+    """The value of a string of ASCII digits, or None (`str.isdigit` also accepts `²` and `②`)."""
+    value = text.strip()
+    if not value or len(value) > max_length or not (value.isascii() and value.isdigit()):
+        return None
+    return int(value)
+
+
 @dataclass(frozen=True)
 class AuthResult:
     ok: bool
@@ -44,6 +57,53 @@ class AuthResult:
     """`signature`, `url_token`, `unsigned` (development switch) or `none`."""
     reason: str = ""
     """Why it failed, safe to return to the caller (no secret in it)."""
+
+
+def timestamp_problem(timestamp: str, tolerance: int, now: float | None = None) -> str:
+    """'' when the timestamp header is unix seconds within `tolerance` of now; else the reason."""
+    ts = ascii_int(timestamp)
+    if ts is None:
+        return f"{TIMESTAMP_HEADER} is not unix seconds"
+    current = time.time() if now is None else now
+    if abs(current - ts) > tolerance:
+        return f"{TIMESTAMP_HEADER} is outside the accepted window of {tolerance} s"
+    return ""
+
+
+class StreamVerifier:
+    """HMACs of a body as it streams in, one per candidate secret; says which secret signed it.
+
+    Candidates are (secret, owner) pairs; `matched()` returns the owners of every secret whose
+    signature equals the header (several owners can share one secret).
+    """
+
+    def __init__(self, candidates: Iterable[tuple[str, Hashable]], timestamp: str):
+        prefix = timestamp.strip().encode() + b"."
+        self._macs: dict[str, tuple[hmac.HMAC, list[Hashable]]] = {}
+        for secret, owner in candidates:
+            if not secret:
+                continue
+            if secret in self._macs:
+                self._macs[secret][1].append(owner)
+                continue
+            mac = hmac.new(secret.encode(), prefix, hashlib.sha256)
+            self._macs[secret] = (mac, [owner])
+
+    def __bool__(self) -> bool:
+        return bool(self._macs)
+
+    def update(self, chunk: bytes) -> None:
+        for mac, _ in self._macs.values():
+            mac.update(chunk)
+
+    def matched(self, signature: str) -> list[Hashable]:
+        given = signature.strip().lower().encode("utf-8", "replace")
+        owners: list[Hashable] = []
+        for mac, names in self._macs.values():
+            expected = (SIGNATURE_PREFIX + mac.hexdigest()).encode()
+            if hmac.compare_digest(given, expected):
+                owners.extend(names)
+        return owners
 
 
 def verify_signature(
@@ -61,58 +121,21 @@ def verify_signature(
         return f"missing {SIGNATURE_HEADER}"
     if not timestamp:
         return f"missing {TIMESTAMP_HEADER}"
-    ts = timestamp.strip()
-    if len(ts) > MAX_TIMESTAMP_LENGTH or not ts.isdigit():
-        return f"{TIMESTAMP_HEADER} is not unix seconds"
-    current = time.time() if now is None else now
-    if abs(current - int(ts)) > tolerance:
-        return f"{TIMESTAMP_HEADER} is outside the accepted window of {tolerance} s"
-    given = signature.strip().lower().encode("utf-8", "replace")
-    for secret in secrets:
-        if secret and hmac.compare_digest(given, compute(secret, ts, body).encode()):
-            return ""
-    return "signature does not match"
+    problem = timestamp_problem(timestamp, tolerance, now)
+    if problem:
+        return problem
+    verifier = StreamVerifier(((s, s) for s in secrets), timestamp)
+    verifier.update(body)
+    return "" if verifier.matched(signature) else "signature does not match"
 
 
 def token_matches(given: str | None, expected: str) -> bool:
-    """Constant-time comparison of the URL token."""
+    """Constant-time comparison of a URL token."""
     if not expected or not given:
         return False
     return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode("utf-8"))
 
 
-def authenticate(
-    body: bytes,
-    *,
-    signature: str,
-    timestamp: str,
-    url_token: str | None,
-    secrets: tuple[str, ...],
-    expected_url_token: str,
-    tolerance: int,
-    allow_unsigned: bool,
-    now: float | None = None,
-) -> AuthResult:
-    """Decide whether a delivery comes from our Chatwoot, from its signature headers ('' when
-    absent) and the URL's `token` (None when absent).
-
-    - Signed deliveries are checked against the account's secrets (current, then previous).
-    - A delivery without signature headers needs the URL token, when one is configured.
-    - `allow_unsigned` (development only; refused in production at start) accepts what cannot
-      be checked; a signature that can be checked and is wrong is still refused.
-    """
-    signed = bool(signature or timestamp)
-    if signed and secrets:
-        reason = verify_signature(body, signature, timestamp, secrets=secrets, tolerance=tolerance, now=now)
-        return AuthResult(not reason, "signature", reason)
-    if expected_url_token and url_token is not None:
-        if token_matches(url_token, expected_url_token):
-            return AuthResult(True, "url_token")
-        return AuthResult(False, "url_token", "wrong URL token")
-    if allow_unsigned:
-        return AuthResult(True, "unsigned")
-    if secrets:
-        return AuthResult(False, "signature", f"missing {SIGNATURE_HEADER} and {TIMESTAMP_HEADER}")
-    if expected_url_token:
-        return AuthResult(False, "url_token", "missing URL token")
-    return AuthResult(False, "none", "no webhook secret or URL token is configured")
+def token_fingerprint(token: str) -> str:
+    """What the spool keeps of a URL token it cannot check yet (never the token itself)."""
+    return hashlib.sha256(b"url-token:" + token.encode("utf-8", "replace")).hexdigest()

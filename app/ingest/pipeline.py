@@ -38,6 +38,10 @@ IGNORED_EVENTS = frozenset(
 )
 """Chatwoot events that carry no message: answered 200 "ignored", by design."""
 
+LARGE_PAYLOAD_BYTES = 256 * 1024
+"""A payload larger than this is stored without Chatwoot's copy of the message in
+`conversation.messages` (the archived JSON keeps it: see `Prepared.archive_json`)."""
+
 RECORD_ATTEMPTS = 2
 """Statements at most per message: a second one only when a concurrent request committed the
 same message while the first ran (see ingest.sql)."""
@@ -72,6 +76,9 @@ class Prepared:
     strip_token: bool
     fields: payloads.Message
     event: str
+    archive_json: str | None = None
+    """The payload as received, secrets removed, when `database_json` left out the copy of the
+    message in `conversation.messages` (large deliveries); the archive job writes this one."""
 
     @cached_property
     def payload(self) -> dict[str, Any]:
@@ -84,6 +91,8 @@ class Prepared:
     @cached_property
     def payload_json(self) -> str:
         """The payload with secrets removed, as JSON text (what the spool keeps)."""
+        if self.archive_json is not None:
+            return self.archive_json
         if not self.strip_token:
             return self.database_json
         return json.dumps(self.payload, ensure_ascii=False, separators=(",", ":"))
@@ -126,7 +135,8 @@ def prepare(
             account_id=account_id,
             message_id=payloads.message_id(payload),
         )
-    token_only = payloads.pubsub_token_only(raw, payload) if raw is not None else None
+    large = len(raw) > LARGE_PAYLOAD_BYTES if raw is not None else False
+    token_only = payloads.pubsub_token_only(raw, payload) if raw is not None and not large else None
     if raw is not None and token_only is not None:
         # Nothing but (perhaps) the token to remove: fields read from the payload as parsed.
         return Prepared(
@@ -137,13 +147,19 @@ def prepare(
             event=event,
         )
     clean = payloads.strip_secrets(payload)
-    return Prepared(
-        source=clean,
-        database_json=json.dumps(clean, ensure_ascii=False, separators=(",", ":")),
-        strip_token=False,
-        fields=_message(clean),
-        event=event,
-    )
+    full = json.dumps(clean, ensure_ascii=False, separators=(",", ":"))
+    conversation = clean.get("conversation")
+    if len(full) > LARGE_PAYLOAD_BYTES and isinstance(conversation, dict) and "messages" in conversation:
+        trimmed = {**clean, "conversation": {k: v for k, v in conversation.items() if k != "messages"}}
+        return Prepared(
+            source=trimmed,
+            database_json=json.dumps(trimmed, ensure_ascii=False, separators=(",", ":")),
+            strip_token=False,
+            fields=_message(clean),
+            event=event,
+            archive_json=full,
+        )
+    return Prepared(source=clean, database_json=full, strip_token=False, fields=_message(clean), event=event)
 
 
 def _message(payload: dict[str, Any]) -> payloads.Message:
@@ -181,6 +197,7 @@ def record(prepared: Prepared, *, enqueue_jobs: bool = True) -> IngestResult:
         "fingerprint": f.content_fingerprint,
         "transcription_status": f.transcription_status,
         "classification_status": f.classification_status,
+        "archive_payload": prepared.archive_json,
     }
     row: dict[str, Any] = {}
     for _ in range(RECORD_ATTEMPTS):

@@ -1,7 +1,11 @@
 """The local spool: deliveries accepted while PostgreSQL is down, replayed when it is back.
 
 Each web process appends to its own file in SPOOL_DIR (`<pid>.jsonl`, mode 0600): one JSON
-line per verified delivery, secrets already removed, fsync'd before the webhook answers 200.
+line per delivery, fsync'd before the webhook answers 200. A verified delivery is kept with its
+secrets removed. One that could not be verified (the process had never read the accounts'
+settings when PostgreSQL went down) is kept as received, with its signature headers and a hash
+of its URL token, and is verified against its own account's secrets at replay: one that fails
+is dropped and counted, never stored.
 `replay()` claims each file by renaming it under its lock, then feeds every line through
 `app.ingest` (deduplicated, so a line replayed twice changes nothing) and deletes the file.
 Lines that can no longer be read or validated go to `rejected.jsonl` for an operator.
@@ -12,7 +16,9 @@ is back.
 
 from __future__ import annotations
 
+import base64
 import fcntl
+import hmac
 import json
 import logging
 import os
@@ -23,8 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app import context
-from app.chatwoot import payloads
+from app import context, metrics
+from app.chatwoot import accounts, payloads, signatures
 from app.chatwoot.payloads import normalize_phone
 
 if TYPE_CHECKING:
@@ -40,6 +46,8 @@ REJECTED_FILE = "rejected.jsonl"
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 FORMAT_VERSION = 1
+UNVERIFIED_VERSION = 2
+"""Lines kept as received, to be verified at replay."""
 
 
 class SpoolUnavailable(Exception):
@@ -109,6 +117,35 @@ def append(prepared: Prepared, *, request_id: str = "", delivery_id: str = "") -
     )
     # The payload is already serialised once for PostgreSQL; reuse that text.
     line = (meta[:-1] + ',"payload":' + prepared.payload_json + "}\n").encode("utf-8")
+    return _append_line(line)
+
+
+def append_unverified(
+    body: bytes,
+    *,
+    signature: str,
+    timestamp: str,
+    url_token: str | None,
+    unsigned_allowed: bool,
+    request_id: str = "",
+    delivery_id: str = "",
+) -> Path:
+    """Append a delivery that could not be verified yet (see the module's docstring)."""
+    entry = {
+        "v": UNVERIFIED_VERSION,
+        "spooled_at": datetime.now(UTC).isoformat(),
+        "request_id": request_id,
+        "delivery_id": delivery_id,
+        "signature": signature[:200],
+        "timestamp": timestamp[:40],
+        "url_token_sha256": signatures.token_fingerprint(url_token) if url_token is not None else None,
+        "unsigned_allowed": unsigned_allowed,
+        "body_b64": base64.b64encode(body).decode("ascii"),
+    }
+    return _append_line((json.dumps(entry, separators=(",", ":")) + "\n").encode("ascii"))
+
+
+def _append_line(line: bytes) -> Path:
     directory = spool_dir()
     path = directory / f"{os.getpid()}{SPOOL_SUFFIX}"
     try:
@@ -132,6 +169,8 @@ class ReplayResult:
     duplicates: int = 0
     ignored: int = 0
     rejected: int = 0
+    forged: int = 0
+    """Deliveries spooled unverified that failed verification at replay: dropped."""
     remaining_files: int = 0
     error: str = ""
     """Set when the replay stopped early (PostgreSQL down again); the rest stays spooled."""
@@ -247,10 +286,18 @@ def replay() -> ReplayResult:
                     result.records += 1
                     try:
                         entry = json.loads(raw) if raw.endswith(b"\n") else None
-                        payload = entry.get("payload") if isinstance(entry, dict) else None
-                        if not isinstance(payload, dict):
-                            raise ValueError("not a spool record")
-                        prepared = prepare(payload)
+                        if isinstance(entry, dict) and entry.get("v") == UNVERIFIED_VERSION:
+                            verified = _verify_unverified(entry)
+                            if verified is None:
+                                result.forged += 1
+                                continue
+                            payload, body = verified
+                            prepared = prepare(payload, raw=body)
+                        else:
+                            kept = entry.get("payload") if isinstance(entry, dict) else None
+                            if not isinstance(kept, dict):
+                                raise ValueError("not a spool record")
+                            prepared = prepare(kept)
                         outcome = prepared if isinstance(prepared, IngestResult) else record(prepared)
                     except DatabaseUnavailable as exc:
                         result.error = f"PostgreSQL unavailable: {exc}"
@@ -280,6 +327,49 @@ def replay() -> ReplayResult:
     result.remaining_files = len(pending_files(directory))
     log.info("spool replayed", extra=result.as_dict())
     return result
+
+
+def _verify_unverified(entry: dict[str, Any]) -> tuple[dict[str, Any], bytes] | None:
+    """(payload, body) of a delivery spooled unverified once it proves to be its own account's;
+    None (logged, counted) when it does not. Raises ValueError for a line that cannot be read."""
+    body = base64.b64decode(str(entry.get("body_b64") or ""), validate=True)
+    payload = payloads.parse_body(body)
+    if not isinstance(payload, dict):
+        raise ValueError("not a JSON object")
+    registry = accounts.registry(0.0)
+    settings = context.settings()
+    claimed = payloads.account_id(payload)
+    signature, timestamp = str(entry.get("signature") or ""), str(entry.get("timestamp") or "")
+    ok = False
+    if signature or timestamp:
+        spooled_at = datetime.fromisoformat(str(entry.get("spooled_at")))
+        when = signatures.ascii_int(timestamp)
+        fresh = (
+            when is not None and abs(spooled_at.timestamp() - when) <= settings.webhook_timestamp_tolerance
+        )
+        verifier = signatures.StreamVerifier(registry.candidates(claimed), timestamp)
+        if fresh and verifier:
+            verifier.update(body)
+            ok = registry.signed_by(claimed, verifier.matched(signature))
+    elif entry.get("url_token_sha256"):
+        expected = registry.config(claimed).url_token if claimed is not None else ""
+        ok = bool(expected) and hmac.compare_digest(
+            str(entry["url_token_sha256"]), signatures.token_fingerprint(expected)
+        )
+    else:
+        ok = bool(entry.get("unsigned_allowed")) and settings.allow_unsigned_webhooks
+    if not ok:
+        metrics.WEBHOOKS.labels("forged_dropped").inc()
+        log.warning(
+            "spooled delivery failed verification at replay: dropped",
+            extra={
+                "account_id": claimed,
+                "request_id": entry.get("request_id"),
+                "delivery_id": entry.get("delivery_id"),
+            },
+        )
+        return None
+    return payload, body
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,7 +38,8 @@ WHERE bucket_name = %(bucket_name)s AND bucket_created_at IS NULL;
 PREPARE archive_load_note (bigint) AS
 SELECT note.id, note.chatwoot_account_id, note.chatwoot_message_id, note.chatwoot_contact_id,
        note.user_id, note.message_type, note.processing_status, note.transcription_status,
-       note.classification_status, note.message_created_at, note.created_at, note.payload,
+       note.classification_status, note.message_created_at, note.created_at,
+       COALESCE(note.archive_payload, note.payload) AS payload,
        note.gcs_storage_path, note.error_details, note.contact_phone, note.contact_identifier,
        owner.bucket_name AS owner_bucket_name,
        link.user_id AS linked_user_id,
@@ -90,6 +91,7 @@ SET processing_status = 'stored',
     gcs_storage_path = $3,
     stored_at = COALESCE(n.stored_at, now()),
     error_details = $4,
+    archive_payload = NULL,
     updated_at = now()
 WHERE n.id = $1 AND n.processing_status IN ('received', 'error')
 RETURNING n.transcription_status, n.classification_status,

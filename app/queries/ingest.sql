@@ -12,7 +12,7 @@
 -- name: prepare_record
 PREPARE ingest_record (
     jsonb, integer, text, integer, integer, integer, text, text, text, text, boolean, text,
-    timestamptz, text, text, text, boolean, text, text
+    timestamptz, text, text, text, boolean, text, text, jsonb
 ) AS
 WITH input AS (
     SELECT CASE WHEN $17 THEN $1 #- '{conversation,contact_inbox,pubsub_token}' ELSE $1 END AS payload
@@ -21,10 +21,10 @@ WITH input AS (
         chatwoot_account_id, chatwoot_message_id, chatwoot_conversation_id, chatwoot_inbox_id,
         chatwoot_contact_id, source_type, message_type, content_type, content, is_private,
         sender_type, message_created_at, payload, content_fingerprint, processing_status,
-        transcription_status, classification_status, contact_phone, contact_identifier
+        transcription_status, classification_status, contact_phone, contact_identifier, archive_payload
     )
     SELECT $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, input.payload, $14, 'received', $15, $16,
-        $18, $19
+        $18, $19, $20
     FROM input
     ON CONFLICT (chatwoot_account_id, chatwoot_message_id) DO NOTHING
     RETURNING id
@@ -33,7 +33,7 @@ WITH input AS (
     WHERE chatwoot_account_id = $2 AND chatwoot_message_id = $3 AND NOT EXISTS (SELECT FROM note)
 ), change AS (
     INSERT INTO message_updates (meeting_note_id, fingerprint, payload, processing_status)
-    SELECT existing.id, $14, input.payload, 'received'
+    SELECT existing.id, $14, COALESCE($20, input.payload), 'received'
     FROM existing, input
     WHERE existing.content_fingerprint IS DISTINCT FROM $14
     ON CONFLICT (meeting_note_id, fingerprint) DO NOTHING
@@ -49,5 +49,6 @@ EXECUTE ingest_record (
     %(payload)s, %(account_id)s, %(message_id)s, %(conversation_id)s, %(inbox_id)s, %(contact_id)s,
     %(source_type)s, %(message_type)s, %(content_type)s, %(content)s, %(is_private)s,
     %(sender_type)s, %(message_created_at)s, %(fingerprint)s, %(transcription_status)s,
-    %(classification_status)s, %(strip_token)s, %(contact_phone)s, %(contact_identifier)s
+    %(classification_status)s, %(strip_token)s, %(contact_phone)s, %(contact_identifier)s,
+    %(archive_payload)s
 );

@@ -41,6 +41,9 @@ ENDPOINTS = [
     ("PUT", "/admin/accounts/7"),
     ("POST", "/admin/accounts/7/finish-rotation"),
     ("DELETE", "/admin/accounts/7"),
+    ("PUT", "/admin/accounts/7/inboxes/12/secret"),
+    ("POST", "/admin/accounts/7/inboxes/12/finish-rotation"),
+    ("DELETE", "/admin/accounts/7/inboxes/12/secret"),
 ]
 
 
@@ -60,7 +63,12 @@ def test_every_admin_route_is_in_the_table(app: Any) -> None:
     }
     expected = {(m, re.sub(r"/u1\b", "/<user_id>", p)) for m, p in ENDPOINTS}
     expected = {
-        (m, p.replace("/links/1", "/links/<int:link_id>").replace("/7", "/<int:account_id>"))
+        (
+            m,
+            p.replace("/links/1", "/links/<int:link_id>")
+            .replace("/7", "/<int:account_id>")
+            .replace("/12/", "/<int:inbox_id>/"),
+        )
         for m, p in expected
     }
     assert routes == expected

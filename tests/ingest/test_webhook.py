@@ -21,7 +21,6 @@ from prometheus_client import REGISTRY
 from rq import Queue
 
 from app.chatwoot import accounts, payloads
-from app.ingest import webhook as webhooks
 from app.jobs import ALL_QUEUES, ARCHIVE_MESSAGE, ARCHIVE_QUEUE, ARCHIVE_UPDATE, job_id
 from tests.helpers.common import FIXTURES, WEBHOOK_SECRET, fixture_names, load_fixture, sign
 
@@ -120,6 +119,18 @@ EXPECTED: dict[str, dict[str, Any] | None] = {
         "transcription_status": "not_needed",
         "classification_status": "pending",
     },
+    "message_created__incoming_email": {
+        **CONTACT_ROW,
+        "chatwoot_conversation_id": 77,
+        "chatwoot_inbox_id": 9,
+        "source_type": "email",
+        "chatwoot_message_id": "9890",
+        "message_type": "incoming",
+        "content_type": "incoming_email",
+        "sender_type": "contact",
+        "transcription_status": "not_needed",
+        "classification_status": "pending",
+    },
     "seed_guide_test_message": {
         "chatwoot_account_id": 789,
         "chatwoot_message_id": "test-message-123",
@@ -145,10 +156,8 @@ EXPECTED: dict[str, dict[str, Any] | None] = {
 @pytest.fixture(autouse=True)
 def _fresh_account_cache() -> Iterator[None]:
     accounts.forget_cached()
-    webhooks._last_known.clear()
     yield
     accounts.forget_cached()
-    webhooks._last_known.clear()
 
 
 def rows(db: Any, table: str = "meeting_notes") -> list[dict[str, Any]]:
@@ -355,10 +364,6 @@ def case_deeply_nested() -> tuple[bytes, dict[str, str]]:
     return _signed(b'{"event": "message_created", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
 
 
-def case_two_megabytes() -> tuple[bytes, dict[str, str]]:
-    return _signed(_with("x" * 2 * 1024 * 1024, "content"))
-
-
 def case_wrong_content_type() -> tuple[bytes, dict[str, str]]:
     body, headers = _signed(_text())
     headers["Content-Type"] = "text/plain"
@@ -445,7 +450,6 @@ BAD_INPUTS: list[tuple[Callable[[], tuple[bytes, dict[str, str]]], int, str, str
     (case_infinite_number, 400, "bad_request", None),
     (case_not_utf8, 400, "bad_request", None),
     (case_deeply_nested, 400, "bad_request", None),
-    (case_two_megabytes, 413, "payload_too_large", None),
     (case_wrong_content_type, 415, "unsupported_media_type", None),
     (case_form_content_type, 415, "unsupported_media_type", None),
     (case_no_content_type, 415, "unsupported_media_type", None),
@@ -496,7 +500,7 @@ def test_bad_input_gets_its_status_and_leaves_nothing(
 def test_a_lying_content_length_is_refused_before_reading(client: Any, db: Any) -> None:
     body, headers = _signed(_text())
     response = client.post(
-        URL, data=body, headers=headers, environ_overrides={"CONTENT_LENGTH": str(2 * 1024 * 1024)}
+        URL, data=body, headers=headers, environ_overrides={"CONTENT_LENGTH": str(33 * 1024 * 1024)}
     )
     assert response.status_code == 413
     assert rows(db) == []
@@ -636,7 +640,6 @@ def test_both_secrets_are_accepted_during_a_rotation(keyed: Any, deliver: Any, d
     assert deliver(_with(7, "account", "id"), secret="old-secret-7").status_code == 200
     assert deliver(_with("m-2", "id") | {"account": {"id": 7}}, secret="new-secret-7").status_code == 200
     accounts.finish_rotation(7)
-    webhooks._last_known.clear()
     refused = deliver(_with("m-3", "id") | {"account": {"id": 7}}, secret="old-secret-7")
     assert refused.status_code == 401
     assert len(rows(db)) == 2

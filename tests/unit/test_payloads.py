@@ -121,6 +121,7 @@ def test_source_type_when_the_payload_names_no_channel() -> None:
         ("message_created__incoming_order", "contact", True),
         ("message_created__incoming_quick_reply_answer", "contact", True),
         ("message_created__incoming_image_with_caption", "contact", True),
+        ("message_created__incoming_email", "contact", True),
         ("seed_guide_test_message", "contact", True),
         ("message_created__outgoing_agent", "user", False),
         ("message_created__outgoing_bot_quick_reply", "agent_bot", False),
