@@ -61,3 +61,11 @@ JOB_DURATION = Histogram(
     ["job"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
+SECURITY_ALERTS = Counter(
+    "meeting_notes_security_alerts_total",
+    "Signs of guessing that are alerted on instead of blocking the owners: wrong link codes "
+    "across one account, failed admin sign-ins from one address.",
+    ["kind"],
+)
+LINK_CODE_ALERTS = SECURITY_ALERTS.labels("link_codes")
+ADMIN_SIGN_IN_ALERTS = SECURITY_ALERTS.labels("admin_sign_in")

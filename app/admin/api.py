@@ -15,7 +15,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from app import context
+from app import context, http_input
 from app.admin.auth import bearer_token, token_matches
 from app.admin.stats import dashboard
 from app.db import DatabaseUnavailable
@@ -57,6 +57,9 @@ def require_token() -> Any:
     return None
 
 
+bp.before_request(http_input.check_request)
+
+
 @bp.after_request
 def no_store(response: Response) -> Response:
     response.headers["Cache-Control"] = "no-store"
@@ -68,9 +71,9 @@ def no_store(response: Response) -> Response:
 
 
 def json_body() -> dict[str, Any]:
-    data = request.get_json(silent=True, force=False)
     if request.data and not request.is_json:
         raise BadBody(415, "unsupported_media_type", "send application/json")
+    data = http_input.parsed_json()
     if data is None:
         data = {} if not request.data else None
     if not isinstance(data, dict):

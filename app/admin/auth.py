@@ -1,15 +1,24 @@
-"""Admin authentication: the admin token, compared in constant time, and the rate limits that
-protect it (per client address, failed sign-ins more strictly)."""
+"""Admin authentication: the admin token, compared in constant time, the page's session, and the
+rate limits that protect them.
+
+Failed sign-ins are limited per client address, and a request that presents the right token (or
+a signed-in session) is never refused for them: a stranger behind the same proxy cannot lock the
+admins out. Reaching the failure limit logs an alert and counts it."""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import logging
 from typing import Any
 
-from flask import Blueprint, Flask, request
+from flask import Blueprint, Flask, g, request, session
 from flask_limiter import Limiter
 
 from app import context
+from app.metrics import ADMIN_SIGN_IN_ALERTS
+
+log = logging.getLogger(__name__)
 
 AUTH_SCOPE = "admin-auth"
 """Rate-limit scope shared by every failed sign-in (API and admin page)."""
@@ -33,11 +42,53 @@ def client_address() -> str:
     return request.remote_addr or "unknown"
 
 
+def token_fingerprint() -> str:
+    """A keyed digest of the admin token: what the page's session holds instead of the token."""
+    s = context.settings()
+    return hmac.new(
+        s.secret_key.encode(), b"admin-session:" + s.admin_api_token.encode(), hashlib.sha256
+    ).hexdigest()
+
+
+def signed_in() -> bool:
+    """Whether the page's session was opened with the admin token in force."""
+    held = session.get("admin")
+    if not context.settings().admin_api_token or not isinstance(held, str):
+        return False
+    return hmac.compare_digest(held, token_fingerprint())
+
+
+def authenticated() -> bool:
+    """Whether this request presents the admin token (bearer, or the sign-in form) or a session."""
+    found = g.get("admin_authenticated")
+    if found is None:
+        found = (
+            token_matches(bearer_token())
+            or (request.method == "POST" and token_matches(request.form.get("token", "").strip()))
+            or signed_in()
+        )
+        g.admin_authenticated = found
+    return bool(found)
+
+
+def limit_key() -> str:
+    """Whose request budget this is: the admins' (valid credentials), else the client address's."""
+    return "admins" if authenticated() else client_address()
+
+
+def _failures_over_limit(limit: Any) -> None:
+    ADMIN_SIGN_IN_ALERTS.inc()
+    log.warning(
+        "admin sign-in failures over the limit: refusing this address's unauthenticated requests",
+        extra={"client": client_address(), "limit": str(limit.limit)},
+    )
+
+
 def init_limits(app: Flask, blueprints: tuple[Blueprint, ...]) -> Any:
     """Rate limits for the admin blueprints (stored in Redis): every request, and failed sign-ins."""
     settings = context.settings()
     limiter = Limiter(
-        key_func=client_address,
+        key_func=limit_key,
         app=None,
         storage_uri=settings.redis_url,
         storage_options={"socket_connect_timeout": 2, "socket_timeout": 2},
@@ -50,7 +101,10 @@ def init_limits(app: Flask, blueprints: tuple[Blueprint, ...]) -> Any:
     failed = limiter.shared_limit(
         settings.admin_auth_failure_limit,
         scope=AUTH_SCOPE,
+        key_func=client_address,
         deduct_when=lambda response: response.status_code == 401,
+        exempt_when=lambda: authenticated() or request.endpoint == "admin_page.login_form",
+        on_breach=_failures_over_limit,
         error_message="too many failed sign-ins from this address; wait and try again",
     )
     overall = limiter.shared_limit(settings.admin_rate_limit, scope=API_SCOPE)

@@ -9,7 +9,6 @@ token kept in the session.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import secrets
@@ -31,7 +30,7 @@ from flask import (
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 
 from app import context
-from app.admin.auth import token_matches
+from app.admin.auth import signed_in, token_fingerprint, token_matches
 from app.admin.stats import dashboard as numbers
 
 log = logging.getLogger(__name__)
@@ -68,21 +67,6 @@ class _CookieSessions(SecureCookieSessionInterface):
         ):
             return self.session_class()
         return super().open_session(app, request)
-
-
-def token_fingerprint() -> str:
-    """A keyed digest of the admin token: what the session holds instead of the token."""
-    s = context.settings()
-    return hmac.new(
-        s.secret_key.encode(), b"admin-session:" + s.admin_api_token.encode(), hashlib.sha256
-    ).hexdigest()
-
-
-def signed_in() -> bool:
-    held = session.get("admin")
-    if not context.settings().admin_api_token or not isinstance(held, str):
-        return False
-    return hmac.compare_digest(held, token_fingerprint())
 
 
 def csrf_token() -> str:

@@ -17,32 +17,54 @@ from typing import Any
 
 import phonenumbers
 
-SECRET_KEYS = frozenset(
-    {
-        "pubsub_token",  # conversation.contact_inbox: lets anyone read the conversation's live feed
-        "hmac_token",  # inbox identity-verification secret
-        "identifier_hash",  # HMAC of a web-widget contact's identifier
-        "access_token",
-        "api_access_token",
-        "auth_token",
-        "webhook_secret",
-        "secret",
-        "password",
-        "private_key",
-    }
+SECRET_KEY_WORDS = (
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "passphrase",
+    "apikey",
+    "privatekey",
+    "credential",
+    "authorization",
+    "cookie",
+    "sessionid",
+    "identifierhash",
 )
-"""Keys removed wherever they appear in a payload before it is stored or spooled."""
+"""A key is a secret's when, lowercased and without `_`, `-` or spaces, it contains one of these:
+`pubsub_token` (conversation.contact_inbox: lets anyone read the conversation's live feed),
+`hmac_token`, `identifier_hash`, `Password`, `apiKey`, `client_secret`, `x_token`... Such keys
+are removed wherever they appear in a payload before it is stored, spooled or archived."""
+_SECRET_KEY_RE = re.compile("|".join(SECRET_KEY_WORDS))
+_KEY_NOISE = str.maketrans("", "", "_- .")
 
 PUBSUB_TOKEN_PATH = ("conversation", "contact_inbox", "pubsub_token")
 """Where Chatwoot puts the one secret every message payload carries."""
 # Raw-body markers after which the Python walk of strip_secrets is needed: an escape (\\u: NUL,
-# surrogates, or a key written with escapes) or any other secret key. Plain substring searches:
-# a dozen of them over a few KB cost a tenth of one regular expression with as many alternatives.
+# surrogates, or a key written with escapes), or a word of a secret key in any case (the body
+# is searched lowercased). Plain substring searches cost a tenth of one regular expression.
 _WALK_NEEDED_MARKERS = (
     b"\\u",
-    *(f'"{k}"'.encode() for k in sorted(SECRET_KEYS) if k != PUBSUB_TOKEN_PATH[-1]),
+    b"secret",
+    b"passw",
+    b"passphrase",
+    b"api",
+    b"private",
+    b"credential",
+    b"authorization",
+    b"cookie",
+    b"session",
+    b"identifier_hash",
+    b"identifierhash",
 )
+_TOKEN_WORD = b"token"
 _PUBSUB_KEY = f'"{PUBSUB_TOKEN_PATH[-1]}"'.encode()
+
+
+def is_secret_key(key: Any) -> bool:
+    """Whether a payload key names a secret (see SECRET_KEY_WORDS)."""
+    return isinstance(key, str) and _SECRET_KEY_RE.search(key.lower().translate(_KEY_NOISE)) is not None
+
 
 MESSAGE_EVENTS = frozenset({"message_created", "message_updated"})
 ARCHIVED_MESSAGE_TYPES = frozenset({"incoming", "outgoing", "template"})
@@ -64,7 +86,7 @@ _E164_RE = re.compile(r"\+[1-9][0-9]{6,14}")
 def strip_secrets(payload: Any) -> Any:
     """A copy of the payload without secrets, and without what PostgreSQL cannot store.
 
-    Removes every key in SECRET_KEYS at any depth (`conversation.contact_inbox.pubsub_token`
+    Removes every key that names a secret (is_secret_key) at any depth (`conversation.contact_inbox.pubsub_token`
     first of all) and replaces NUL characters and lone surrogates, which neither `jsonb` nor
     `text` columns accept, with U+FFFD.
     """
@@ -81,7 +103,7 @@ def strip_secrets(payload: Any) -> Any:
 def _strip_dict(data: dict[Any, Any]) -> dict[Any, Any]:
     out: dict[Any, Any] = {}
     for raw_key, raw in data.items():
-        if raw_key in SECRET_KEYS:
+        if is_secret_key(raw_key):
             continue
         value = raw
         kind = type(raw)
@@ -132,13 +154,21 @@ def pubsub_token_only(raw: bytes, payload: dict[str, Any]) -> bool | None:
     strip_secrets. The webhook then stores the text as received, without a second
     serialisation, and lets PostgreSQL drop the token.
     """
-    if raw.startswith(b"\xef\xbb\xbf") or any(marker in raw for marker in _WALK_NEEDED_MARKERS):
+    if raw.startswith(b"\xef\xbb\xbf"):
         return None
-    found = raw.count(_PUBSUB_KEY)
+    lowered = raw.lower()
+    if any(marker in lowered for marker in _WALK_NEEDED_MARKERS):
+        return None
+    found = lowered.count(_TOKEN_WORD)
     if found == 0:
         return False
     contact_inbox = _dict(payload.get("conversation")).get("contact_inbox")
-    if found == 1 and isinstance(contact_inbox, dict) and PUBSUB_TOKEN_PATH[-1] in contact_inbox:
+    if (
+        found == 1
+        and raw.count(_PUBSUB_KEY) == 1
+        and isinstance(contact_inbox, dict)
+        and PUBSUB_TOKEN_PATH[-1] in contact_inbox
+    ):
         return True
     return None
 
@@ -150,8 +180,11 @@ def _dict(value: Any) -> dict[str, Any]:
 def _int(value: Any) -> int | None:
     """A positive integer id (from an int or a string of digits) that fits an `integer`
     column; None for anything else."""
-    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= 10:
-        value = int(value.strip())
+    if isinstance(value, str):
+        text = value.strip()
+        if not (text.isascii() and text.isdigit() and len(text) <= 10):
+            return None
+        value = int(text)
     if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= INT32_MAX:
         return value
     return None

@@ -135,13 +135,13 @@ def prepare(
             account_id=account_id,
             message_id=payloads.message_id(payload),
         )
-    large = len(raw) > LARGE_PAYLOAD_BYTES if raw is not None else False
-    token_only = payloads.pubsub_token_only(raw, payload) if raw is not None and not large else None
-    if raw is not None and token_only is not None:
+    text = _utf8(raw) if raw is not None and len(raw) <= LARGE_PAYLOAD_BYTES else None
+    token_only = payloads.pubsub_token_only(raw, payload) if raw is not None and text is not None else None
+    if text is not None and token_only is not None:
         # Nothing but (perhaps) the token to remove: fields read from the payload as parsed.
         return Prepared(
             source=payload,
-            database_json=raw.decode("utf-8"),
+            database_json=text,
             strip_token=token_only,
             fields=_message(payload),
             event=event,
@@ -160,6 +160,14 @@ def prepare(
             archive_json=full,
         )
     return Prepared(source=clean, database_json=full, strip_token=False, fields=_message(clean), event=event)
+
+
+def _utf8(raw: bytes) -> str | None:
+    """The body as text when it is strict UTF-8 (it is then stored as received)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _message(payload: dict[str, Any]) -> payloads.Message:

@@ -13,7 +13,7 @@ from typing import Any
 from flask import Blueprint, request
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from app import context
+from app import context, http_input
 from app.errors import error_response
 
 bp = Blueprint("orders_api", __name__, url_prefix="/api")
@@ -57,6 +57,9 @@ def require_token() -> Any:
         response.headers["WWW-Authenticate"] = "Bearer"
         return response
     return None
+
+
+bp.before_request(http_input.check_request)
 
 
 def public(order: dict[str, Any]) -> dict[str, Any]:
@@ -107,7 +110,7 @@ def get_order(order_id: int) -> Any:
 def order_ready(order_id: int) -> Any:
     if not request.is_json:
         return error_response(415, "unsupported_media_type", "send application/json")
-    body = request.get_json(silent=True)
+    body = http_input.parsed_json()
     if not isinstance(body, dict):
         return error_response(400, "bad_request", "the body must be a JSON object")
     try:

@@ -18,9 +18,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from limits import parse
+from limits.storage import RedisStorage
+from limits.strategies import MovingWindowRateLimiter
+
 from app import context
 from app.chatwoot.payloads import normalize_phone
 from app.db import UniqueViolation
+from app.metrics import LINK_CODE_ALERTS
 from app.users import rehome, service
 
 log = logging.getLogger(__name__)
@@ -30,9 +35,10 @@ CODE_TTL_SECONDS = 600
 CODE_DIGITS = 6
 CONTACT_FAILURE_LIMIT = "5 per 15 minutes"
 """Wrong codes one contact may send before it must wait."""
-ACCOUNT_FAILURE_LIMIT = "100 per 10 minutes"
-"""Wrong codes all contacts of one Chatwoot account may send together (against guessing from
-many numbers): at most about 100 guesses during a code's life, a chance of 1 in 10 000."""
+ACCOUNT_ALERT_LIMIT = "100 per 10 minutes"
+"""Wrong codes of all contacts of one Chatwoot account beyond which an alert is logged (someone
+may be guessing from many numbers). It blocks nobody: a stranger must not be able to stop a
+whole account's users from linking."""
 LIMIT_PREFIX = "meeting-notes:link-codes"
 
 _CODE_RE = re.compile(r"^\d{6}$")
@@ -103,9 +109,6 @@ _limiters: dict[tuple[int, str], Any] = {}
 
 
 def _limiter() -> Any:
-    from limits.storage import RedisStorage
-    from limits.strategies import MovingWindowRateLimiter
-
     redis = context.redis()
     key = (id(redis), context.settings().redis_url)
     found = _limiters.get(key)
@@ -120,13 +123,14 @@ def _limiter() -> Any:
 
 
 def _attempt_keys(account_id: int, contact_id: int | None, phone: str | None) -> list[tuple[Any, str]]:
-    from limits import parse
-
-    who = f"contact:{contact_id}" if contact_id is not None else f"phone:{phone}"
-    return [
-        (parse(CONTACT_FAILURE_LIMIT), f"{account_id}:{who}"),
-        (parse(ACCOUNT_FAILURE_LIMIT), f"{account_id}:account"),
-    ]
+    """The limits that block: one per contact (and one per phone number, so that the same
+    number seen as a new contact does not start afresh)."""
+    keys = []
+    if contact_id is not None:
+        keys.append((parse(CONTACT_FAILURE_LIMIT), f"{account_id}:contact:{contact_id}"))
+    if phone:
+        keys.append((parse(CONTACT_FAILURE_LIMIT), f"{account_id}:phone:{phone}"))
+    return keys
 
 
 def _blocked(keys: list[tuple[Any, str]]) -> bool:
@@ -134,10 +138,16 @@ def _blocked(keys: list[tuple[Any, str]]) -> bool:
     return not all(limiter.test(item, key) for item, key in keys)
 
 
-def _count_failure(keys: list[tuple[Any, str]]) -> None:
+def _count_failure(keys: list[tuple[Any, str]], account_id: int) -> None:
     limiter = _limiter()
     for item, key in keys:
         limiter.hit(item, key)
+    if not limiter.hit(parse(ACCOUNT_ALERT_LIMIT), f"{account_id}:account"):
+        LINK_CODE_ALERTS.inc()
+        log.warning(
+            "many wrong link codes in one account: someone may be guessing codes from many numbers",
+            extra={"account_id": account_id, "limit": ACCOUNT_ALERT_LIMIT},
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -159,7 +169,7 @@ def redeem_link_code(account_id: int, contact_id: int | None, phone: str | None,
         log.error("link code attempts unavailable", extra={"error_type": type(exc).__name__})
         return LinkResult(False, "unavailable")
     if not _CODE_RE.match(code):
-        _count_failure(keys)
+        _count_failure(keys, account_id)
         return LinkResult(False, "invalid_code")
 
     db = context.db()
@@ -169,7 +179,7 @@ def redeem_link_code(account_id: int, contact_id: int | None, phone: str | None,
         {"code_hash": digest, "account_id": account_id, "contact_id": contact_id},
     )
     if claimed is None:
-        _count_failure(keys)
+        _count_failure(keys, account_id)
         row = db.fetch_one("links.get_by_hash", {"code_hash": digest})
         if row is None or (
             row["chatwoot_account_id"] is not None and row["chatwoot_account_id"] != account_id

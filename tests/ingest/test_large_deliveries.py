@@ -87,3 +87,42 @@ def test_a_large_body_that_fails_authentication_is_dropped_unparsed(client: Any,
     with db.transaction() as cur:
         cur.execute("SELECT count(*) AS n FROM meeting_notes")
         assert cur.fetchone()["n"] == 0
+
+
+class _Dripping:
+    """A request body that arrives a byte at a time, slowly (a slow or malicious client)."""
+
+    def __init__(self, body: bytes, pause: float):
+        self.body = body
+        self.pause = pause
+
+    def read(self, size: int = -1) -> bytes:
+        import time
+
+        time.sleep(self.pause)
+        piece, self.body = self.body[:1], self.body[1:]
+        return piece
+
+    def tell(self) -> int:
+        return 0
+
+    def seek(self, *args: Any) -> int:
+        return 0
+
+
+def test_a_body_that_drips_in_is_cut_off_at_the_deadline(app: Any, db: Any, use_settings: Any) -> None:
+    import time
+
+    from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+    use_settings(webhook_body_timeout=1)
+    body = json.dumps(load_fixture("message_created__incoming_text")).encode()
+    environ = EnvironBuilder(path=URL, method="POST", headers=sign(body), data=body).get_environ()
+    environ["wsgi.input"] = _Dripping(body, 0.2)
+    started = time.monotonic()
+    _, status, _ = run_wsgi_app(app.wsgi_app, environ, buffered=True)
+    assert status.startswith("408")
+    assert time.monotonic() - started < 3
+    with db.transaction() as cur:
+        cur.execute("SELECT count(*) AS n FROM meeting_notes")
+        assert cur.fetchone()["n"] == 0

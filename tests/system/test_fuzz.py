@@ -275,3 +275,93 @@ def test_nothing_spooled_from_unsigned_requests(client: Any, db: Any, settings: 
     for headers in ({"Content-Type": "application/json"}, sign(body, secret="not-the-secret")):
         assert client.post(PATH, data=body, headers=headers).status_code == 401
     assert spool.status()["records"] == 0
+
+
+# --- headers and ids in other scripts' digits, and surrogates -------------------------------------
+
+_unicode_digits = st.text(alphabet="0123456789²³¹①②٣߃", min_size=1, max_size=12)
+"""ASCII digits mixed with characters `str.isdigit()` also accepts and `int()` refuses."""
+
+
+@settings(FUZZ, max_examples=300)
+@given(timestamp=_unicode_digits, account=_unicode_digits | _ints, sender=_unicode_digits)
+def test_unicode_digits_in_headers_and_ids(
+    client: Any, db: Any, timestamp: str, account: Any, sender: str
+) -> None:
+    doc = copy.deepcopy(load_fixture("message_created__incoming_text"))
+    doc["account"] = {"id": account}
+    doc["conversation"]["meta"]["sender"]["id"] = sender
+    body = json.dumps(doc, ensure_ascii=False).encode()
+    forged = {
+        "Content-Type": "application/json",
+        "X-Chatwoot-Timestamp": timestamp.encode().decode("latin-1"),
+        "X-Chatwoot-Signature": "sha256=" + "0" * 64,
+    }
+    response = client.post(PATH, data=body, headers=forged)
+    assert response.status_code in UNSIGNED_STATUSES, response.get_data()[:300]
+    # Signed, the same body never gets a 5xx either.
+    signed = copy.deepcopy(doc)
+    signed["account"] = {"id": 1}
+    _check_signed(client, db, json.dumps(signed, ensure_ascii=False).encode())
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "\ufeff{}".encode("utf-16"),
+        json.dumps(load_fixture("message_created__incoming_text")).encode("utf-16"),
+        b'{"event": "message_created", "id": 5, "account": {"id": 1}, "content": "\xed\xa0\x80"}',
+    ],
+)
+def test_other_encodings_and_raw_surrogates_when_signed(client: Any, db: Any, body: bytes) -> None:
+    _check_signed(client, db, body)
+
+
+# --- the admin API: bad text, bad ids, deep bodies: never a 5xx ---------------------------------
+
+ADMIN = {"Authorization": "Bearer test-admin-token"}
+ADMIN_CALLS = [
+    ("POST", "/admin/users", "user_id"),
+    ("PATCH", "/admin/users/u1", "display_name"),
+    ("POST", "/admin/users/u1/links", "identifier"),
+    ("PUT", "/admin/accounts/7", "name"),
+    ("PUT", "/admin/accounts/7/inboxes/3/secret", "secret"),
+]
+_bad_text = st.text(
+    alphabet=st.characters(codec="utf-8") | st.sampled_from(["\x00", "\ud800", "\udfff", "²", "①"]),
+    min_size=1,
+    max_size=30,
+)
+
+
+@settings(FUZZ, max_examples=300)
+@given(call=st.sampled_from(ADMIN_CALLS), value=_bad_text, extra=json_values)
+def test_admin_api_bodies(client: Any, db: Any, call: tuple[str, str, str], value: str, extra: Any) -> None:
+    method, path, field = call
+    body = json.dumps({field: value, "extra": extra}, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    response = client.open(
+        path, method=method, data=body, headers={**ADMIN, "Content-Type": "application/json"}
+    )
+    assert response.status_code < 500, (response.status_code, response.get_data()[:300])
+    assert set(response.get_json()) >= {"error"} or response.status_code < 300
+
+
+@settings(FUZZ, max_examples=200)
+@given(segment=_bad_text, after=_bad_text)
+def test_admin_api_path_ids_and_queries(client: Any, db: Any, segment: str, after: str) -> None:
+    quoted = segment.encode("utf-8", "surrogatepass").hex()
+    raw_path = "/admin/users/" + "".join(f"%{quoted[i : i + 2]}" for i in range(0, len(quoted), 2))
+    for method in ("GET", "PATCH", "DELETE"):
+        response = client.open(raw_path, method=method, json={"display_name": "x"}, headers=ADMIN)
+        assert response.status_code < 500, (method, response.status_code, response.get_data()[:300])
+    response = client.get("/admin/users", query_string={"after": after}, headers=ADMIN)
+    assert response.status_code < 500, (response.status_code, response.get_data()[:300])
+
+
+def test_admin_api_deep_body(client: Any, db: Any) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for method, path, _ in ADMIN_CALLS:
+        response = client.open(
+            path, method=method, data=deep, headers={**ADMIN, "Content-Type": "application/json"}
+        )
+        assert response.status_code == 400, (path, response.status_code)

@@ -216,3 +216,39 @@ def test_parse_time() -> None:
         payloads.parse_time("yesterday")
     with pytest.raises(ValueError):
         payloads.parse_time(True)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "Password",
+        "apiKey",
+        "client_secret",
+        "x_token",
+        "pubsub_token",
+        "hmac_token",
+        "identifier_hash",
+        "PRIVATE-KEY",
+        "Authorization",
+        "refresh token",
+        "api_key",
+        "sessionId",
+        "user.passwd",
+    ],
+)
+def test_secret_keys_are_removed_at_any_depth_whatever_their_case(key: str) -> None:
+    payload = load_fixture("message_created__incoming_text")
+    payload["content_attributes"] = {"form": [{"fields": {key: "s3cr3t-value", "label": "kept"}}], key: "x"}
+    raw = json.dumps(payload).encode()
+    assert payloads.pubsub_token_only(raw, payload) is None  # the fast path does not skip it
+    clean = payloads.strip_secrets(payload)
+    assert "s3cr3t-value" not in json.dumps(clean)
+    assert clean["content_attributes"]["form"][0]["fields"] == {"label": "kept"}
+    assert key not in clean["content_attributes"]
+
+
+@pytest.mark.parametrize(
+    "key", ["identifier", "source_id", "hmac_verified", "content", "phone_number", "name"]
+)
+def test_ordinary_keys_are_kept(key: str) -> None:
+    assert not payloads.is_secret_key(key)
