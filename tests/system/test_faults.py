@@ -5,10 +5,15 @@ A gunicorn on loopback, the real worker processes (`python -m workers`) and the 
 this test's own (its files kept on disk across a restart, as real GCS keeps them). Chatwoot is
 a local HTTP stub that serves attachments and counts every message posted to it.
 
+Every tenth message belongs to account 7, which has a webhook secret of its own; among the
+deliveries are forged ones for account 7, signed with the environment's secret.
+
 While the messages are sent: a worker is killed with SIGKILL, Redis is stopped and started (it
 comes back empty: every queued job is lost), the GCS emulator is stopped and started, and
-PostgreSQL is stopped (the webhook spools) and started. Afterwards every message is stored
-exactly once (rows, message JSON objects, attachment files) and no notice was sent twice.
+PostgreSQL is stopped (the webhook spools) and started; while it is down, gunicorn replaces its
+workers (SIGHUP), so that web processes that have never read the accounts' settings receive
+deliveries. Afterwards every message is stored exactly once (rows, message JSON objects,
+attachment files), no forged delivery is stored, and no notice was sent twice.
 
 FAULT_TEST_MESSAGES sets the number of messages (default 1000).
 """
@@ -34,7 +39,9 @@ from typing import Any
 import devstack
 import pytest
 import requests
+from cryptography.fernet import Fernet
 
+from app.chatwoot import accounts
 from tests.helpers.common import CHATWOOT_TOKEN, WEBHOOK_SECRET, base_environ, load_fixture, sign
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
@@ -45,6 +52,10 @@ SEND_SECONDS = 24.0
 SETTLE_TIMEOUT = 180.0
 """Seconds allowed, after the last fault, for everything to be stored and sent."""
 ACCOUNT = 1
+OWN_ACCOUNT = 7
+OWN_SECRET = "account-seven-fault-test-secret"
+FORGED = 40
+"""Deliveries for account 7 signed with the environment's secret: never to be stored."""
 IMAGE_BYTES = b"\xff\xd8\xff\xe0" + b"fault-test-image" * 64
 
 
@@ -303,6 +314,23 @@ def message(i: int, stub: ChatwootStub) -> dict[str, Any]:
         payload["private"] = kind == "private"
         payload["content"] = f"{kind} {i} from an agent"
     payload["_kind"] = kind
+    payload["_secret"] = WEBHOOK_SECRET
+    if i % 10 == 9:
+        payload["account"] = {"id": OWN_ACCOUNT, "name": "Own secret"}
+        payload["_secret"] = OWN_SECRET
+        if kind == "photo":
+            payload["attachments"][0]["account_id"] = OWN_ACCOUNT
+    return payload
+
+
+def forged(j: int) -> dict[str, Any]:
+    """A message claiming account 7, signed with the environment's secret, not account 7's."""
+    payload = json.loads(json.dumps(load_fixture("message_created__incoming_text")))
+    payload["id"] = 9_000_000 + j
+    payload["account"] = {"id": OWN_ACCOUNT, "name": "Own secret"}
+    payload["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+    payload["_kind"] = "forged"
+    payload["_secret"] = WEBHOOK_SECRET
     return payload
 
 
@@ -334,19 +362,26 @@ def send_all(url: str, payloads: list[dict[str, Any]], seconds: float) -> Sent:
         session = getattr(local, "session", None)
         if session is None:
             session = local.session = requests.Session()
-        body = json.dumps({k: v for k, v in payload.items() if k != "_kind"}).encode()
+        body = json.dumps({k: v for k, v in payload.items() if not k.startswith("_")}).encode()
         try:
-            response = session.post(url, data=body, headers=sign(body, WEBHOOK_SECRET), timeout=15)
+            response = session.post(url, data=body, headers=sign(body, payload["_secret"]), timeout=15)
             answer = response.json()
             outcome = f"{response.status_code} {answer.get('status') or answer.get('error')}"
             if answer.get("spooled"):
                 outcome += " (spooled)"
         except (requests.RequestException, ValueError) as exc:
             outcome = f"failed {type(exc).__name__}"
+        if payload["_kind"] == "forged":
+            # Refused, or (PostgreSQL down, a process that never read the accounts) spooled
+            # to be verified at replay.
+            outcome = "forged: " + outcome
+            expected = outcome.endswith("401 unauthorized") or outcome.endswith("(spooled)")
+        else:
+            expected = outcome.startswith("200")
         with lock:
             sent.deliveries += 1
             sent.statuses[outcome] += 1
-            if not outcome.startswith("200"):
+            if not expected:
                 sent.failures.append(f"{payload['id']}: {outcome}")
 
     with ThreadPoolExecutor(max_workers=6) as pool:
@@ -415,8 +450,8 @@ def _spooled(spool_dir: Path) -> int:
     )
 
 
-def test_nothing_lost_nothing_twice_under_faults(
-    services: Any, tmp_path: Path, db: Any, redis_conn: Any, private_gcs: devstack.Stack
+def test_nothing_lost_nothing_twice_under_faults(  # noqa: PLR0917 (fixtures)
+    services: Any, tmp_path: Path, db: Any, redis_conn: Any, private_gcs: devstack.Stack, use_settings: Any
 ) -> None:
     stub = ChatwootStub().start()
     port = devstack.free_port()
@@ -441,8 +476,16 @@ def test_nothing_lost_nothing_twice_under_faults(
         "PYTHONUNBUFFERED": "1",
         "NO_GCE_CHECK": "true",
     }
+    key = Fernet.generate_key().decode()
+    env["SECRETS_ENCRYPTION_KEY"] = key
+    use_settings(secrets_encryption_key=key)
+    accounts.upsert(OWN_ACCOUNT, webhook_secret=OWN_SECRET)
     procs = Processes(env, tmp_path / "logs")
     payloads = [message(i, stub) for i in range(MESSAGES)]
+    forgeries = [forged(j) for j in range(FORGED)]
+    mixed = list(payloads)
+    for j, fake in enumerate(forgeries):
+        mixed.insert((j + 1) * len(payloads) // (FORGED + 1) + j, fake)
     faults: list[str] = []
     try:
         procs.start("web", gunicorn_cmd(port))
@@ -453,7 +496,7 @@ def test_nothing_lost_nothing_twice_under_faults(
         sender: dict[str, Sent] = {}
         thread = threading.Thread(
             target=lambda: sender.setdefault(
-                "result", send_all(f"http://127.0.0.1:{port}/webhooks/chatwoot", payloads, SEND_SECONDS)
+                "result", send_all(f"http://127.0.0.1:{port}/webhooks/chatwoot", mixed, SEND_SECONDS)
             )
         )
         started = time.monotonic()
@@ -480,6 +523,10 @@ def test_nothing_lost_nothing_twice_under_faults(
         at(16)
         services.stop_postgres()
         faults.append("PostgreSQL stopped")
+        at(17)
+        web = procs.procs["web"]
+        os.kill(web.pid, signal.SIGHUP)
+        faults.append("gunicorn's workers replaced while PostgreSQL is down")
         at(21)
         services.start_postgres()
         at(22)
@@ -513,8 +560,8 @@ def test_nothing_lost_nothing_twice_under_faults(
         with psycopg2.connect(services.env["DATABASE_URL"]) as conn, conn.cursor() as cur:
             cur.execute(
                 "SELECT chatwoot_message_id, count(*) OVER (PARTITION BY chatwoot_message_id), "
-                "processing_status, gcs_storage_path FROM meeting_notes WHERE chatwoot_account_id = %s",
-                (ACCOUNT,),
+                "processing_status, gcs_storage_path FROM meeting_notes WHERE chatwoot_account_id IN (%s, %s)",
+                (ACCOUNT, OWN_ACCOUNT),
             )
             rows = cur.fetchall()
             cur.execute("SELECT dedupe_key, status FROM outbox")
@@ -540,6 +587,8 @@ def test_nothing_lost_nothing_twice_under_faults(
 
         expected_ids = {str(p["id"]) for p in payloads}
         stored_ids = {r[0] for r in rows}
+        forged_accepted = sorted(stored_ids & {str(p["id"]) for p in forgeries})
+        rows = [r for r in rows if r[0] in expected_ids]
         lost = sorted(expected_ids - stored_ids)
         duplicated_rows = sorted({r[0] for r in rows if r[1] > 1})
         missing_objects = sorted(i for i in expected_ids if json_objects[i] == 0)
@@ -562,6 +611,8 @@ def test_nothing_lost_nothing_twice_under_faults(
             "faults": len(faults),
             "lost": len(lost) + len(missing_objects),
             "duplicated": len(duplicated_rows) + len(duplicated_objects) + len(duplicated_notices),
+            "forged": FORGED,
+            "forged accepted": len(forged_accepted),
             "notices": len(stub.posted),
             "requeued by the reconciler": counts.get("requeued"),
             "seconds until all settled": round(settle, 1),
@@ -574,12 +625,13 @@ def test_nothing_lost_nothing_twice_under_faults(
         assert sent.failures == [], context_info
         assert lost == [], f"lost rows: {lost[:20]}\n{context_info}"
         assert duplicated_rows == []
+        assert forged_accepted == [], forged_accepted
         assert all(r[2] == "stored" for r in rows), context_info
         assert missing_objects == [], (
             f"messages without their JSON object: {missing_objects[:20]}\n{context_info}"
         )
         assert duplicated_objects == []
-        assert len(json_objects) == MESSAGES
+        assert set(json_objects) == expected_ids
         # Each photo's file once, each recorded as stored.
         assert len(file_objects) == len(photos)
         assert sorted(s for _, s in attachment_rows) == ["stored"] * len(photos)
