@@ -10,7 +10,6 @@ of the largest size (never parsed). Exit status 1 when a delivery is not accepte
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import sys
@@ -59,11 +58,14 @@ def email(megabytes: float, message_id: int) -> bytes:
 
 def post(port: int, body: bytes, secret: str) -> tuple[int, float]:
     request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/webhooks/chatwoot", data=body, headers=sign_headers(secret, body), method="POST"
+        f"http://127.0.0.1:{port}/webhooks/chatwoot",
+        data=body,
+        headers=sign_headers(secret, body),
+        method="POST",
     )
     started = time.perf_counter()
     try:
-        with urllib.request.urlopen(request, timeout=120) as response:  # noqa: S310 (loopback)
+        with urllib.request.urlopen(request, timeout=120) as response:
             status = response.status
     except urllib.error.HTTPError as exc:
         status = exc.code

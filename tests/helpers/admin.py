@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -14,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.helpers.common import add_note_row
+from tests.helpers.common import add_user as common_add_user
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "test-admin-token"
@@ -106,58 +108,40 @@ def add_note(
         "id": message_id,
         "message_type": message_type,
         "content": f"note {message_id}",
-        "sender": {"id": contact_id, "name": name, "phone_number": phone, "identifier": None},
+        "sender": {"id": contact_id, "name": name, "phone_number": phone, "identifier": None}
+        if message_type == "incoming"
+        else {"id": 9, "name": "Bot", "type": "agent_bot"},
         "conversation": {
             "id": conversation_id,
+            "channel": "Channel::" + "".join(part.title() for part in source_type.split("_")),
             "meta": {"sender": {"id": contact_id, "phone_number": phone}},
         },
         "account": {"id": account_id},
+        "inbox": {"id": 4},
     }
     path = None
     if status == "stored":
         path = f"gs://{bucket or 'fallback-bucket'}/whatsapp-messages/{created:%Y-%m-%d}/{message_id}.json"
-    rows = sql(
-        """
-        INSERT INTO meeting_notes (chatwoot_account_id, chatwoot_message_id, chatwoot_conversation_id,
-            chatwoot_inbox_id, chatwoot_contact_id, user_id, source_type, message_type, content_type, content,
-            sender_type, message_created_at, payload, processing_status, transcription_status,
-            classification_status, gcs_storage_path, error_details, stored_at, created_at, updated_at)
-        VALUES (%(account)s, %(mid)s, %(conv)s, 4, %(contact)s, %(user)s, %(source)s, %(mtype)s, 'text',
-            %(content)s, %(sender_type)s, %(created)s, %(payload)s, %(status)s, %(ts)s, %(cs)s, %(path)s,
-            %(error)s, %(stored_at)s, %(created)s, coalesce(%(stored_at)s, %(created)s))
-        RETURNING id
-        """,
-        {
-            "account": account_id,
-            "mid": str(message_id),
-            "conv": conversation_id,
-            "contact": contact_id,
-            "user": user_id,
-            "source": source_type,
-            "mtype": message_type,
-            "content": payload["content"],
-            "sender_type": "contact" if message_type == "incoming" else "agent_bot",
-            "created": created,
-            "payload": json.dumps(payload),
-            "status": status,
-            "ts": transcription_status,
-            "cs": classification_status,
-            "path": path,
-            "error": error if status == "error" else None,
-            "stored_at": stored_at,
-        },
+    return add_note_row(
+        payload,
+        user_id=user_id,
+        source_type=source_type,
+        chatwoot_inbox_id=4,
+        message_created_at=created,
+        processing_status=status,
+        transcription_status=transcription_status,
+        classification_status=classification_status,
+        gcs_storage_path=path,
+        error_details=error if status == "error" else None,
+        stored_at=stored_at,
+        created_at=created,
+        updated_at=stored_at or created,
     )
-    return int(rows[0]["id"])
 
 
 def add_user(user_id: str, notify: bool = False) -> str:
-    from app.archive import storage
-
-    sql(
-        "INSERT INTO user_bucket_mapping (user_id, bucket_name, notify_on_ready) VALUES (%s, %s, %s)",
-        (user_id, storage.bucket_name(user_id), notify),
-    )
-    return storage.bucket_name(user_id)
+    """A user (made the service's one way); returns its bucket name."""
+    return str(common_add_user(user_id, notify=notify)["bucket_name"])
 
 
 def add_link(user_id: str, link_type: str, value: str, account_id: int = 1) -> None:

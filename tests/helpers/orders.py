@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 import responses
 
-from app.users import service
-from tests.helpers.common import CHATWOOT_BASE_URL, CHATWOOT_TOKEN, load_fixture
+from tests.helpers.common import CHATWOOT_BASE_URL, CHATWOOT_TOKEN, add_note_row, load_fixture
+from tests.helpers.common import add_user as common_add_user
+from tests.helpers.common import note as common_note
 
 MESSAGES_URL = re.compile(
     re.escape(CHATWOOT_BASE_URL) + r"/api/v1/accounts/(\d+)/conversations/(\d+)/messages$"
@@ -69,62 +70,25 @@ def add_note(
     transcription_status: str | None = None,
     enqueue: bool = True,
 ) -> int:
-    """Insert the row ingestion writes (and the archive completes), then queue classification."""
-    from app.chatwoot import payloads
+    """The row ingestion writes, as the archive completes it (stored), then classification queued."""
     from app.jobs import CLASSIFY_MESSAGE
     from app.jobs import enqueue as enqueue_job
 
-    clean = payloads.strip_secrets(payload)
-    f = payloads.Message.of(clean)
-    with db.transaction() as cur:
-        cur.execute(
-            """
-            INSERT INTO meeting_notes (
-                chatwoot_account_id, chatwoot_message_id, chatwoot_conversation_id, chatwoot_inbox_id,
-                chatwoot_contact_id, user_id, source_type, message_type, content_type, content, is_private,
-                sender_type, message_created_at, payload, content_fingerprint, processing_status,
-                transcription_status, transcript, classification_status, stored_at, contact_phone,
-                contact_identifier)
-            VALUES (%(account)s, %(message)s, %(conversation)s, %(inbox)s, %(contact)s, %(user_id)s,
-                    %(source)s, %(mtype)s, %(ctype)s, %(content)s, %(private)s, %(sender)s, %(created)s,
-                    %(payload)s, %(fp)s, %(status)s, %(tstatus)s, %(transcript)s, %(cstatus)s,
-                    CASE WHEN %(status)s = 'stored' THEN now() END, %(phone)s, %(identifier)s)
-            RETURNING id
-            """,
-            {
-                "account": f.account_id,
-                "message": f.message_id,
-                "conversation": f.conversation_id,
-                "inbox": f.inbox_id,
-                "contact": f.contact.id,
-                "phone": f.contact.phone,
-                "identifier": f.contact.identifier,
-                "user_id": user_id,
-                "source": f.source_type,
-                "mtype": f.message_type,
-                "ctype": f.content_type,
-                "content": f.content,
-                "private": f.is_private,
-                "sender": f.sender_type,
-                "created": f.message_created_at,
-                "payload": json.dumps(clean),
-                "fp": f.content_fingerprint,
-                "status": "stored" if stored else "received",
-                "tstatus": transcription_status or ("done" if transcript else f.transcription_status),
-                "transcript": transcript,
-                "cstatus": f.classification_status,
-            },
-        )
-        note_id = int(cur.fetchone()["id"])
-    if enqueue and f.classification_status == "pending":
+    state: dict[str, Any] = {"processing_status": "stored" if stored else "received", "user_id": user_id}
+    if stored:
+        state["stored_at"] = datetime.now(UTC)
+    if transcript is not None:
+        state["transcript"] = transcript
+    if transcription_status or transcript:
+        state["transcription_status"] = transcription_status or "done"
+    note_id = add_note_row(payload, **state)
+    if enqueue and common_note(note_id)["classification_status"] == "pending":
         enqueue_job(CLASSIFY_MESSAGE, note_id)
     return note_id
 
 
 def note(db: Any, note_id: int) -> dict[str, Any]:
-    with db.transaction() as cur:
-        cur.execute("SELECT * FROM meeting_notes WHERE id = %s", (note_id,))
-        return dict(cur.fetchone())
+    return common_note(note_id)
 
 
 def orders(db: Any) -> list[dict[str, Any]]:
@@ -159,18 +123,7 @@ def add_user(
     account_id: int = 1,
 ) -> str:
     """A mapped user (with the bucket name the archive gives it), linked to the fixtures' contact."""
-
-    service.ensure_user(user_id, language=language)
-    with db.transaction() as cur:
-        cur.execute(
-            "UPDATE user_bucket_mapping SET notify_on_ready = %s WHERE user_id = %s", (notify, user_id)
-        )
-        if contact_id is not None:
-            cur.execute(
-                "INSERT INTO contact_links (user_id, chatwoot_account_id, link_type, link_value) "
-                "VALUES (%s, %s, 'contact_id', %s)",
-                (user_id, account_id, str(contact_id)),
-            )
+    common_add_user(user_id, notify=notify, language=language, contact_id=contact_id, account_id=account_id)
     return user_id
 
 

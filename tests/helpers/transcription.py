@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email import policy
 from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.common import load_fixture
+from tests.helpers.common import add_note_row, add_user, load_fixture, note
 
 VOICE_NOTE_FIXTURE = "message_created__incoming_voice_note"
 MESSAGE_ID = "9877"
@@ -234,7 +235,6 @@ def archived_voice_note(
     payload: dict[str, Any] | None = None,
 ) -> ArchivedNote:
     """A voice note as the archive leaves it, with its audio in the emulator's bucket."""
-    from psycopg2.extras import Json
 
     from app.archive import storage
 
@@ -249,55 +249,41 @@ def archived_voice_note(
     audio_object = f"{MESSAGE_PREFIX}/{audio_name}"
     if attachment_status == "stored":
         bucket.blob(audio_object).upload_from_string(audio_bytes, content_type=content_type)
-    with db.transaction() as cur:
-        if user_id:
-            cur.execute(
-                "INSERT INTO user_bucket_mapping (user_id, bucket_name, language) VALUES (%s, %s, %s)",
-                (user_id, bucket_name, user_language),
-            )
-        if conversation_language:
+    if user_id:
+        add_user(user_id, language=user_language)
+    if conversation_language:
+        with db.transaction() as cur:
             cur.execute(
                 "INSERT INTO conversations (chatwoot_account_id, chatwoot_conversation_id, language) "
                 "VALUES (1, 42, %s)",
                 (conversation_language,),
             )
-        cur.execute(
-            """
-            INSERT INTO meeting_notes (chatwoot_account_id, chatwoot_message_id, chatwoot_conversation_id,
-                chatwoot_inbox_id, chatwoot_contact_id, user_id, source_type, message_type, content_type,
-                content, sender_type, message_created_at, payload, processing_status, transcription_status,
-                classification_status, gcs_storage_path, stored_at)
-            VALUES (1, %s, 42, 4, 287, %s, 'whatsapp', 'incoming', 'text', NULL, 'contact',
-                    '2026-11-20T14:21:40.117Z', %s, 'stored', 'pending', 'pending', %s, now())
-            RETURNING id
-            """,
-            (MESSAGE_ID, user_id, Json(message), f"gs://{bucket_name}/{message_object}"),
-        )
-        note_id = int(cur.fetchone()["id"])
-        cur.execute(
-            """
-            INSERT INTO message_attachments (meeting_note_id, chatwoot_attachment_id, file_type, content_type,
-                size_bytes, bucket_name, object_name, status, error_details, stored_at)
-            VALUES (%s, %s, 'audio', %s, %s, %s, %s, %s, %s, now())
-            """,
-            (
-                note_id,
-                ATTACHMENT_ID,
-                content_type,
-                len(audio_bytes),
-                bucket_name if attachment_status == "stored" else None,
-                audio_object if attachment_status == "stored" else None,
-                attachment_status,
-                "download answered 404 five times" if attachment_status == "missing" else None,
-            ),
-        )
+    note_id = add_note_row(
+        {**message, "id": int(MESSAGE_ID)},
+        user_id=user_id,
+        processing_status="stored",
+        gcs_storage_path=f"gs://{bucket_name}/{message_object}",
+        stored_at=datetime.now(UTC),
+    )
+    db.execute(
+        "archive.attachment_save",
+        {
+            "note_id": note_id,
+            "attachment_id": ATTACHMENT_ID,
+            "file_type": "audio",
+            "content_type": content_type,
+            "size_bytes": len(audio_bytes),
+            "bucket_name": bucket_name if attachment_status == "stored" else None,
+            "object_name": audio_object if attachment_status == "stored" else None,
+            "status": attachment_status,
+            "error_details": "download answered 404 five times" if attachment_status == "missing" else None,
+        },
+    )
     return ArchivedNote(note_id, bucket_name, audio_object, message_object)
 
 
 def note_row(db: Any, note_id: int) -> dict[str, Any]:
-    with db.transaction() as cur:
-        cur.execute("SELECT * FROM meeting_notes WHERE id = %s", (note_id,))
-        return dict(cur.fetchone())
+    return note(note_id)
 
 
 def transcription_row(db: Any, note_id: int) -> dict[str, Any] | None:
