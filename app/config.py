@@ -1,29 +1,52 @@
-"""Settings read once from the environment (and `.env`), validated at start."""
+"""Settings read once from the environment (and `.env`), validated at start.
+
+Each setting is declared once, as a field of `Settings` made by `setting()`: its variable name,
+parser, default, one line of documentation, its section and whether it is a secret. The loader
+is a loop over those fields plus the checks that involve several of them, and `.env.example` is
+generated from the same declaration (`python scripts/env_example.py > .env.example`; a test
+compares the two).
+"""
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 ENVIRONMENTS = ("development", "production")
 TRANSCRIPTION_PROVIDERS = ("openai", "local", "none")
 GENERATION_PROVIDERS = ("openai", "external")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEFAULT_BUCKET_HASH_SECRET = "dev-bucket-hash-secret"  # noqa: S105 (refused in production)
 DEFAULT_SECRET_KEY = "dev-secret-key"  # noqa: S105 (refused in production)
 # Bucket prefix rules: with "-" and 32 hex characters appended the name must stay within 63 characters.
 _BUCKET_PREFIX_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,28}[a-z0-9]$")
+
+EXAMPLE_HEADER = (
+    "# Copy to .env (or set in the environment; the environment wins). Optional settings are commented out."
+)
 
 
 class ConfigError(Exception):
     """A setting is missing or malformed; the message names the variable."""
 
 
-def _bool(name: str, raw: str) -> bool:
+# ---------------------------------------------------------------------------------------------
+# parsers: (variable name, raw text without surrounding blanks) -> value, or ConfigError
+
+Parser = Callable[[str, str], Any]
+
+
+def text(name: str, raw: str) -> str:
+    return raw
+
+
+def boolean(name: str, raw: str) -> bool:
     value = raw.strip().lower()
     if value in ("1", "true", "yes", "on"):
         return True
@@ -33,22 +56,31 @@ def _bool(name: str, raw: str) -> bool:
 
 
 def _int(name: str, raw: str, minimum: int = 0) -> int:
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise ConfigError(f"{name}: expected a whole number, got {raw!r}") from None
+    if not re.fullmatch(r"\s*[+-]?[0-9]+\s*", raw):
+        raise ConfigError(f"{name}: expected a whole number, got {raw!r}")
+    value = int(raw.strip())
     if value < minimum:
         raise ConfigError(f"{name}: must be at least {minimum}, got {value}")
     return value
 
 
+def integer(minimum: int = 0) -> Parser:
+    """A whole number of at least `minimum`."""
+    return lambda name, raw: _int(name, raw, minimum)
+
+
 def _duration(name: str, raw: str) -> int:
     """Seconds from `90`, `90s`, `15m`, `24h` or `2d`."""
-    match = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", raw)
+    match = re.fullmatch(r"\s*([0-9]+)\s*([smhd]?)\s*", raw)
     if not match:
         raise ConfigError(f"{name}: expected a duration such as 300, 15m, 24h or 2d, got {raw!r}")
     number, unit = int(match.group(1)), match.group(2) or "s"
     return number * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
+
+
+def duration(at_least: int = 0) -> Parser:
+    """Seconds (`90`, `15m`, `24h`, `2d`); a smaller value is raised to `at_least`."""
+    return lambda name, raw: max(at_least, _duration(name, raw))
 
 
 def _url(name: str, raw: str, schemes: tuple[str, ...]) -> str:
@@ -58,7 +90,27 @@ def _url(name: str, raw: str, schemes: tuple[str, ...]) -> str:
     return raw.strip().rstrip("/") if parsed.scheme.startswith("http") else raw.strip()
 
 
-def _rate(name: str, raw: str) -> str:
+def url(*schemes: str) -> Parser:
+    return lambda name, raw: _url(name, raw, schemes)
+
+
+def _spoken(choices: tuple[str, ...]) -> str:
+    return ", ".join(choices[:-1]) + " or " + choices[-1] if len(choices) > 1 else choices[0]
+
+
+def choice(choices: tuple[str, ...], *, upper: bool = False) -> Parser:
+    """One of `choices`, compared in lower case (upper case with `upper`)."""
+
+    def parse(name: str, raw: str) -> str:
+        value = raw.upper() if upper else raw.lower()
+        if value not in choices:
+            raise ConfigError(f"{name}: expected {_spoken(choices)}, got {value!r}")
+        return value
+
+    return parse
+
+
+def rate(name: str, raw: str) -> str:
     """A rate such as `1 per 2 seconds` or `30/minute` (the `limits` library's notation)."""
     from limits import parse_many
 
@@ -71,91 +123,594 @@ def _rate(name: str, raw: str) -> str:
     return raw
 
 
-def _int_list(name: str, raw: str) -> tuple[int, ...]:
+def int_list(name: str, raw: str) -> tuple[int, ...]:
     parts = [p.strip() for p in raw.split(",") if p.strip()]
     return tuple(_int(name, p, minimum=1) for p in parts)
 
 
+def host_list(name: str, raw: str) -> tuple[str, ...]:
+    return tuple(h.strip().lower() for h in raw.split(",") if h.strip())
+
+
+def private_key(name: str, raw: str) -> str:
+    key = raw.strip().strip('"').replace("\\n", "\n")
+    if "BEGIN" not in key or "PRIVATE KEY" not in key:
+        raise ConfigError(f"{name}: expected a PEM private key (one line with \\n escapes)")
+    return key
+
+
+def existing_file(name: str, raw: str) -> str:
+    if not Path(raw).is_file():
+        raise ConfigError(f"{name}: no such file {raw!r}")
+    return raw
+
+
+def model_directory(name: str, raw: str) -> str:
+    if not Path(raw).is_dir():
+        raise ConfigError(f"{name}: no such model directory {raw!r}")
+    return raw
+
+
+def digits(name: str, raw: str) -> str:
+    if not re.fullmatch(r"[0-9]+", raw):
+        raise ConfigError(f"{name}: expected digits, got {raw!r}")
+    return raw
+
+
+def price(name: str, raw: str) -> str:
+    """A decimal amount from 0 to 1000, kept as written."""
+    try:
+        value = Decimal(raw)
+        if not (value.is_finite() and 0 <= value < 1000):
+            raise InvalidOperation
+    except InvalidOperation:
+        raise ConfigError(f"{name}: expected a number such as 0.006, got {raw!r}") from None
+    return raw
+
+
+def fernet_keys(name: str, raw: str) -> str:
+    from cryptography.fernet import Fernet
+
+    for part in raw.split(","):
+        try:
+            Fernet(part.strip())
+        except (ValueError, TypeError):
+            raise ConfigError(
+                f"{name}: expected comma-separated Fernet keys (32 url-safe base64-encoded bytes each)"
+            ) from None
+    return raw
+
+
+def bucket_prefix(name: str, raw: str) -> str:
+    if not _BUCKET_PREFIX_RE.match(raw) or "--" in raw:
+        raise ConfigError(
+            f"{name}: 3-30 characters of lowercase letters, digits and single dashes, "
+            f"starting and ending with a letter or digit; got {raw!r}"
+        )
+    if raw.startswith("goog") or "google" in raw or "g00gle" in raw:
+        raise ConfigError(f"{name}: must not start with 'goog' or contain 'google'")
+    return raw
+
+
+# ---------------------------------------------------------------------------------------------
+# the declaration
+
+
 @dataclass(frozen=True)
+class Variable:
+    """How one setting is read from the environment and shown in `.env.example`."""
+
+    env: str
+    parse: Parser
+    doc: str
+    """One line for `.env.example` (and the README's configuration table)."""
+    section: str
+    secret: bool = False
+    """Printed and logged only as `(set)` / `(not set)`."""
+    required: str = ""
+    """When set, the variable must be given; the text says what a value looks like."""
+    example: str | None = None
+    """The value shown in `.env.example` (default: the setting's default)."""
+    listed: bool = False
+    """Shown uncommented in `.env.example`: a value every installation sets."""
+
+
+SERVICE = "Service"
+STORES = "PostgreSQL and Redis (make dev / make up start local ones when these are not set)"
+GCS = "Google Cloud Storage"
+CHATWOOT = "Chatwoot"
+OPENAI = "OpenAI and transcription"
+ORDERS = "Orders"
+APIS = "APIs"
+WORKERS = "Workers"
+RELIABILITY = "Reliability"
+
+
+def setting(
+    env: str,
+    default: Any,
+    doc: str,
+    *,
+    section: str,
+    parse: Parser = text,
+    secret: bool = False,
+    required: str = "",
+    example: str | None = None,
+    listed: bool = False,
+) -> Any:
+    """A field of Settings read from the variable `env`; an empty or absent variable keeps `default`."""
+    variable = Variable(env, parse, doc, section, secret, required, example, listed)
+    return field(default=default, metadata={"variable": variable})
+
+
+@dataclass(frozen=True, repr=False)
 class Settings:
-    """Every setting of the service; see `.env.example` for one line on each."""
+    """Every setting of the service, each declared once (see `setting()`)."""
 
-    app_env: str = "development"
-    log_level: str = "INFO"
-    secret_key: str = DEFAULT_SECRET_KEY
+    # --- Service
+    app_env: str = setting(
+        "APP_ENV",
+        "development",
+        "development (default) or production; production refuses unsafe settings.",
+        section=SERVICE,
+        parse=choice(ENVIRONMENTS),
+    )
+    log_level: str = setting(
+        "LOG_LEVEL",
+        "INFO",
+        "DEBUG, INFO (default), WARNING or ERROR; logs are JSON lines on stderr.",
+        section=SERVICE,
+        parse=choice(LOG_LEVELS, upper=True),
+    )
+    secret_key: str = setting(
+        "SECRET_KEY",
+        DEFAULT_SECRET_KEY,
+        "Signs the admin page's session cookie; 16+ random characters in production.",
+        section=SERVICE,
+        secret=True,
+        example="change-me",
+    )
+    web_port: int = setting(
+        "WEB_PORT",
+        8000,
+        "Port of the web app started by make dev / make up.",
+        section=SERVICE,
+        parse=integer(1),
+    )
+    web_concurrency: int = setting(
+        "WEB_CONCURRENCY",
+        4,
+        "gunicorn worker processes started by make dev / make up.",
+        section=SERVICE,
+        parse=integer(1),
+    )
 
-    database_url: str = ""
-    redis_url: str = ""
+    # --- PostgreSQL and Redis
+    database_url: str = setting(
+        "DATABASE_URL",
+        "",
+        "libpq URL of the database.",
+        section=STORES,
+        parse=url("postgresql", "postgres"),
+        required="a libpq URL such as postgresql://user@host:5432/db",
+        example="postgresql://postgres@127.0.0.1:5432/meeting_notes",
+        listed=True,
+    )
+    redis_url: str = setting(
+        "REDIS_URL",
+        "",
+        "Redis 5+ for the RQ queues.",
+        section=STORES,
+        parse=url("redis", "rediss", "unix"),
+        required="such as redis://127.0.0.1:6379/0",
+        example="redis://127.0.0.1:6379/0",
+        listed=True,
+    )
 
-    # Google Cloud Storage
-    gcs_project_id: str = ""
-    gcs_bucket_prefix: str = "pacelane-whatsapp"
-    gcs_client_email: str = ""
-    gcs_private_key: str = field(default="", repr=False)
-    gcs_private_key_id: str = ""
-    google_application_credentials: str = ""
-    storage_emulator_host: str = ""
-    gcs_location: str = "US"
-    bucket_hash_secret: str = field(default=DEFAULT_BUCKET_HASH_SECRET, repr=False)
-    max_attachment_bytes: int = 100 * 1024 * 1024
-    gcs_project_number: str = ""
-    gcs_bucket_create_rate: str = "1 per 2 seconds"
-    attachment_retry_seconds: int = 30
+    # --- Google Cloud Storage
+    gcs_project_id: str = setting(
+        "GCS_PROJECT_ID",
+        "",
+        "Project that owns the buckets (required with real credentials).",
+        section=GCS,
+        example="my-project",
+    )
+    gcs_bucket_prefix: str = setting(
+        "GCS_BUCKET_PREFIX",
+        "pacelane-whatsapp",
+        'Bucket names are <prefix>-<32 hex>; 3-30 lowercase letters, digits and dashes, no "goog"/"google".',
+        section=GCS,
+        parse=bucket_prefix,
+    )
+    gcs_client_email: str = setting(
+        "GCS_CLIENT_EMAIL",
+        "",
+        "Service-account e-mail (with GCS_PRIVATE_KEY).",
+        section=GCS,
+        example="archiver@my-project.iam.gserviceaccount.com",
+    )
+    gcs_private_key: str = setting(
+        "GCS_PRIVATE_KEY",
+        "",
+        "Service-account private key on one line, newlines written as \\n.",
+        section=GCS,
+        parse=private_key,
+        secret=True,
+        example='"-----BEGIN PRIVATE KEY-----\\nMIIE...\\n-----END PRIVATE KEY-----\\n"',
+    )
+    gcs_private_key_id: str = setting(
+        "GCS_PRIVATE_KEY_ID", "", "Id of that private key.", section=GCS, example="0123456789abcdef"
+    )
+    google_application_credentials: str = setting(
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "",
+        "Alternative to the fields above: path of a service-account JSON key file.",
+        section=GCS,
+        parse=existing_file,
+        example="/etc/meeting-notes/sa.json",
+    )
+    storage_emulator_host: str = setting(
+        "STORAGE_EMULATOR_HOST",
+        "",
+        "GCS emulator URL (fake-gcs-server); make dev / make up start one when no credentials are given.",
+        section=GCS,
+        parse=url("http", "https"),
+        example="http://127.0.0.1:4443",
+    )
+    gcs_location: str = setting("GCS_LOCATION", "US", "Location of new buckets.", section=GCS)
+    bucket_hash_secret: str = setting(
+        "BUCKET_HASH_SECRET",
+        DEFAULT_BUCKET_HASH_SECRET,
+        "Key of the HMAC that names buckets; changing it changes every bucket name. 16+ characters in production.",
+        section=GCS,
+        secret=True,
+        example="change-me-to-a-long-random-secret",
+        listed=True,
+    )
+    max_attachment_bytes: int = setting(
+        "MAX_ATTACHMENT_BYTES",
+        100 * 1024 * 1024,
+        "Largest attachment archived, in bytes (default 100 MiB).",
+        section=GCS,
+        parse=integer(1),
+    )
+    gcs_project_number: str = setting(
+        "GCS_PROJECT_NUMBER",
+        "",
+        "Project number owning the buckets; a bucket name that already exists elsewhere is never written to (default: asked from GCS).",
+        section=GCS,
+        parse=digits,
+        example="123456789012",
+    )
+    gcs_bucket_create_rate: str = setting(
+        "GCS_BUCKET_CREATE_RATE",
+        "1 per 2 seconds",
+        "Bucket creations allowed across all workers (GCS allows about one every 2 s per project).",
+        section=GCS,
+        parse=rate,
+    )
+    attachment_retry_seconds: int = setting(
+        "ATTACHMENT_RETRY_SECONDS",
+        30,
+        "How long a job retries an attachment that Chatwoot does not serve yet (404) before the job is retried later (seconds, or 1m).",
+        section=GCS,
+        parse=duration(),
+    )
 
-    # Chatwoot
-    chatwoot_base_url: str = ""
-    chatwoot_api_access_token: str = field(default="", repr=False)
-    chatwoot_account_id: int | None = None
-    chatwoot_webhook_secret: str = field(default="", repr=False)
-    chatwoot_webhook_secret_previous: str = field(default="", repr=False)
-    chatwoot_inbox_ids: tuple[int, ...] = ()
-    webhook_url_token: str = field(default="", repr=False)
-    webhook_timestamp_tolerance: int = 300
-    max_webhook_bytes: int = 32 * 1024 * 1024
-    webhook_body_timeout: int = 10
-    allow_unsigned_webhooks: bool = False
-    secrets_encryption_key: str = field(default="", repr=False)
-    spool_dir: str = "var/spool"
-    chatwoot_allowed_private_hosts: tuple[str, ...] = ()
+    # --- Chatwoot
+    chatwoot_base_url: str = setting(
+        "CHATWOOT_BASE_URL",
+        "",
+        "Base URL of your Chatwoot, for sending messages and checking attachment URLs.",
+        section=CHATWOOT,
+        parse=url("http", "https"),
+        example="https://chat.example.com",
+    )
+    chatwoot_api_access_token: str = setting(
+        "CHATWOOT_API_ACCESS_TOKEN",
+        "",
+        "API access token of the agent bot or agent that sends our messages.",
+        section=CHATWOOT,
+        secret=True,
+    )
+    chatwoot_account_id: int | None = setting(
+        "CHATWOOT_ACCOUNT_ID",
+        None,
+        "The default Chatwoot account id.",
+        section=CHATWOOT,
+        parse=integer(1),
+        example="1",
+    )
+    chatwoot_webhook_secret: str = setting(
+        "CHATWOOT_WEBHOOK_SECRET",
+        "",
+        "Webhook secret (Chatwoot 4.12.0+ signs each delivery with it); required in production unless WEBHOOK_URL_TOKEN is set.",
+        section=CHATWOOT,
+        secret=True,
+    )
+    chatwoot_webhook_secret_previous: str = setting(
+        "CHATWOOT_WEBHOOK_SECRET_PREVIOUS",
+        "",
+        "The previous webhook secret, still accepted while you rotate it.",
+        section=CHATWOOT,
+        secret=True,
+    )
+    chatwoot_inbox_ids: tuple[int, ...] = setting(
+        "CHATWOOT_INBOX_IDS",
+        (),
+        "Only archive messages of these inbox ids (comma-separated); empty means every inbox.",
+        section=CHATWOOT,
+        parse=int_list,
+        example="4,7",
+    )
+    webhook_url_token: str = setting(
+        "WEBHOOK_URL_TOKEN",
+        "",
+        "For Chatwoot older than 4.12.0, which cannot sign: a secret ?token= on the webhook URL.",
+        section=CHATWOOT,
+        secret=True,
+    )
+    webhook_timestamp_tolerance: int = setting(
+        "WEBHOOK_TIMESTAMP_TOLERANCE",
+        300,
+        "Accepted age of X-Chatwoot-Timestamp (seconds, or 5m).",
+        section=CHATWOOT,
+        parse=duration(),
+    )
+    max_webhook_bytes: int = setting(
+        "MAX_WEBHOOK_BYTES",
+        32 * 1024 * 1024,
+        "Largest authentic webhook body accepted, in bytes (default 32 MiB: email newsletters are large).",
+        section=CHATWOOT,
+        parse=integer(1024),
+    )
+    webhook_body_timeout: int = setting(
+        "WEBHOOK_BODY_TIMEOUT",
+        10,
+        "Seconds a webhook body may take to arrive before the request is refused (408).",
+        section=CHATWOOT,
+        parse=duration(),
+    )
+    allow_unsigned_webhooks: bool = setting(
+        "ALLOW_UNSIGNED_WEBHOOKS",
+        False,
+        "Development only: accept unsigned webhooks (refused with APP_ENV=production).",
+        section=CHATWOOT,
+        parse=boolean,
+    )
+    secrets_encryption_key: str = setting(
+        "SECRETS_ENCRYPTION_KEY",
+        "",
+        "Fernet key(s), comma-separated (newest first), encrypting per-account secrets in the database.",
+        section=CHATWOOT,
+        parse=fernet_keys,
+        secret=True,
+    )
+    spool_dir: str = setting(
+        "SPOOL_DIR",
+        "var/spool",
+        "Folder for deliveries accepted while PostgreSQL is down (replayed when it is back).",
+        section=CHATWOOT,
+    )
+    chatwoot_allowed_private_hosts: tuple[str, ...] = setting(
+        "CHATWOOT_ALLOWED_PRIVATE_HOSTS",
+        (),
+        "Private-network hosts that a self-hosted Chatwoot's attachment redirects may go to (comma-separated).",
+        section=CHATWOOT,
+        parse=host_list,
+    )
 
-    # OpenAI and transcription
-    openai_api_key: str = field(default="", repr=False)
-    openai_base_url: str = ""
-    transcription_provider: str = ""
-    transcription_model: str = "whisper-1"
-    local_whisper_model: str = ""
-    transcript_private_note: bool = False
-    transcription_cost_per_minute: str = "0.006"
-    transcription_timeout: int = 300
-    transcription_max_attempts: int = 4
-    transcription_retry_wait: int = 2
-    transcription_max_upload_bytes: int = 25_000_000
+    # --- OpenAI and transcription
+    openai_api_key: str = setting(
+        "OPENAI_API_KEY",
+        "",
+        "OpenAI API key: enables Whisper transcription, the order classifier and content drafting.",
+        section=OPENAI,
+        secret=True,
+    )
+    openai_base_url: str = setting(
+        "OPENAI_BASE_URL",
+        "",
+        "OpenAI-compatible server (Groq, speaches, LocalAI...) instead of api.openai.com.",
+        section=OPENAI,
+        parse=url("http", "https"),
+    )
+    transcription_provider: str = setting(
+        "TRANSCRIPTION_PROVIDER",
+        "",
+        "openai, local or none; default: openai with a key, else local with a model, else none.",
+        section=OPENAI,
+        parse=choice(TRANSCRIPTION_PROVIDERS),
+    )
+    transcription_model: str = setting(
+        "TRANSCRIPTION_MODEL", "whisper-1", "Transcription model of the openai provider.", section=OPENAI
+    )
+    local_whisper_model: str = setting(
+        "LOCAL_WHISPER_MODEL",
+        "",
+        "Local faster-whisper model directory (make dev uses the bundled tiny.en model).",
+        section=OPENAI,
+        parse=model_directory,
+    )
+    transcript_private_note: bool = setting(
+        "TRANSCRIPT_PRIVATE_NOTE",
+        False,
+        "Post each transcript to the conversation as a private note for agents.",
+        section=OPENAI,
+        parse=boolean,
+    )
+    transcription_cost_per_minute: str = setting(
+        "TRANSCRIPTION_COST_PER_MINUTE",
+        "0.006",
+        "Estimated cost per audio minute, for the monitoring query (USD).",
+        section=OPENAI,
+        parse=price,
+    )
+    transcription_timeout: int = setting(
+        "TRANSCRIPTION_TIMEOUT",
+        300,
+        "Seconds one transcription request may take before it is retried.",
+        section=OPENAI,
+        parse=duration(),
+    )
+    transcription_max_attempts: int = setting(
+        "TRANSCRIPTION_MAX_ATTEMPTS",
+        4,
+        "Provider calls per audio file before the note is marked failed (429, 5xx and timeouts are retried).",
+        section=OPENAI,
+        parse=integer(1),
+    )
+    transcription_retry_wait: int = setting(
+        "TRANSCRIPTION_RETRY_WAIT",
+        2,
+        "First wait between those calls, in seconds; doubled each time (a Retry-After from the provider wins).",
+        section=OPENAI,
+        parse=duration(),
+    )
+    transcription_max_upload_bytes: int = setting(
+        "TRANSCRIPTION_MAX_UPLOAD_BYTES",
+        25_000_000,
+        "Largest file sent to the openai provider, in bytes; longer audio is split into pieces (OpenAI: 25 MB).",
+        section=OPENAI,
+        parse=integer(1024),
+    )
 
-    # Orders
-    classifier_model: str = ""
-    generation_provider: str = ""
-    generation_model: str = "gpt-4o-mini"
-    clarification_timeout: int = 24 * 3600
+    # --- Orders
+    classifier_model: str = setting(
+        "CLASSIFIER_MODEL",
+        "",
+        "Chat model that classifies messages and extracts order fields (only with OPENAI_API_KEY); rules otherwise.",
+        section=ORDERS,
+    )
+    generation_provider: str = setting(
+        "GENERATION_PROVIDER",
+        "",
+        "openai or external (default without a key: the main app generates content through the API).",
+        section=ORDERS,
+        parse=choice(GENERATION_PROVIDERS),
+    )
+    generation_model: str = setting(
+        "GENERATION_MODEL",
+        "gpt-4o-mini",
+        "Chat model that drafts content with GENERATION_PROVIDER=openai.",
+        section=ORDERS,
+    )
+    clarification_timeout: int = setting(
+        "CLARIFICATION_TIMEOUT",
+        24 * 3600,
+        "A clarification left unanswered this long is cancelled (seconds, or 24h).",
+        section=ORDERS,
+        parse=duration(),
+        example="24h",
+    )
 
-    # Tokens of the main app's API and the admin API
-    api_token: str = field(default="", repr=False)
-    admin_api_token: str = field(default="", repr=False)
-    admin_rate_limit: str = "300 per minute"
-    admin_auth_failure_limit: str = "20 per 10 minutes"
-    metrics_token: str = field(default="", repr=False)
+    # --- Tokens of the main app's API and the admin API
+    api_token: str = setting(
+        "API_TOKEN",
+        "",
+        "Bearer token of the main app's orders API (/api/orders).",
+        section=APIS,
+        secret=True,
+    )
+    admin_api_token: str = setting(
+        "ADMIN_API_TOKEN",
+        "",
+        "Bearer token of the admin API and admin page (/admin).",
+        section=APIS,
+        secret=True,
+    )
+    admin_rate_limit: str = setting(
+        "ADMIN_RATE_LIMIT",
+        "300 per minute",
+        "Requests per client address to the admin API (the `limits` notation).",
+        section=APIS,
+        parse=rate,
+    )
+    admin_auth_failure_limit: str = setting(
+        "ADMIN_AUTH_FAILURE_LIMIT",
+        "20 per 10 minutes",
+        "Failed admin sign-ins (wrong or missing token) per client address before it must wait.",
+        section=APIS,
+        parse=rate,
+    )
+    metrics_token: str = setting(
+        "METRICS_TOKEN",
+        "",
+        "Bearer token Prometheus must send to /metrics; empty: /metrics is open (keep it off the public network).",
+        section=APIS,
+        secret=True,
+    )
+    prometheus_multiproc_dir: str = setting(
+        "PROMETHEUS_MULTIPROC_DIR",
+        "",
+        "Empty folder where every web and worker process writes its metrics, added up by /metrics (make dev sets .dev/prometheus).",
+        section=APIS,
+        example="/run/meeting-notes/metrics",
+    )
 
-    # Workers
-    worker_processes: int = 2
-    job_timeout: int = 300
+    # --- Workers
+    worker_processes: int = setting(
+        "WORKER_PROCESSES",
+        2,
+        "Non-forking worker processes serving archive, classify, send and maintenance queues.",
+        section=WORKERS,
+        parse=integer(1),
+    )
+    job_timeout: int = setting(
+        "JOB_TIMEOUT", 300, "Longest a job may run (seconds, or 5m).", section=WORKERS, parse=duration()
+    )
 
-    # Reliability: the reconciler and the Chatwoot backfill
-    reconcile_interval: int = 60
-    reconcile_grace: int = 120
-    reconcile_max_attempts: int = 6
-    reconcile_backoff: int = 30
-    reconcile_backoff_max: int = 3600
-    backfill_interval: int = 900
-    backfill_window: int = 6 * 3600
+    # --- Reliability: the reconciler and the Chatwoot backfill
+    reconcile_interval: int = setting(
+        "RECONCILE_INTERVAL",
+        60,
+        "How often the reconciler re-enqueues stuck work (seconds, or 1m).",
+        section=RELIABILITY,
+        parse=duration(at_least=1),
+    )
+    reconcile_grace: int = setting(
+        "RECONCILE_GRACE",
+        120,
+        "Work older than this with no live job is stuck (seconds, or 2m).",
+        section=RELIABILITY,
+        parse=duration(at_least=1),
+    )
+    reconcile_max_attempts: int = setting(
+        "RECONCILE_MAX_ATTEMPTS",
+        6,
+        "Re-enqueues of one piece of work before it goes to the dead letter (status error/failed).",
+        section=RELIABILITY,
+        parse=integer(1),
+    )
+    reconcile_backoff: int = setting(
+        "RECONCILE_BACKOFF",
+        30,
+        "First retry delay, doubled on each attempt (seconds, or 30s).",
+        section=RELIABILITY,
+        parse=duration(at_least=1),
+    )
+    reconcile_backoff_max: int = setting(
+        "RECONCILE_BACKOFF_MAX",
+        3600,
+        "Longest retry delay (seconds, or 1h).",
+        section=RELIABILITY,
+        parse=duration(at_least=1),
+    )
+    backfill_interval: int = setting(
+        "BACKFILL_INTERVAL",
+        900,
+        "How often recent Chatwoot conversations are listed to ingest missed messages (seconds, or 15m; 0 turns it off).",
+        section=RELIABILITY,
+        parse=duration(),
+    )
+    backfill_window: int = setting(
+        "BACKFILL_WINDOW",
+        6 * 3600,
+        "How far back the backfill looks for active conversations and their messages (seconds, or 6h).",
+        section=RELIABILITY,
+        parse=duration(),
+        example="6h",
+    )
 
     @property
     def production(self) -> bool:
@@ -182,32 +737,56 @@ class Settings:
             return self.generation_provider
         return "openai" if self.openai_api_key else "external"
 
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.public_summary().items())
+        return f"Settings({shown})"
+
     def public_summary(self) -> dict[str, object]:
-        """Settings safe to print: secrets reduced to whether they are set."""
+        """Settings safe to print: secrets reduced to whether they are set, URL passwords masked."""
         out: dict[str, object] = {}
-        for f in fields(self):
+        for f, variable in declared():
             value = getattr(self, f.name)
-            if not f.repr:
+            if variable.secret:
                 out[f.name] = "(set)" if value else "(not set)"
-            elif f.name in ("database_url", "redis_url"):
-                out[f.name] = _redact_url(str(value))
+            elif isinstance(value, str) and "://" in value:
+                out[f.name] = redact_url(value)
             else:
                 out[f.name] = value
         return out
 
+    def secret_values(self) -> list[str]:
+        """Every secret value in force (each key of a comma-separated list, each URL password),
+        for the redacting log filter."""
+        found: list[str] = []
+        for f, variable in declared():
+            value = getattr(self, f.name)
+            if variable.secret and value:
+                found.append(str(value))
+                # A log line may carry one key of a list, or one line of a PEM key.
+                for part in re.split(r"[,\n]", str(value)):
+                    if part.strip() and part.strip() != str(value) and "-----" not in part:
+                        found.append(part.strip())
+            elif isinstance(value, str) and "://" in value and (password := urlparse(value).password):
+                found.append(password)
+        return found
 
-def _redact_url(url: str) -> str:
-    parsed = urlparse(url)
+
+def declared() -> Iterator[tuple[Field[Any], Variable]]:
+    """Each field of Settings with its variable, in declaration order."""
+    for f in fields(Settings):
+        yield f, f.metadata["variable"]
+
+
+def secret_variables() -> list[str]:
+    """Names of the variables that hold secrets."""
+    return [v.env for _, v in declared() if v.secret]
+
+
+def redact_url(value: str) -> str:
+    parsed = urlparse(value)
     if parsed.password:
-        return url.replace(f":{parsed.password}@", ":***@")
-    return url
-
-
-def _private_key(raw: str) -> str:
-    key = raw.strip().strip('"').replace("\\n", "\n")
-    if "BEGIN" not in key or "PRIVATE KEY" not in key:
-        raise ConfigError("GCS_PRIVATE_KEY: expected a PEM private key (one line with \\n escapes)")
-    return key
+        return value.replace(f":{parsed.password}@", ":***@")
+    return value
 
 
 def load_dotenv_file(path: str | os.PathLike[str] = ".env") -> None:
@@ -218,197 +797,48 @@ def load_dotenv_file(path: str | os.PathLike[str] = ".env") -> None:
         load_dotenv(path, override=False)
 
 
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Build and validate the settings; raise ConfigError naming the first bad variable."""
-    env = dict(os.environ if environ is None else environ)
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f, variable in declared():
+        raw = env.get(variable.env, "").strip()
+        if not raw:
+            if variable.required:
+                raise ConfigError(f"{variable.env}: not set ({variable.required})")
+            continue
+        values[f.name] = variable.parse(variable.env, raw)
+    settings = Settings(**values)
+    _check_together(settings)
+    if settings.production:
+        _check_production(settings)
+    return settings
 
-    def get(name: str, default: str = "") -> str:
-        return env.get(name, default).strip()
 
-    values: dict[str, object] = {}
-    app_env = get("APP_ENV", "development").lower()
-    if app_env not in ENVIRONMENTS:
-        raise ConfigError(f"APP_ENV: expected development or production, got {app_env!r}")
-    values["app_env"] = app_env
-    level = get("LOG_LEVEL", "INFO").upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ConfigError(f"LOG_LEVEL: expected DEBUG, INFO, WARNING or ERROR, got {level!r}")
-    values["log_level"] = level
-    values["secret_key"] = get("SECRET_KEY", DEFAULT_SECRET_KEY)
-
-    if not get("DATABASE_URL"):
-        raise ConfigError("DATABASE_URL: not set (a libpq URL such as postgresql://user@host:5432/db)")
-    values["database_url"] = _url("DATABASE_URL", get("DATABASE_URL"), ("postgresql", "postgres"))
-    if not get("REDIS_URL"):
-        raise ConfigError("REDIS_URL: not set (such as redis://127.0.0.1:6379/0)")
-    values["redis_url"] = _url("REDIS_URL", get("REDIS_URL"), ("redis", "rediss", "unix"))
-
-    prefix = get("GCS_BUCKET_PREFIX", "pacelane-whatsapp")
-    if not _BUCKET_PREFIX_RE.match(prefix) or "--" in prefix:
-        raise ConfigError(
-            "GCS_BUCKET_PREFIX: 3-30 characters of lowercase letters, digits and single dashes, "
-            f"starting and ending with a letter or digit; got {prefix!r}"
-        )
-    if prefix.startswith("goog") or "google" in prefix or "g00gle" in prefix:
-        raise ConfigError("GCS_BUCKET_PREFIX: must not start with 'goog' or contain 'google'")
-    values["gcs_bucket_prefix"] = prefix
-    for name in ("GCS_PROJECT_ID", "GCS_CLIENT_EMAIL", "GCS_PRIVATE_KEY_ID", "GCS_LOCATION"):
-        if get(name):
-            values[name.lower()] = get(name)
-    if env.get("GCS_PRIVATE_KEY", "").strip():
-        values["gcs_private_key"] = _private_key(env["GCS_PRIVATE_KEY"])
-    creds = get("GOOGLE_APPLICATION_CREDENTIALS")
-    if creds:
-        if not Path(creds).is_file():
-            raise ConfigError(f"GOOGLE_APPLICATION_CREDENTIALS: no such file {creds!r}")
-        values["google_application_credentials"] = creds
-    if get("STORAGE_EMULATOR_HOST"):
-        values["storage_emulator_host"] = _url(
-            "STORAGE_EMULATOR_HOST", get("STORAGE_EMULATOR_HOST"), ("http", "https")
-        )
-    has_sa_fields = bool(values.get("gcs_private_key") or values.get("gcs_client_email"))
-    if has_sa_fields and not (values.get("gcs_private_key") and values.get("gcs_client_email")):
-        missing = "GCS_PRIVATE_KEY" if not values.get("gcs_private_key") else "GCS_CLIENT_EMAIL"
+def _check_together(s: Settings) -> None:
+    """The rules that involve several settings."""
+    has_sa_fields = bool(s.gcs_private_key or s.gcs_client_email)
+    creds = s.google_application_credentials
+    if has_sa_fields and not (s.gcs_private_key and s.gcs_client_email):
+        missing = "GCS_PRIVATE_KEY" if not s.gcs_private_key else "GCS_CLIENT_EMAIL"
         raise ConfigError(f"{missing}: required with the other service-account fields")
-    if not (values.get("storage_emulator_host") or has_sa_fields or creds):
+    if not (s.storage_emulator_host or has_sa_fields or creds):
         raise ConfigError(
             "STORAGE_EMULATOR_HOST: not set, and no GCS credentials either "
             "(GCS_CLIENT_EMAIL + GCS_PRIVATE_KEY, or GOOGLE_APPLICATION_CREDENTIALS)"
         )
-    if (
-        (has_sa_fields or creds)
-        and not values.get("storage_emulator_host")
-        and not values.get("gcs_project_id")
-    ):
+    if (has_sa_fields or creds) and not s.storage_emulator_host and not s.gcs_project_id:
         raise ConfigError("GCS_PROJECT_ID: required with real GCS credentials")
-    values["bucket_hash_secret"] = get("BUCKET_HASH_SECRET", DEFAULT_BUCKET_HASH_SECRET)
-    if get("MAX_ATTACHMENT_BYTES"):
-        values["max_attachment_bytes"] = _int("MAX_ATTACHMENT_BYTES", get("MAX_ATTACHMENT_BYTES"), 1)
-    if get("GCS_PROJECT_NUMBER"):
-        if not get("GCS_PROJECT_NUMBER").isdigit():
-            raise ConfigError(f"GCS_PROJECT_NUMBER: expected digits, got {get('GCS_PROJECT_NUMBER')!r}")
-        values["gcs_project_number"] = get("GCS_PROJECT_NUMBER")
-    if get("GCS_BUCKET_CREATE_RATE"):
-        values["gcs_bucket_create_rate"] = _rate("GCS_BUCKET_CREATE_RATE", get("GCS_BUCKET_CREATE_RATE"))
-    if get("ATTACHMENT_RETRY_SECONDS"):
-        values["attachment_retry_seconds"] = _duration(
-            "ATTACHMENT_RETRY_SECONDS", get("ATTACHMENT_RETRY_SECONDS")
-        )
-
-    if get("CHATWOOT_BASE_URL"):
-        values["chatwoot_base_url"] = _url("CHATWOOT_BASE_URL", get("CHATWOOT_BASE_URL"), ("http", "https"))
-    values["chatwoot_api_access_token"] = get("CHATWOOT_API_ACCESS_TOKEN")
-    if get("CHATWOOT_ACCOUNT_ID"):
-        values["chatwoot_account_id"] = _int("CHATWOOT_ACCOUNT_ID", get("CHATWOOT_ACCOUNT_ID"), 1)
-    values["chatwoot_webhook_secret"] = get("CHATWOOT_WEBHOOK_SECRET")
-    values["chatwoot_webhook_secret_previous"] = get("CHATWOOT_WEBHOOK_SECRET_PREVIOUS")
-    if get("CHATWOOT_INBOX_IDS"):
-        values["chatwoot_inbox_ids"] = _int_list("CHATWOOT_INBOX_IDS", get("CHATWOOT_INBOX_IDS"))
-    values["webhook_url_token"] = get("WEBHOOK_URL_TOKEN")
-    if get("WEBHOOK_TIMESTAMP_TOLERANCE"):
-        values["webhook_timestamp_tolerance"] = _duration(
-            "WEBHOOK_TIMESTAMP_TOLERANCE", get("WEBHOOK_TIMESTAMP_TOLERANCE")
-        )
-    if get("MAX_WEBHOOK_BYTES"):
-        values["max_webhook_bytes"] = _int("MAX_WEBHOOK_BYTES", get("MAX_WEBHOOK_BYTES"), 1024)
-    if get("WEBHOOK_BODY_TIMEOUT"):
-        values["webhook_body_timeout"] = _duration("WEBHOOK_BODY_TIMEOUT", get("WEBHOOK_BODY_TIMEOUT"))
-    values["allow_unsigned_webhooks"] = _bool("ALLOW_UNSIGNED_WEBHOOKS", get("ALLOW_UNSIGNED_WEBHOOKS"))
-    values["secrets_encryption_key"] = get("SECRETS_ENCRYPTION_KEY")
-    if values["secrets_encryption_key"]:
-        from cryptography.fernet import Fernet
-
-        for part in str(values["secrets_encryption_key"]).split(","):
-            try:
-                Fernet(part.strip())
-            except (ValueError, TypeError):
-                raise ConfigError(
-                    "SECRETS_ENCRYPTION_KEY: expected comma-separated Fernet keys "
-                    "(32 url-safe base64-encoded bytes each)"
-                ) from None
-    values["spool_dir"] = get("SPOOL_DIR", "var/spool")
-    if get("CHATWOOT_ALLOWED_PRIVATE_HOSTS"):
-        values["chatwoot_allowed_private_hosts"] = tuple(
-            h.strip().lower() for h in get("CHATWOOT_ALLOWED_PRIVATE_HOSTS").split(",") if h.strip()
-        )
-
-    values["openai_api_key"] = get("OPENAI_API_KEY")
-    if get("OPENAI_BASE_URL"):
-        values["openai_base_url"] = _url("OPENAI_BASE_URL", get("OPENAI_BASE_URL"), ("http", "https"))
-    provider = get("TRANSCRIPTION_PROVIDER").lower()
-    if provider and provider not in TRANSCRIPTION_PROVIDERS:
-        raise ConfigError(f"TRANSCRIPTION_PROVIDER: expected openai, local or none, got {provider!r}")
-    if provider == "openai" and not values["openai_api_key"]:
+    if s.transcription_provider == "openai" and not s.openai_api_key:
         raise ConfigError("OPENAI_API_KEY: required with TRANSCRIPTION_PROVIDER=openai")
-    values["transcription_provider"] = provider
-    values["transcription_model"] = get("TRANSCRIPTION_MODEL", "whisper-1")
-    values["local_whisper_model"] = get("LOCAL_WHISPER_MODEL")
-    if provider == "local" and not values["local_whisper_model"]:
+    if s.transcription_provider == "local" and not s.local_whisper_model:
         raise ConfigError("LOCAL_WHISPER_MODEL: required with TRANSCRIPTION_PROVIDER=local")
-    if values["local_whisper_model"] and not Path(str(values["local_whisper_model"])).is_dir():
-        raise ConfigError(f"LOCAL_WHISPER_MODEL: no such model directory {values['local_whisper_model']!r}")
-    values["transcript_private_note"] = _bool("TRANSCRIPT_PRIVATE_NOTE", get("TRANSCRIPT_PRIVATE_NOTE"))
-    values["transcription_cost_per_minute"] = get("TRANSCRIPTION_COST_PER_MINUTE", "0.006")
-    try:
-        rate = Decimal(str(values["transcription_cost_per_minute"]))
-        if not (rate.is_finite() and 0 <= rate < 1000):
-            raise InvalidOperation
-    except InvalidOperation:
-        raise ConfigError(
-            "TRANSCRIPTION_COST_PER_MINUTE: expected a number such as 0.006, "
-            f"got {values['transcription_cost_per_minute']!r}"
-        ) from None
-    if get("TRANSCRIPTION_TIMEOUT"):
-        values["transcription_timeout"] = _duration("TRANSCRIPTION_TIMEOUT", get("TRANSCRIPTION_TIMEOUT"))
-    if get("TRANSCRIPTION_MAX_ATTEMPTS"):
-        values["transcription_max_attempts"] = _int(
-            "TRANSCRIPTION_MAX_ATTEMPTS", get("TRANSCRIPTION_MAX_ATTEMPTS"), 1
-        )
-    if get("TRANSCRIPTION_RETRY_WAIT"):
-        values["transcription_retry_wait"] = _duration(
-            "TRANSCRIPTION_RETRY_WAIT", get("TRANSCRIPTION_RETRY_WAIT")
-        )
-    if get("TRANSCRIPTION_MAX_UPLOAD_BYTES"):
-        values["transcription_max_upload_bytes"] = _int(
-            "TRANSCRIPTION_MAX_UPLOAD_BYTES", get("TRANSCRIPTION_MAX_UPLOAD_BYTES"), 1024
-        )
-
-    values["classifier_model"] = get("CLASSIFIER_MODEL")
-    gen = get("GENERATION_PROVIDER").lower()
-    if gen and gen not in GENERATION_PROVIDERS:
-        raise ConfigError(f"GENERATION_PROVIDER: expected openai or external, got {gen!r}")
-    if gen == "openai" and not values["openai_api_key"]:
+    if s.generation_provider == "openai" and not s.openai_api_key:
         raise ConfigError("OPENAI_API_KEY: required with GENERATION_PROVIDER=openai")
-    values["generation_provider"] = gen
-    values["generation_model"] = get("GENERATION_MODEL", "gpt-4o-mini")
-    if get("CLARIFICATION_TIMEOUT"):
-        values["clarification_timeout"] = _duration("CLARIFICATION_TIMEOUT", get("CLARIFICATION_TIMEOUT"))
-
-    values["api_token"] = get("API_TOKEN")
-    values["admin_api_token"] = get("ADMIN_API_TOKEN")
-    for name, default in (
-        ("ADMIN_RATE_LIMIT", "300 per minute"),
-        ("ADMIN_AUTH_FAILURE_LIMIT", "20 per 10 minutes"),
-    ):
-        values[name.lower()] = _rate(name, get(name, default))
-    values["metrics_token"] = get("METRICS_TOKEN")
-    if get("WORKER_PROCESSES"):
-        values["worker_processes"] = _int("WORKER_PROCESSES", get("WORKER_PROCESSES"), 1)
-    if get("JOB_TIMEOUT"):
-        values["job_timeout"] = _duration("JOB_TIMEOUT", get("JOB_TIMEOUT"))
-    for name in ("RECONCILE_INTERVAL", "RECONCILE_GRACE", "RECONCILE_BACKOFF", "RECONCILE_BACKOFF_MAX"):
-        if get(name):
-            values[name.lower()] = max(1, _duration(name, get(name)))
-    if get("RECONCILE_MAX_ATTEMPTS"):
-        values["reconcile_max_attempts"] = _int("RECONCILE_MAX_ATTEMPTS", get("RECONCILE_MAX_ATTEMPTS"), 1)
-    for name in ("BACKFILL_INTERVAL", "BACKFILL_WINDOW"):
-        if get(name):
-            values[name.lower()] = _duration(name, get(name))
-
-    settings = Settings(**values)  # type: ignore[arg-type]
-    if settings.production:
-        _check_production(settings)
-    return settings
 
 
 def _check_production(s: Settings) -> None:
@@ -418,7 +848,7 @@ def _check_production(s: Settings) -> None:
     if not (s.chatwoot_webhook_secret or s.webhook_url_token):
         raise ConfigError(
             "CHATWOOT_WEBHOOK_SECRET: required with APP_ENV=production (or WEBHOOK_URL_TOKEN for "
-            "Chatwoot older than 4.11.2)"
+            "Chatwoot older than 4.12.0)"
         )
     if s.bucket_hash_secret == DEFAULT_BUCKET_HASH_SECRET or len(s.bucket_hash_secret) < 16:
         raise ConfigError("BUCKET_HASH_SECRET: set a random secret of 16+ characters in production")
@@ -428,3 +858,33 @@ def _check_production(s: Settings) -> None:
         raise ConfigError("WEBHOOK_URL_TOKEN: use 16+ random characters in production")
     if not s.secrets_encryption_key:
         raise ConfigError("SECRETS_ENCRYPTION_KEY: required with APP_ENV=production")
+
+
+# ---------------------------------------------------------------------------------------------
+# .env.example
+
+
+def _example_value(default: Any, variable: Variable) -> str:
+    if variable.example is not None:
+        return variable.example
+    if default is None or default == "":
+        return ""
+    if isinstance(default, bool):
+        return "true" if default else "false"
+    if isinstance(default, tuple):
+        return ",".join(str(v) for v in default)
+    return str(default)
+
+
+def env_example() -> str:
+    """The text of `.env.example`: every variable with its line of documentation, by section."""
+    lines = [EXAMPLE_HEADER]
+    section = None
+    for f, variable in declared():
+        if variable.section != section:
+            section = variable.section
+            lines += ["", f"# --- {section} ---"]
+        default = None if f.default is MISSING else f.default
+        assignment = f"{variable.env}={_example_value(default, variable)}"
+        lines += [f"# {variable.doc}", assignment if variable.listed else f"# {assignment}"]
+    return "\n".join(lines) + "\n"

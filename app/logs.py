@@ -120,9 +120,5 @@ def configure_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
 
 
 def settings_secrets(settings: Any) -> list[str]:
-    """Every secret value in the settings, for the redacting filter."""
-    from dataclasses import fields
-
-    return [
-        str(getattr(settings, f.name)) for f in fields(settings) if not f.repr and getattr(settings, f.name)
-    ]
+    """Every secret value in the settings (see `Settings.secret_values`), for the redacting filter."""
+    return list(settings.secret_values())
