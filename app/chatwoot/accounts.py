@@ -8,12 +8,13 @@ newest first, so the key can be rotated) and are never returned by any API.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
-from cryptography.fernet import Fernet, MultiFernet
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from marshmallow import RAISE, Schema, fields, validate
 
 from app import context
@@ -21,6 +22,8 @@ from app.chatwoot import signatures
 from app.chatwoot.payloads import INT32_MAX
 from app.config import Settings
 from app.db import DatabaseUnavailable, queries
+
+log = logging.getLogger(__name__)
 
 CACHE_SECONDS = 30.0
 """Seconds the accounts' settings are reused before they are read again."""
@@ -186,9 +189,33 @@ def registry(max_age: float = CACHE_SECONDS) -> Registry:
             return _registry[0][1]
         raise
     settings = context.settings()
-    loaded = Registry({int(r["chatwoot_account_id"]): from_row(r, settings) for r in rows}, settings)
+    loaded = Registry({int(r["chatwoot_account_id"]): _readable(r, settings) for r in rows}, settings)
     _registry[:] = [(now, loaded)]
     return loaded
+
+
+def _readable(row: dict[str, Any], settings: Settings) -> AccountConfig:
+    """The account's settings; when its secrets cannot be decrypted (SECRETS_ENCRYPTION_KEY
+    missing or changed), settings that authenticate nothing and call nothing: fail closed,
+    never the environment's in their place."""
+    try:
+        return from_row(row, settings)
+    except (SecretsKeyMissing, InvalidToken, ValueError):
+        log.error(
+            "an account's secrets cannot be decrypted: its deliveries are refused until "
+            "SECRETS_ENCRYPTION_KEY holds the key they were stored with",
+            extra={"account_id": row["chatwoot_account_id"]},
+        )
+        return AccountConfig(
+            account_id=int(row["chatwoot_account_id"]),
+            base_url=(row.get("base_url") or "").rstrip("/"),
+            api_token="",
+            webhook_secrets=(),
+            inbox_ids=tuple(row.get("inbox_ids") or ()),
+            own_row=True,
+            url_token="",
+            own_secrets=True,
+        )
 
 
 def resolve(account_id: int, use_cache: bool = True) -> AccountConfig:

@@ -148,3 +148,16 @@ def test_naming_new_account_ids_costs_no_query_and_no_memory(client: Any, db: An
     for account_id in range(10_000, 10_300):
         assert post(client, of_account(account_id, 1), secret="wrong").status_code == 401
     assert calls == [] and len(accounts._registry) == 1
+
+
+def test_an_account_whose_secrets_cannot_be_read_fails_closed(
+    client: Any, db: Any, use_settings: Any
+) -> None:
+    accounts.upsert(7, webhook_secret=SEVEN_SECRET)
+    use_settings(secrets_encryption_key=Fernet.generate_key().decode())  # not the key it was stored with
+    accounts.forget_cached()
+    # Its deliveries are refused (never checked with the environment's secret) ...
+    assert post(client, of_account(7, 1), secret=SEVEN_SECRET).status_code == 401
+    assert post(client, of_account(7, 2), secret=WEBHOOK_SECRET).status_code == 401
+    # ... and every other account still works.
+    assert post(client, of_account(1, 3), secret=WEBHOOK_SECRET).status_code == 200
