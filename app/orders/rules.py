@@ -143,6 +143,10 @@ class Classification:
     fields: dict[str, str] = field(default_factory=dict)
     subject: str | None = None
     via: str = "rules"
+    unsure: bool = False
+    """A note that looks like a request for content without a clear signal: worth one yes/no question."""
+    reason: str = ""
+    """Which rule decided (for the evaluation's list of misses and the logs)."""
 
 
 def classify_text(text: str, settings: Settings | None = None) -> Classification:
