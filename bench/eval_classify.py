@@ -277,7 +277,9 @@ def run(split: str, stub: bool, out: Any = sys.stdout) -> list[Report]:
                 file=out,
             )
         for settings, mode in modes:
-            by_split = {name: evaluate(load(name), settings, name, mode) for name in SPLITS}
+            # Tuning looks at the training split only: nothing of the others is shown then.
+            shown = (split,) if split == "train" else SPLITS
+            by_split = {name: evaluate(load(name), settings, name, mode) for name in shown}
             if split != "all":
                 reports.append(by_split[split])
                 print(format_report(by_split[split]), file=out)

@@ -82,9 +82,10 @@ _PT_STRONG = (
 )
 _PT_WEAK = "faz faca fas fazei monta monte manda solta bota transforma transforme converte converta vira usa"
 _ES_STRONG = "escribe escriba redacta redacte crea cree prepara genera elabora reescribe tuitea"
-_ES_WEAK = "haz haga hagamos arma monta saca convierte transforma pasa usa"
+_ES_WEAK = "haz haga hagamos arma monta saca convierte transforma pasa usa manda"
 _ES_CLITIC_BASES = (
-    "escribe redacta crea prepara genera elabora haz arma monta saca convierte transforma pasa tuitea"
+    "escribe redacta crea prepara genera elabora haz arma monta saca convierte transforma pasa tuitea manda "
+    "publica postea"
 )
 ES_CLITICS = frozenset(
     base + suffix for base in _ES_CLITIC_BASES.split() for suffix in ("me", "nos", "lo", "la", "melo")
@@ -111,7 +112,7 @@ VERBS = (
         "redactes armes monte redija ajudar ajuda ajude ayudar ayudas ayudame"
     )
 )
-POST_VERBS = _set("post postar posta poste publish publicar publica publique postea postear")
+POST_VERBS = _set("post postar posta poste publish publicar publica postea postear")
 """To publish: asked of us, it asks for the piece too ("can you post about the webinar?")."""
 ES_SECOND_PERSON = _set(
     "escribes haces creas preparas armas montas sacas redactas faz escreve cria prepara monta fazes escreves"
@@ -125,14 +126,13 @@ CONVERT_VERBS = _set(
 INTO = _set("into in to em no num numa en a pra para as como")
 
 OPENERS = _set(
-    "hey hi hello hiya ok okay okey so yeah yes yep also and then now please pls plz basically just oh "
+    "hey hi hello hiya um ok okay okey so yeah yes yep also and then now please pls plz basically just oh "
     "alright well right again quick quickly kindly let_s lets let_us oi ola entao e bom beleza ah ta "
     "agora ai tambem ei opa bora vamos so por_favor pfv pf hola bueno pues vale venga oye mira y "
     "entonces porfa tambien va"
 )
 FILLERS = _set(
-    "um umm uh uhh uhm hmm hm hum er erm eh ehh mmm mm ahn tipo o_sea you_know i_mean sabe sabes ne "
-    "like_i_said"
+    "umm uh uhh uhm hmm hm hum er erm eh ehh mmm mm ahn tipo o_sea you_know i_mean sabe sabes ne like_i_said"
 )
 PLEASE = _set("please pls plz pfv pf porfa por_favor porfis pliz plis")
 ABOUT = _set("about on regarding re sobre acerca respeito")
@@ -155,14 +155,22 @@ REQUESTS = (
     "conseguiria consegues da_pra da_para tem_como sera_que puedes podrias podria me_puedes "
     "te_importa te_importaria me_echas_una_mano_con me_ayudas_con a_ver_si aver_si me like_you_to "
     "want_you_to need_you_to quero_que queria_que preciso_que gostaria_que quiero_que queria_que "
-    "necesito_que me_gustaria_que quisiera_que se_puede se_podria is_it_possible"
+    "necesito_que me_gustaria_que quisiera_que se_puede se_podria is_it_possible can_we could_we "
+    "can_you_guys you_could you_can te_animas_a"
 )
-GETS = "can_i_get could_i_get can_i_have could_i_have may_i_have can_we_get could_we_get can_we_have"
-"""Requests by the one who receives: "can I get a post about…"."""
+GETS = (
+    "can_i_get could_i_get can_i_have could_i_have may_i_have can_we_get could_we_get can_we_have "
+    "let_me_get let_me_have lemme_get gimme give_me give_us get_me how_about what_about que_tal e_que_tal "
+    "e_um e_uma y_un y_una and_a"
+)
+"""Requests by the one who receives ("can I get a post about…") and suggestions ("how about a post…")."""
 WANTS = (
     "need needs want would_like d_like would_love d_love d_appreciate quero queria preciso_de "
     "precisamos_de precisa_de precisava_de gostaria_de adoraria necesito necesitamos necesitaria quiero "
-    "quisiera me_gustaria me_encantaria d_really_like d_really_love would_really_like would_really_love pedir pido ask_for asking_for request"
+    "quisiera me_gustaria me_encantaria d_really_like d_really_love would_really_like would_really_love "
+    "pedir pido ask_for asking_for request pedirte pedirle te_pedir lhe_pedir ask_you_for precisando_de "
+    "needing want_to_see d_like_to_see would_like_to_see quero_ver queria_ver gostaria_de_ver quiero_ver "
+    "queria_ver me_gustaria_ver"
 )
 INTENSIFIERS = _set("really so muito mucho realmente")
 FIELD_WORDS = _set(
@@ -315,15 +323,20 @@ _START = rf"(?:[|,] |\b(?:and|e|y) )(?:{_p(OPENERS)} )*"
 """The start of a clause, past greetings, fillers and please."""
 _NOUN = _p(NOUNS)
 _STRONG_NOUN = _p(STRONG_NOUNS)
+FAVOURS = (
+    "do_me_a_favor do_me_a_favour me_faz_um_favor faz_favor faz_um_favor hazme_un_favor haz_me_un_favor "
+    "please por_favor"
+)
 _MOD = _p(
     FIELD_WORDS | frozenset(PLATFORM_WORDS) | _set("x the this that my our nosso nossa nuestro nuestra")
 )
 _HEAD_MOD = _p(FIELD_WORDS - _set("new novo nova nuevo nueva") | frozenset(PLATFORM_WORDS) | _set("x"))
 _LEAD = (
     rf"(?:(?:{_p(OPENERS | GREETINGS)} )+[|,] )*(?:{_p(IMPERATIVES | _set('request pedido order'))} \| )?"
-    rf"(?:{_p(OPENERS)} )*"
+    rf"(?:(?:{_p(_set('for on pro para no na en'))} )?{_p(frozenset(PLATFORM_WORDS))} \| )?"
+    rf"(?:{_p(FAVOURS)} [|,] )?(?:{_p(OPENERS)} )*"
 )
-"""A one-word sentence before a headline: "Draft: LinkedIn post on leadership"."""
+"""What may come before a headline: a greeting, "Draft:", "for LinkedIn:", "do me a favour:"."""
 _SOMETHING = r"(?:something|anything|algo|alguma coisa|qualquer coisa|um conteudo|un contenido)"
 _WISH = _p(WISHES)
 _SELF = _p(SELF)
@@ -353,14 +366,15 @@ ORDER_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     (
         "request",
         re.compile(
-            rf"\b(?:help me with|me ajuda com|me ajudar com|ajuda com|me ayudas con|ayudame con|me echas una mano con) {_g(3)}{_NOUN}\b"
+            rf"\b(?:help me with|help with|give me a hand with|me ajuda com|me ajudar com|ajuda com|me da uma mao com|me ayudas con|ayudame con|me echas una mano con|echame una mano con|dame una mano con) {_g(3)}{_NOUN}\b"
         ),
     ),
     # "can you post about the webinar?", "publica algo sobre el webinar"
     (
         "request",
         re.compile(
-            rf"(?:\b{_p(REQUESTS)} {_g(2)}{_p(POST_VERBS)} (?:{_SOMETHING} )?|{_START}{_p(POST_VERBS)} {_SOMETHING} )"
+            rf"(?:\b{_p(REQUESTS)} {_g(2)}{_p(POST_VERBS)} (?:{_SOMETHING} )?|{_START}{_p(POST_VERBS)} {_SOMETHING} "
+            rf"{_g(3)})"
             rf"{_p(ABOUT)} "
         ),
     ),
@@ -369,13 +383,36 @@ ORDER_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
         "imperative",
         re.compile(
             rf"\b{_STRONG_NOUN}\b[^|]* [|,] (?:{_p(OPENERS)} )*(?:write|draft|escreve|escreva|escribe|redacta|"
-            rf"escribelo|redactalo|hazlo)(?: it| one| isso| ele| for me| para mim| para mi| please| pls)* [|,]"
+            rf"escribelo|redactalo|hazlo)(?: it| one| isso| ele| tu| you| voce| for me| para mim| para mi| please| pls)* [|,]"
         ),
     ),
     (
         "imperative",
         re.compile(
             rf"{_START}{_p(STRONG_VERBS & IMPERATIVES)} (?:it |one |isso )?(?:for me|para mim|para mi) "
+        ),
+    ),
+    # "post this on LinkedIn: we're hiring", "posta no linkedin sobre a vaga"
+    (
+        "imperative",
+        re.compile(
+            rf"{_START}(?:{_p(POST_VERBS - _set('post posts'))} {_g(3)}{_p(ABOUT)} |"
+            rf"{_p(POST_VERBS)} (?:this|that|it|isso|isto|esto|eso) (?!week|month|year|morning|time|semana|mes|ano))"
+        ),
+    ),
+    # "write it up for LinkedIn", "escreve isso pro linkedin", "escríbelo para linkedin"
+    (
+        "imperative",
+        re.compile(
+            rf"{_START}{_p(STRONG_VERBS & IMPERATIVES)} (?:it |this |that |isso |isto |esto |eso )?(?:up )?"
+            rf"{_p(_set('for on para en no na'))} (?:the |o |el )?{_p(frozenset(PLATFORM_WORDS))}\b"
+        ),
+    ),
+    # "new hire starts monday, linkedin welcome post pls"
+    (
+        "headline",
+        re.compile(
+            rf"[|,] (?:{_p(ARTICLES)} )?(?:{_W} ){{0,3}}{_p(HEADLINE_NOUNS)} (?:{_HEAD_MOD} ){{0,3}}{_p(PLEASE)} "
         ),
     ),
     # "post idea: why we pay interns. can you write it?", "¿me lo escribes?"
@@ -478,8 +515,31 @@ _NOTE_HEADER = re.compile(
 """A message headed "todo:" or "note:" is the writer's own list."""
 
 
+_QUOTED = re.compile(r"[\"\u201c\u00ab][^\"\u201d\u00bb]*[\"\u201d\u00bb]")
+_REPORTED = re.compile(
+    r"\b(?:asked|asks|said|says|told|wants|pediu|pede|perguntou|disse|falou|quer|pidio|pide|pregunto|dijo|quiere)\b"
+)
+
+
 def read(text: str) -> tuple[str, str]:
     """('order' | 'unsure' | 'note', the rule that decided)."""
+    kind, reason = _read(text)
+    if kind == "order":
+        # Someone else's words ("the client asked: can you write a post?") are not a request to us.
+        unquoted = _QUOTED.sub(" . ", text)
+        if unquoted != text and _read(unquoted)[0] != "order":
+            return "unsure", f"{reason}, but quoted"
+        head = _REPORTED.search(_plain(text))
+        if (
+            head
+            and _read(_plain(text)[head.end() :])[0] == "order"
+            and _read(_plain(text)[: head.start()])[0] != "order"
+        ):
+            return "unsure", f"{reason}, but reported"
+    return kind, reason
+
+
+def _read(text: str) -> tuple[str, str]:
     reading = Reading.of(text)
     flat = reading.flat
     if _NOTE_HEADER.search(flat):
