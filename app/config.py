@@ -135,6 +135,7 @@ class Settings:
     generation_provider: str = ""
     generation_model: str = "gpt-4o-mini"
     clarification_timeout: int = 24 * 3600
+    ask_when_unsure: bool = True
 
     # Tokens of the main app's API and the admin API
     api_token: str = field(default="", repr=False)
@@ -380,6 +381,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     values["generation_model"] = get("GENERATION_MODEL", "gpt-4o-mini")
     if get("CLARIFICATION_TIMEOUT"):
         values["clarification_timeout"] = _duration("CLARIFICATION_TIMEOUT", get("CLARIFICATION_TIMEOUT"))
+    values["ask_when_unsure"] = _bool("ASK_WHEN_UNSURE", get("ASK_WHEN_UNSURE", "true"))
 
     values["api_token"] = get("API_TOKEN")
     values["admin_api_token"] = get("ADMIN_API_TOKEN")

@@ -765,7 +765,10 @@ def classify_text(text: str, settings: Settings | None = None) -> Classification
         return Classification("note", via="model", reason=reason)
     if kind == "order":
         return Classification("order", rule_fields, subject, reason=reason)
-    return Classification("note", unsure=kind == "unsure", reason=reason)
+    if kind == "unsure":
+        # Kept for the order a "yes" would create.
+        return Classification("note", rule_fields, subject, unsure=True, reason=reason)
+    return Classification("note", reason=reason)
 
 
 CLASSIFIER_SCHEMA: dict[str, Any] = {
