@@ -66,7 +66,7 @@ STRONG_NOUNS = _set(
     "tuite thread hilo fio caption legenda carousel carrossel carrusel reel newsletter content "
     "conteudo contenido pie_de_foto postinho postzinho tweets tuits articles artigos articulos captions "
     "legendas threads hilos carousels carrosseis carruseles reels publicacoes publicaciones articulito "
-    "postecito a_blog um_blog un_blog"
+    "postecito a_blog um_blog un_blog linkedin_note linkedin_message nota_no_linkedin nota_en_linkedin"
 )
 HEADLINE_NOUNS = STRONG_NOUNS - _set("posts postagens content conteudo contenido newsletter")
 """A message that starts with one of these asks for it ("LinkedIn post about…", not "posts on LinkedIn get…")."""
@@ -108,10 +108,28 @@ VERBS = (
     | _set(
         "making doing putting turning converting transforming whipping fazer montar transformar converter "
         "faria montaria hacer armar montar sacar convertir transformar pasar haces armas montas sacas "
-        "conviertes pasas harias escribirme hacerme prepararme armarme help escribas hagas crees prepares "
+        "conviertes pasas harias help escribas hagas crees prepares "
         "redactes armes monte redija ajudar ajuda ajude ayudar ayudas ayudame"
     )
 )
+VERBS |= frozenset(
+    f"{verb}{clitic}"
+    for verb in [
+        "escribir",
+        "redactar",
+        "hacer",
+        "crear",
+        "preparar",
+        "armar",
+        "montar",
+        "sacar",
+        "generar",
+        "convertir",
+        "pasar",
+    ]
+    for clitic in ("me", "nos", "lo", "la", "melo")
+)
+"""`sacarme`, `hacernos`: an infinitive with its pronoun, after "¿podrías…?"."""
 POST_VERBS = _set("post postar posta poste publish publicar publica postea postear")
 """To publish: asked of us, it asks for the piece too ("can you post about the webinar?")."""
 ES_SECOND_PERSON = _set(
@@ -182,7 +200,8 @@ FIELD_WORDS = _set(
 )
 REPORTS = _set(
     "is are was were got gets get had has did went blew performed looks seems worked loved liked saw "
-    "foi era teve tem ficou deu bombou saiu fue tuvo tiene quedo peto salio funciono"
+    "foi era teve tem ficou deu bombou saiu fue tuvo tiene quedo peto salio funciono tinha estava tenia "
+    "estaba fez hizo viralizou had did made"
 )
 """Finite verbs of a report ("a post about burnout got 2k likes"): a headline with one is a note."""
 WISHES = (
@@ -231,6 +250,12 @@ ALIASES: dict[str, str] = {
     "pra": "para",
     "pa": "para",
     "escrevee": "escreve",
+    "faiz": "faz",
+    "fais": "faz",
+    "aces": "haces",
+    "acer": "hacer",
+    "azme": "hazme",
+    "aslo": "hazlo",
     "escrive": "escribe",
     "escrebe": "escribe",
     "sovre": "sobre",
@@ -330,9 +355,13 @@ FAVOURS = (
 _MOD = _p(
     FIELD_WORDS | frozenset(PLATFORM_WORDS) | _set("x the this that my our nosso nossa nuestro nuestra")
 )
-_HEAD_MOD = _p(FIELD_WORDS - _set("new novo nova nuevo nueva") | frozenset(PLATFORM_WORDS) | _set("x"))
+_HEAD_MOD = _p(
+    FIELD_WORDS - _set("new novo nova nuevo nueva")
+    | frozenset(PLATFORM_WORDS)
+    | _set("x length lenght sized size tamanho extension")
+)
 _LEAD = (
-    rf"(?:(?:{_p(OPENERS | GREETINGS)} )+[|,] )*(?:{_p(IMPERATIVES | _set('request pedido order'))} \| )?"
+    rf"(?:(?:{_p(OPENERS | GREETINGS)} )+[|,] )*(?:{_W} (?:{_W} )?\| )?(?:{_p(IMPERATIVES | _set('request pedido order'))} \| )?"
     rf"(?:(?:{_p(_set('for on pro para no na en'))} )?{_p(frozenset(PLATFORM_WORDS))} \| )?"
     rf"(?:{_p(FAVOURS)} [|,] )?(?:{_p(OPENERS)} )*"
 )
@@ -436,7 +465,10 @@ ORDER_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ),
     ("request", re.compile(rf"\b{_p(REQUESTS)} {_g(3)}{_p(TWEET_VERBS)} ")),
     # "¿haces un post para Instagram…?" (only in a question)
-    ("question", re.compile(rf"{_START}(?:voce |tu )?(?:{_p(ES_SECOND_PERSON)}) {_g(6)}{_NOUN}\b")),
+    (
+        "question",
+        re.compile(rf"{_START}(?:voce |tu )?(?:me |nos |te )?(?:{_p(ES_SECOND_PERSON)}) {_g(6)}{_NOUN}\b"),
+    ),
     (
         "request",
         re.compile(rf"\b(?:voce |tu )?(?:escreveria|faria|criaria|prepararia|montaria) {_g(6)}{_NOUN}\b"),
@@ -445,14 +477,15 @@ ORDER_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("request", re.compile(rf"\b{_p(GETS)} (?:{_p(ARTICLES)} )?(?:{_MOD} ){{0,3}}{_NOUN}\b")),
     (
         "want",
-        re.compile(rf"\b{_p(WANTS)} (?:{_p(INTENSIFIERS)} )?(?:{_p(ARTICLES)} )?(?:{_MOD} ){{0,3}}{_NOUN}\b"),
+        re.compile(
+            rf"\b{_p(WANTS)} (?:{_p(INTENSIFIERS)} )?(?:(?:{_p(ARTICLES)} )(?:{_W} ){{0,2}}|(?:{_MOD} ){{0,3}})"
+            rf"{_NOUN}\b"
+        ),
     ),
     # "turn this into a post", "transforma isso num post", "convierte esto en un tuit"
     (
         "convert",
-        re.compile(
-            rf"\b{_p(CONVERT_VERBS)} {_g(8)}{_p(INTO)} (?:{_p(ARTICLES)} )?(?:{_MOD} ){{0,2}}{_NOUN}\b"
-        ),
+        re.compile(rf"\b{_p(CONVERT_VERBS)} {_g(8)}{_p(INTO)} (?:{_p(ARTICLES)} )?(?:{_W} ){{0,2}}{_NOUN}\b"),
     ),
     ("convert", re.compile(rf"\b(?:vira|hazlo|haz) {_STRONG_NOUN}\b")),
     # "use my last notes to write a post"
@@ -461,7 +494,7 @@ ORDER_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     (
         "headline",
         re.compile(
-            rf"^\| {_LEAD}(?:{_p(ARTICLES)} )?(?:{_HEAD_MOD} ){{0,3}}{_p(HEADLINE_NOUNS)} (?:{_HEAD_MOD} ){{0,3}}"
+            rf"^\| {_LEAD}(?:{_p(ARTICLES)} )?(?:{_HEAD_MOD} ){{0,4}}{_p(HEADLINE_NOUNS)} (?:{_HEAD_MOD} ){{0,3}}"
             rf"(?:{_p(CONNECT)}|,|\|)"
         ),
     ),
@@ -470,6 +503,11 @@ ORDER_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
         re.compile(
             rf"^\| {_LEAD}(?:{_p(ARTICLES)} )?(?:{_HEAD_MOD} ){{1,3}}{_p(WEAK_NOUNS)} (?:{_MOD} ){{0,3}}{_p(ABOUT)} "
         ),
+    ),
+    # "um texto longo sobre a história da pizzaria pfv"
+    (
+        "headline",
+        re.compile(rf"^\| {_LEAD}(?:{_p(ARTICLES)} )?{_p(WEAK_NOUNS)} (?:{_HEAD_MOD} ){{1,3}}{_p(ABOUT)} "),
     ),
     # "Insta: short and friendly, about the new flavour"
     (
@@ -510,7 +548,8 @@ _ASK_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
 
 
 _NOTE_HEADER = re.compile(
-    r"^\| (?:todo|to do|tarefa|tarefas|pendiente|pendientes|pendente|pendentes|note|nota|notes|notas) \|"
+    r"^\| (?:todo|to do|tarefa|tarefas|pendiente|pendientes|pendente|pendentes|note|nota|notes|notas|"
+    r"idea|ideas|ideia|ideias|topics|temas|assuntos) \|"
 )
 """A message headed "todo:" or "note:" is the writer's own list."""
 
@@ -530,6 +569,8 @@ def read(text: str) -> tuple[str, str]:
         if unquoted != text and _read(unquoted)[0] != "order":
             return "unsure", f"{reason}, but quoted"
         head = _REPORTED.search(_plain(text))
+        if head and re.search(r"\b(?:i|we|eu|nos|yo)\s+$", _plain(text)[: head.start()]):
+            head = None  # the writer's own words ("what I said")
         if (
             head
             and _read(_plain(text)[head.end() :])[0] == "order"

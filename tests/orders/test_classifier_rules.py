@@ -87,6 +87,14 @@ ORDERS = [
     "Quería pedirte un post sobre la feria",
     "Échame una mano con un post sobre la feria",
     "Oye, ¿y un post sobre el nuevo local?",
+    "Morning! Quick one: LinkedIn post about our team winning the regional award, keep it humble",
+    "Please turn the notes from the board meeting into a summary post for LinkedIn",
+    "Need a fresh post for Monday about productivity",
+    "take what I said in the last audio and make it a post",
+    "um texto longo sobre a história da nossa pizzaria pfv",
+    "¿Nos preparas un post sobre el podcast?",
+    "¿Podrías sacarme un post del audio de ayer?",
+    "aver si me aces un post para el insta",
 ]
 NOTES = [
     "I posted on LinkedIn about the workshop",
@@ -129,6 +137,10 @@ NOTES = [
     "reminder: write a linkedin post about the fair",
     "Fiz um post sobre a feira ontem",
     "Carla quiere que escribamos un post sobre la feria, lo hago yo",
+    "a legenda do post de ontem tinha um erro",
+    "ideas: post about hiring, post about pricing",
+    "Escríbele al proveedor sobre el retraso",
+    "we made a post last week and it did well",
 ]
 
 
