@@ -88,7 +88,7 @@ _ES_CLITIC_BASES = (
     "publica postea"
 )
 ES_CLITICS = frozenset(
-    base + suffix for base in _ES_CLITIC_BASES.split() for suffix in ("me", "nos", "lo", "la", "melo")
+    base + suffix for base in _ES_CLITIC_BASES.split() for suffix in ("me", "nos", "lo", "la", "melo", "te")
 )
 """`hazme`, `escribeme`, `conviertelo`: imperatives whatever their place in the sentence."""
 
@@ -108,7 +108,8 @@ VERBS = (
     | _set(
         "making doing putting turning converting transforming whipping fazer montar transformar converter "
         "faria montaria hacer armar montar sacar convertir transformar pasar haces armas montas sacas "
-        "conviertes pasas harias help escribas hagas crees prepares "
+        "conviertes pasas harias fizesse escrevesse criasse preparasse montasse escribieras hicieras "
+        "prepararas crearas redactaras escribiera hiciera curra currate currarte help escribas hagas crees prepares "
         "redactes armes monte redija ajudar ajuda ajude ayudar ayudas ayudame"
     )
 )
@@ -174,11 +175,12 @@ REQUESTS = (
     "te_importa te_importaria me_echas_una_mano_con me_ayudas_con a_ver_si aver_si me like_you_to "
     "want_you_to need_you_to quero_que queria_que preciso_que gostaria_que quiero_que queria_que "
     "necesito_que me_gustaria_que quisiera_que se_puede se_podria is_it_possible can_we could_we "
-    "can_you_guys you_could you_can te_animas_a"
+    "can_you_guys you_could you_can te_animas_a podemos podriamos podiamos podemos_fazer pedirte_que "
+    "pedir_que te_pedir_que"
 )
 GETS = (
     "can_i_get could_i_get can_i_have could_i_have may_i_have can_we_get could_we_get can_we_have "
-    "let_me_get let_me_have lemme_get gimme give_me give_us get_me how_about what_about que_tal e_que_tal "
+    "got_time_for have_time_for tens_tempo_pra tem_tempo_pra tienes_tiempo_para let_me_get let_me_have lemme_get gimme give_me give_us get_me how_about what_about que_tal e_que_tal "
     "e_um e_uma y_un y_una and_a"
 )
 """Requests by the one who receives ("can I get a post about…") and suggestions ("how about a post…")."""
@@ -186,7 +188,9 @@ WANTS = (
     "need needs want would_like d_like would_love d_love d_appreciate quero queria preciso_de "
     "precisamos_de precisa_de precisava_de gostaria_de adoraria necesito necesitamos necesitaria quiero "
     "quisiera me_gustaria me_encantaria d_really_like d_really_love would_really_like would_really_love "
-    "pedir pido ask_for asking_for request pedirte pedirle te_pedir lhe_pedir ask_you_for precisando_de "
+    "precisaria_de d_need would_need preciso_muito_de precisava_muito_de querendo to_querendo queriendo "
+    "hace_falta faz_falta me_vendria_bien me_vendria_genial viria_bem viria_a_calhar would_be_great_to_have "
+    "would_be_nice_to_have would_be_good_to_have pedir pido ask_for asking_for request pedirte pedirle te_pedir lhe_pedir ask_you_for precisando_de "
     "needing want_to_see d_like_to_see would_like_to_see quero_ver queria_ver gostaria_de_ver quiero_ver "
     "queria_ver me_gustaria_ver"
 )
@@ -286,7 +290,11 @@ def _spell(token: str) -> str:
     if len(token) < 6 or token in KNOWN or token.isdigit():
         return token
     found = process.extractOne(token, _FUZZY_TARGETS, scorer=OSA.distance, score_cutoff=1)
-    return str(found[0]) if found else token
+    if found:
+        return str(found[0])
+    # Two letters off a long platform name ("linkdn", "instgrm"), same first two letters.
+    platform = process.extractOne(token, ("linkedin", "instagram"), scorer=OSA.distance, score_cutoff=2)
+    return str(platform[0]) if platform and token[:2] == str(platform[0])[:2] else token
 
 
 # ------------------------------------------------------------------------------------------
@@ -366,7 +374,10 @@ _LEAD = (
     rf"(?:{_p(FAVOURS)} [|,] )?(?:{_p(OPENERS)} )*"
 )
 """What may come before a headline: a greeting, "Draft:", "for LinkedIn:", "do me a favour:"."""
-_SOMETHING = r"(?:something|anything|algo|alguma coisa|qualquer coisa|um conteudo|un contenido)"
+_SOMETHING = (
+    r"(?:something|anything|algo|alguma coisa|qualquer coisa|um conteudo|un contenido|um negocio|uma coisa|"
+    r"um lance|una cosa|un texto|um texto)"
+)
 _WISH = _p(WISHES)
 _SELF = _p(SELF)
 
@@ -395,7 +406,7 @@ ORDER_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     (
         "request",
         re.compile(
-            rf"\b(?:help me with|help with|give me a hand with|me ajuda com|me ajudar com|ajuda com|me da uma mao com|me ayudas con|ayudame con|me echas una mano con|echame una mano con|dame una mano con) {_g(3)}{_NOUN}\b"
+            rf"\b(?:help me with|help with|give me a hand with|me ajuda com|me ajudar com|ajuda com|me da uma mao com|me ayudas con|ayudame con|me echas una mano con|echame una mano con|dame una mano con|me echas un cable con|echame un cable con) {_g(3)}{_NOUN}\b"
         ),
     ),
     # "can you post about the webinar?", "publica algo sobre el webinar"
@@ -444,6 +455,14 @@ ORDER_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
             rf"[|,] (?:{_p(ARTICLES)} )?(?:{_W} ){{0,3}}{_p(HEADLINE_NOUNS)} (?:{_HEAD_MOD} ){{0,3}}{_p(PLEASE)} "
         ),
     ),
+    # "fair recap post for LinkedIn please", "um post sobre a loja nova, por favor"
+    (
+        "headline",
+        re.compile(
+            rf"[|,] (?:{_p(ARTICLES)} )?(?:{_W} ){{0,2}}{_p(HEADLINE_NOUNS)} (?:{_HEAD_MOD} ){{0,3}}"
+            rf"{_p(CONNECT - PLEASE)} [^|]*\b{_p(PLEASE | _set('thanks thank obrigado obrigada gracias valeu'))}\b"
+        ),
+    ),
     # "post idea: why we pay interns. can you write it?", "¿me lo escribes?"
     (
         "request",
@@ -471,7 +490,10 @@ ORDER_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ),
     (
         "request",
-        re.compile(rf"\b(?:voce |tu )?(?:escreveria|faria|criaria|prepararia|montaria) {_g(6)}{_NOUN}\b"),
+        re.compile(
+            rf"\b(?:voce |tu )?(?:escreveria|faria|criaria|prepararia|montaria|escribirias|harias|prepararias|"
+            rf"redactarias|crearias) {_g(6)}{_NOUN}\b"
+        ),
     ),
     # "I need a LinkedIn post", "quero um artigo", "me encantaría un post", "we need content"
     ("request", re.compile(rf"\b{_p(GETS)} (?:{_p(ARTICLES)} )?(?:{_MOD} ){{0,3}}{_NOUN}\b")),
@@ -519,14 +541,29 @@ ORDER_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     # "something friendly about our team lunch, please"
     (
         "headline",
-        re.compile(rf"^\| {_LEAD}{_SOMETHING} (?:{_MOD} ){{0,3}}(?:{_p(ABOUT | _set('for para'))}) "),
+        re.compile(
+            rf"^\| {_LEAD}{_SOMETHING} (?:(?:{_MOD}|and|e|y|,) ){{0,5}}(?:{_p(ABOUT | _set('for para'))}) "
+        ),
     ),
 )
 """Each rule with the name it reports."""
 
 _REPORT = re.compile(rf"\b{_p(REPORTS)}\b")
 _WISH_RE = re.compile(rf"\b{_WISH}\b")
-_MAYBE = ("maybe", "perhaps", "talvez", "quizas", "quiza", "tal vez")
+_MAYBE = (
+    "maybe",
+    "perhaps",
+    "talvez",
+    "quizas",
+    "quiza",
+    "tal vez",
+    "would be cool",
+    "would be nice",
+    "seria legal",
+    "seria bom",
+    "estaria guay",
+    "estaria bien",
+)
 _FIRM_WISH_RE = re.compile(rf"\b{_p(frozenset(WISHES.split()) - {w.replace(' ', '_') for w in _MAYBE})}\b")
 _SELF_BEFORE = re.compile(rf"\b{_SELF} [^|]*$")
 _ASK_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
@@ -593,6 +630,11 @@ def _read(text: str) -> tuple[str, str]:
         if blocked:
             return ("unsure" if blocked == "maybe" else "note"), f"{name}, but {blocked}"
         return "order", name
+    if ":" in text:
+        # "give me a hand here: a post about the new store" (a headline after a colon)
+        kind, reason = _read(text.split(":", 1)[1])
+        if kind == "order" and reason == "headline":
+            return kind, "headline after a colon"
     for name, pattern in _ASK_RULES:
         if pattern.search(flat) and not _FIRM_WISH_RE.search(flat):
             return "unsure", name

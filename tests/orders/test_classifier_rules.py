@@ -95,6 +95,20 @@ ORDERS = [
     "¿Nos preparas un post sobre el podcast?",
     "¿Podrías sacarme un post del audio de ayer?",
     "aver si me aces un post para el insta",
+    "oi, bom dia! dá uma força aqui: um post sobre a inauguração da loja nova",
+    "preciso muito de um post pra amanhã sobre o evento",
+    "queria que você fizesse um post sobre a campanha",
+    "escreve um negócio sobre a feira pro insta",
+    "tô querendo um post pro blog sobre finanças pessoais",
+    "¿me echas un cable con un post para la feria?",
+    "quería pedirte que escribieras un post sobre la feria",
+    "hace falta un post sobre la feria para mañana",
+    "me vendría genial un post sobre la feria",
+    "would be great to have a post about the fair by tomorrow, can you?",
+    "got time for a linkedin post about the fair?",
+    "fair recap post for linkedin please",
+    "something short and casual about our new croissants pls",
+    "¿harías un post en LinkedIn sobre tendencias de contratación?",
 ]
 NOTES = [
     "I posted on LinkedIn about the workshop",
@@ -141,6 +155,12 @@ NOTES = [
     "ideas: post about hiring, post about pricing",
     "Escríbele al proveedor sobre el retraso",
     "we made a post last week and it did well",
+    "a post on the fair would be awesome someday",
+    "I was wondering if the fair post went out",
+    "me vendría genial un café",
+    "hace falta comprar papel",
+    "bota o lixo pra fora",
+    "te importaría llamarme luego?",
 ]
 
 
