@@ -281,6 +281,9 @@ def run(split: str, stub: bool, out: Any = sys.stdout) -> list[Report]:
         for settings, mode in modes:
             # Tuning looks at the tuning splits only: nothing of the others is shown then.
             shown = TUNING if split in TUNING else SPLITS
+            if settings.classifier_model and split not in TUNING:
+                # Each message is a model call: the split shown, and the held-out set beside the test split.
+                shown = tuple(dict.fromkeys((split, "heldout") if split in ("test", "heldout") else (split,)))
             by_split = {name: evaluate(load(name), settings, name, mode) for name in shown}
             if split != "all":
                 reports.append(by_split[split])
@@ -294,14 +297,15 @@ def run(split: str, stub: bool, out: Any = sys.stdout) -> list[Report]:
 
 
 def _splits_table(by_split: dict[str, Report]) -> str:
-    lines = ["  split     msgs orders precision  recall  min language"]
+    lines = ["  split       msgs orders precision  recall  min language  order or asked*"]
     for name, r in by_split.items():
         worst = min(
             (v for s in r.languages.values() for v in (s.precision, s.recall) if v is not None), default=None
         )
+        caught = _ratio(r.overall.tp + r.overall.asked_orders, r.overall.orders)
         lines.append(
-            f"  {name:<8} {r.overall.messages:>5} {r.overall.orders:>6} {_pct(r.overall.precision):>9}"
-            f" {_pct(r.overall.recall):>7} {_pct(worst):>12}"
+            f"  {name:<10} {r.overall.messages:>5} {r.overall.orders:>6} {_pct(r.overall.precision):>9}"
+            f" {_pct(r.overall.recall):>7} {_pct(worst):>12} {_pct(caught):>16}"
         )
     test, held = by_split.get("test"), by_split.get("heldout")
     if test and held:
@@ -311,6 +315,7 @@ def _splits_table(by_split: dict[str, Report]) -> str:
         ]
         verdict = "within" if max(gaps) <= HELDOUT_MARGIN else "NOT within"
         lines.append(f"  held-out vs test: largest gap {max(gaps):.3f} ({verdict} {HELDOUT_MARGIN})")
+    lines.append("  * orders read as orders, or asked about (never dropped silently) with ASK_WHEN_UNSURE")
     return "\n".join(lines)
 
 
