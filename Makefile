@@ -101,3 +101,9 @@ bench-sql: install system-deps
 
 clean: reset
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Note/order classifier on the labelled corpus (tests/corpus/classifier): precision, recall, misses.
+# EVAL_ARGS="--split heldout", "--model-stub"; the real model with OPENAI_API_KEY and CLASSIFIER_MODEL.
+.PHONY: eval-classify
+eval-classify: install
+	@$(PY) bench/eval_classify.py $(EVAL_ARGS)

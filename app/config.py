@@ -603,6 +603,13 @@ class Settings:
         parse=duration(),
         example="24h",
     )
+    ask_when_unsure: bool = setting(
+        "ASK_WHEN_UNSURE",
+        True,
+        "A message that may be a request for content gets one yes/no question; false keeps it as a note.",
+        section=ORDERS,
+        parse=boolean,
+    )
 
     # --- Tokens of the main app's API and the admin API
     api_token: str = setting(

@@ -451,6 +451,7 @@ def _duties() -> list[tuple[str, Any]]:
     return [
         ("spool", replay_spool),
         ("clarifications", expire_clarifications),
+        ("confirmations", expire_confirmations),
         ("abandoned_jobs", abandoned_jobs),
     ]
 
@@ -476,6 +477,13 @@ def expire_clarifications() -> str:
     from app.orders.clarify import expire_clarifications as expire
 
     return f"{expire()} expired"
+
+
+def expire_confirmations() -> str:
+    """Messages whose yes/no question stayed unanswered for CLARIFICATION_TIMEOUT are notes."""
+    from app.orders.confirm import expire_confirmations as expire
+
+    return f"{expire()} filed as notes"
 
 
 def abandoned_jobs() -> str:

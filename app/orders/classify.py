@@ -17,7 +17,7 @@ from app.chatwoot import outbox, payloads
 from app.db import DatabaseUnavailable, queries
 from app.metrics import JOBS
 from app.orders import clarify as orders
-from app.orders import commands, i18n, rules
+from app.orders import commands, confirm, i18n, rules
 from app.users import contacts as users
 
 log = logging.getLogger(__name__)
@@ -186,9 +186,11 @@ def handle(note_id: int) -> str | None:
     command = commands.parse(turn.text)
     link = commands.redeem(turn, command.argument) if command and command.name == "link" else None
     answer = orders.as_answer(turn) if command is None and turn.text else None
+    reply = confirm.as_reply(turn) if command is None and answer is None else None
     found = None
-    if command is None and answer is None:
+    if command is None and answer is None and reply is None:
         found = rules.classify_text(turn.text) if turn.text else rules.Classification("note")
+    unsure = found is not None and confirm.should_ask(turn, found, _message(note).can_reply)
 
     effects = orders.Effects()
     try:
@@ -199,6 +201,12 @@ def handle(note_id: int) -> str | None:
             elif answer is not None:
                 kind = "answer"
                 effects = orders.apply_answer(cur, turn, answer)
+            elif reply is not None:
+                kind = "answer"
+                effects = confirm.apply_reply(cur, turn, reply)
+            elif unsure and found is not None:
+                kind = None  # undecided until the user answers (or the question times out)
+                effects = confirm.ask(cur, turn, found)
             elif found is not None and found.kind == "order":
                 kind = "order"
                 _, effects = orders.create_order(cur, turn, found)

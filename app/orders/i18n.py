@@ -66,6 +66,16 @@ TEXTS: dict[str, dict[str, str]] = {
         "pt": "Desculpe, não conseguimos registrar seu pedido agora. Envie de novo em alguns minutos.",
         "es": "Lo sentimos, no pudimos registrar tu solicitud ahora. Envíala de nuevo en unos minutos.",
     },
+    "confirm.question": {
+        "en": "Want me to turn this into a post?",
+        "pt": "Quer que eu transforme isso em um post?",
+        "es": "¿Quieres que convierta esto en un post?",
+    },
+    "confirm.footer": {
+        "en": "Reply yes or no.",
+        "pt": "Responda sim ou não.",
+        "es": "Responde sí o no.",
+    },
     "what.platform": {"en": "{platform} post", "pt": "post para {platform}", "es": "post para {platform}"},
     "what.generic": {"en": "post", "pt": "post", "es": "post"},
     "help": {
@@ -200,6 +210,13 @@ CHOICE_TITLES: dict[str, dict[str, dict[str, str]]] = {
         "Product": {"en": "Product", "pt": "Produto", "es": "Producto"},
     },
 }
+
+
+CONFIRM_TITLES: dict[str, dict[str, str]] = {
+    "yes": {"en": "Yes", "pt": "Sim", "es": "Sí"},
+    "no": {"en": "No", "pt": "Não", "es": "No"},
+}
+"""The two answers to "Want me to turn this into a post?" (quick-reply titles)."""
 
 
 def language_or_default(language: str | None) -> str:

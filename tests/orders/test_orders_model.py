@@ -36,7 +36,7 @@ def test_the_model_finds_an_order_the_rules_miss_and_its_fields(
     db: Any, run_jobs: Any, chatwoot_api: ChatwootAPI, chat_model: ChatModelStub
 ) -> None:
     chat_model.reply(MODEL_ORDER)
-    text = "Could you put something together for Instagram on our Q3 numbers?"
+    text = "Instagram-worthy, our Q3 numbers?"
     assert rules.looks_like_order(text) is False
     note_id = add_note(db, message(content=text))
     run_jobs()
