@@ -10,6 +10,8 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from urllib.parse import urlparse
 
+from app.chatwoot import templates
+
 ENVIRONMENTS = ("development", "production")
 TRANSCRIPTION_PROVIDERS = ("openai", "local", "none")
 GENERATION_PROVIDERS = ("openai", "external")
@@ -116,6 +118,13 @@ class Settings:
     secrets_encryption_key: str = field(default="", repr=False)
     spool_dir: str = "var/spool"
     chatwoot_allowed_private_hosts: tuple[str, ...] = ()
+    chatwoot_user_access_token: str = field(default="", repr=False)
+    """A Chatwoot user's access token for reads (agent-bot tokens may not list)."""
+    ready_template_name: str = ""
+    """The approved WhatsApp template of ready notices once the 24-hour window is closed."""
+    ready_template_languages: dict[str, str] = field(default_factory=dict)
+    ready_template_category: str = "UTILITY"
+    ready_template_params: tuple[str, ...] = templates.DEFAULT_PARAMS
 
     # OpenAI and transcription
     openai_api_key: str = field(default="", repr=False)
@@ -328,6 +337,19 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         values["chatwoot_allowed_private_hosts"] = tuple(
             h.strip().lower() for h in get("CHATWOOT_ALLOWED_PRIVATE_HOSTS").split(",") if h.strip()
         )
+
+    values["chatwoot_user_access_token"] = get("CHATWOOT_USER_ACCESS_TOKEN")
+    for name, key, parse in (
+        ("WHATSAPP_READY_TEMPLATE_NAME", "ready_template_name", templates.check_name),
+        ("WHATSAPP_READY_TEMPLATE_LANGUAGE", "ready_template_languages", templates.parse_languages),
+        ("WHATSAPP_READY_TEMPLATE_CATEGORY", "ready_template_category", templates.check_category),
+        ("WHATSAPP_READY_TEMPLATE_PARAMS", "ready_template_params", templates.parse_params),
+    ):
+        if get(name) or (name in env and key == "ready_template_params"):
+            try:
+                values[key] = parse(get(name))
+            except templates.TemplateConfigError as exc:
+                raise ConfigError(f"{name}: {exc}") from None
 
     values["openai_api_key"] = get("OPENAI_API_KEY")
     if get("OPENAI_BASE_URL"):
