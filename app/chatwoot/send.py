@@ -13,6 +13,7 @@ account's approved WhatsApp template; with none configured it is recorded `no_te
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -61,8 +62,12 @@ def send_outbox(outbox_id: int) -> str:
         if found is not None:
             log.info("earlier attempt found", extra={"outbox_id": outbox_id})
             return _sent(row, found)
+        if wait and (wait.transient or _retries_left() > 0):
+            return _later(row, wait.reason, unknown=True)
         if wait:
-            return _later(row, wait, unknown=True)
+            # Chatwoot will not list the conversation and no echo came: a refused read never
+            # fails the message, so it is sent again.
+            log.info("no echo of an earlier attempt; sending again", extra={"outbox_id": outbox_id})
 
     if not body.get("private") and "template_params" not in body:
         closed = _reply_window_closed(account_id, conversation_id)
@@ -100,11 +105,21 @@ def send_outbox(outbox_id: int) -> str:
     return _sent(row, message)
 
 
+@dataclass(frozen=True)
+class Wait:
+    """Whether an earlier attempt got through cannot be told yet."""
+
+    reason: str
+    transient: bool
+    """True: Chatwoot could not be asked (retry, then give up); False: it refuses to be asked
+    (wait for the echo of our message, then send again)."""
+
+
 def _earlier_attempt(
     client: chatwoot.Client, row: dict[str, Any]
-) -> tuple[dict[str, Any] | None, str | None]:
+) -> tuple[dict[str, Any] | None, Wait | None]:
     """(our message, None) if an earlier attempt created it; (None, None) when it did not (send
-    again); (None, why) while that cannot be told yet (try again later)."""
+    again); (None, Wait) while that cannot be told yet."""
     since = (row["first_attempt_at"] or row["created_at"]) - CLOCK_SKEW
     echo = context.db().fetch_one(
         "chatwoot.outbox_echo",
@@ -127,7 +142,7 @@ def _earlier_attempt(
         except (chatwoot.Unauthorized, chatwoot.NotFound, chatwoot.BadRequest) as exc:
             refused = exc.reason
         except chatwoot.ChatwootError as exc:
-            return None, f"checking for an earlier attempt: {exc.reason}"
+            return None, Wait(f"checking for an earlier attempt: {exc.reason}", transient=True)
     # Chatwoot will not list the conversation: the echo of our message is the only sign.
     last = row["last_attempt_at"] or row["first_attempt_at"] or row["created_at"]
     if datetime.now(UTC) - last >= ECHO_WAIT:
@@ -136,7 +151,9 @@ def _earlier_attempt(
             extra={"outbox_id": row["id"], "read_refused": refused},
         )
         return None, None
-    return None, f"waiting for the echo of an earlier attempt (listing refused: {refused})"
+    return None, Wait(
+        f"waiting for the echo of an earlier attempt (listing refused: {refused})", transient=False
+    )
 
 
 def _reply_window_closed(account_id: int, conversation_id: int) -> str | None:

@@ -36,3 +36,10 @@ WHERE chatwoot_account_id = %(account_id)s
   AND message_type IN ('outgoing', 'template')
   AND payload -> 'content_attributes' ->> 'outbox_key' = %(key)s
 LIMIT 1;
+
+-- A conversation of the account we have a message of, the most recent (`flask chatwoot check`).
+-- name: recent_conversation
+SELECT chatwoot_conversation_id FROM meeting_notes
+WHERE chatwoot_account_id = %(account_id)s AND chatwoot_conversation_id IS NOT NULL
+ORDER BY created_at DESC
+LIMIT 1;

@@ -33,9 +33,11 @@ from app.users import service
 from tests.helpers.common import CHATWOOT_BASE_URL, CHATWOOT_BOT_TOKEN, CHATWOOT_TOKEN, load_fixture
 
 MESSAGES_URL = re.compile(
-    re.escape(CHATWOOT_BASE_URL) + r"/api/v1/accounts/(\d+)/conversations/(\d+)/messages$"
+    re.escape(CHATWOOT_BASE_URL) + r"/api/v1/accounts/(\d+)/conversations/(\d+)/messages(?:\?.*)?$"
 )
-CONVERSATIONS_URL = re.compile(re.escape(CHATWOOT_BASE_URL) + r"/api/v1/accounts/(\d+)/conversations$")
+CONVERSATIONS_URL = re.compile(
+    re.escape(CHATWOOT_BASE_URL) + r"/api/v1/accounts/(\d+)/conversations(?:\?.*)?$"
+)
 CONVERSATION_URL = re.compile(re.escape(CHATWOOT_BASE_URL) + r"/api/v1/accounts/(\d+)/conversations/(\d+)$")
 PROFILE_URL = re.compile(re.escape(CHATWOOT_BASE_URL) + r"/api/v1/profile$")
 BOT_REFUSAL = {"error": "Access to this endpoint is not authorized for bots"}
@@ -212,6 +214,8 @@ class ChatwootAPI:
         self.rsps = rsps
         self.user_tokens = set(user_tokens)
         self.bot_tokens = set(bot_tokens)
+        self.accounts = {1}
+        """Accounts the tokens belong to (EnsureCurrentAccountHelper refuses the others)."""
         self.posted: list[dict[str, Any]] = []
         self.created: dict[int, list[dict[str, Any]]] = {}
         self.channels: dict[int, str] = {}
@@ -232,11 +236,16 @@ class ChatwootAPI:
 
     def _refused(self, request: Any, bots_may: bool) -> tuple[int, dict[str, str], str] | None:
         token = request.headers.get("api_access_token")
-        if token in self.user_tokens:
-            return None
-        if token in self.bot_tokens:
-            return None if bots_may else (401, {}, json.dumps(BOT_REFUSAL))
-        return 401, {}, json.dumps(INVALID_TOKEN)
+        if token not in self.user_tokens | self.bot_tokens:
+            return 401, {}, json.dumps(INVALID_TOKEN)
+        bot = token in self.bot_tokens
+        if bot and not bots_may:
+            return 401, {}, json.dumps(BOT_REFUSAL)
+        account = re.search(r"/api/v1/accounts/(\d+)/", request.url)
+        if account and int(account.group(1)) not in self.accounts:
+            who = "Bot is" if bot else "You are"
+            return 401, {}, json.dumps({"error": f"{who} not authorized to access this account"})
+        return None
 
     def _sender(self, request: Any) -> dict[str, Any]:
         return BOT if request.headers.get("api_access_token") in self.bot_tokens else AGENT
