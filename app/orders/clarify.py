@@ -22,7 +22,7 @@ import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -403,23 +403,22 @@ def pending_question(turn: Turn, outbox_row: dict[str, Any]) -> dict[str, Any] |
 
 
 def widget_answer(cur: Any, turn: Turn, question: dict[str, Any], submitted: list[Any]) -> Effects | None:
-    """The web widget's choice (`submitted_values` set on our question) as the answer to it.
+    """The web widget's choice (`submitted_values` set on our question) as the answer to it,
+    read as a typed answer would be (`as_answer`), by the item's value, else its title.
 
     None when the question is no longer the one waiting (already answered, by typing or a
     second delivery): an answer counts once.
     """
-    clarification = pending_question(turn, question)
-    if clarification is None:
+    if pending_question(turn, question) is None:
         return None
-    items = clarification.get("items") or []
-    choice = None
+    answer = None
     for picked in submitted:
-        if not isinstance(picked, dict):
-            continue
         for key in ("value", "title"):
-            if isinstance(picked.get(key), str):
-                choice = choice or match_choice(clarification["field"], items, picked[key])
-    return apply_answer(cur, turn, Answer(choice))
+            text = picked.get(key) if isinstance(picked, dict) else None
+            if answer is None and isinstance(text, str):
+                found = as_answer(replace(turn, text=text))
+                answer = found if found is not None and found.choice is not None else None
+    return apply_answer(cur, turn, answer or Answer(None))
 
 
 def hold(cur: Any, turn: Turn, question: dict[str, Any], reason: str) -> dict[str, Any] | None:
