@@ -122,7 +122,8 @@ class Settings:
     """A Chatwoot user's access token for reads (agent-bot tokens may not list)."""
     ready_template_name: str = ""
     """The approved WhatsApp template of ready notices once the 24-hour window is closed."""
-    ready_template_languages: dict[str, str] = field(default_factory=dict)
+    ready_template_language: str = ""
+    """One WhatsApp language code, or one per user language (app/chatwoot/templates.py)."""
     ready_template_category: str = "UTILITY"
     ready_template_params: tuple[str, ...] = templates.DEFAULT_PARAMS
 
@@ -341,11 +342,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     values["chatwoot_user_access_token"] = get("CHATWOOT_USER_ACCESS_TOKEN")
     for name, key, parse in (
         ("WHATSAPP_READY_TEMPLATE_NAME", "ready_template_name", templates.check_name),
-        ("WHATSAPP_READY_TEMPLATE_LANGUAGE", "ready_template_languages", templates.parse_languages),
+        ("WHATSAPP_READY_TEMPLATE_LANGUAGE", "ready_template_language", templates.check_languages),
         ("WHATSAPP_READY_TEMPLATE_CATEGORY", "ready_template_category", templates.check_category),
         ("WHATSAPP_READY_TEMPLATE_PARAMS", "ready_template_params", templates.parse_params),
     ):
-        if get(name) or (name in env and key == "ready_template_params"):
+        if get(name):
             try:
                 values[key] = parse(get(name))
             except templates.TemplateConfigError as exc:

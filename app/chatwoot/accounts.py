@@ -96,7 +96,7 @@ def env_template(s: Settings) -> templates.Template | None:
         return None
     return templates.Template(
         name=s.ready_template_name,
-        languages=dict(s.ready_template_languages),
+        languages=templates.parse_languages(s.ready_template_language),
         category=s.ready_template_category,
         params=s.ready_template_params,
     )

@@ -63,7 +63,7 @@ def accounts_list() -> None:
 )
 @click.option("--ready-template-language", help="Its language: en_US, or en:en_US,pt:pt_BR,es:es.")
 @click.option("--ready-template-category", help="Its category (default UTILITY).")
-@click.option("--ready-template-params", help="Values filling {{1}}, {{2}}...: what,order_id (empty: none).")
+@click.option("--ready-template-params", help="Values filling {{1}}, {{2}}...: what,order_id, or none.")
 def accounts_set(
     *,
     account_id: int,
@@ -103,7 +103,10 @@ def accounts_set(
         if value is not None:
             body[key] = value
     if ready_template_params is not None:
-        body["ready_template_params"] = [p.strip() for p in ready_template_params.split(",") if p.strip()]
+        none = ready_template_params.strip().lower() in ("", "none")
+        body["ready_template_params"] = (
+            [] if none else [p.strip() for p in ready_template_params.split(",") if p.strip()]
+        )
     try:
         loaded = accounts.AccountBody().load(body)
         view = accounts.upsert(account_id, **loaded)

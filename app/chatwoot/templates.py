@@ -56,7 +56,16 @@ def parse_languages(raw: str) -> dict[str, str]:
     return out
 
 
+def check_languages(raw: str) -> str:
+    """The language setting as written, once it parses."""
+    parse_languages(raw)
+    return raw.strip()
+
+
 def parse_params(raw: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """`what,order_id` -> ("what", "order_id"); `none` for a template without parameters."""
+    if isinstance(raw, str) and raw.strip().lower() == "none":
+        return ()
     names = [p.strip() for p in (raw.split(",") if isinstance(raw, str) else raw) if p.strip()]
     unknown = [n for n in names if n not in VALUES]
     if unknown:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from app.chatwoot import accounts, outbox, templates
+from app.chatwoot import accounts, outbox
 from app.chatwoot import client as chatwoot
 from app.config import ConfigError, load_settings
 from app.metrics import NOTICES
@@ -50,7 +50,7 @@ def conversation(db: Any, hours_since_contact: float, can_reply: bool | None = N
 def use_template(use_settings: Any, **changes: Any) -> None:
     use_settings(
         ready_template_name="content_ready",
-        ready_template_languages=templates.parse_languages("en:en_US,pt:pt_BR,es:es"),
+        ready_template_language="en:en_US,pt:pt_BR,es:es",
         **changes,
     )
     accounts.forget_cached()
@@ -236,7 +236,7 @@ def test_template_settings_are_read(services: Any, tmp_path: Any) -> None:
             "WHATSAPP_READY_TEMPLATE_NAME": "content_ready",
             "WHATSAPP_READY_TEMPLATE_LANGUAGE": "en_US",
             "WHATSAPP_READY_TEMPLATE_CATEGORY": "utility",
-            "WHATSAPP_READY_TEMPLATE_PARAMS": "",
+            "WHATSAPP_READY_TEMPLATE_PARAMS": "none",
         }
     )
     template = accounts.env_template(settings)
