@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from app.chatwoot import templates
+
 ENVIRONMENTS = ("development", "production")
 TRANSCRIPTION_PROVIDERS = ("openai", "local", "none")
 GENERATION_PROVIDERS = ("openai", "external")
@@ -121,6 +123,18 @@ def rate(name: str, raw: str) -> str:
             f"{name}: expected a rate such as '1 per 2 seconds' or '30/minute', got {raw!r}"
         ) from None
     return raw
+
+
+def _template(check: Callable[[str], Any]) -> Parser:
+    """A parser from one of app/chatwoot/templates.py's checks."""
+
+    def parse(name: str, raw: str) -> Any:
+        try:
+            return check(raw)
+        except templates.TemplateConfigError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+
+    return parse
 
 
 def int_list(name: str, raw: str) -> tuple[int, ...]:
@@ -412,6 +426,47 @@ class Settings:
         "API access token of the agent bot or agent that sends our messages.",
         section=CHATWOOT,
         secret=True,
+    )
+    chatwoot_user_access_token: str = setting(
+        "CHATWOOT_USER_ACCESS_TOKEN",
+        "",
+        "A Chatwoot user's access token (Profile settings) for reads: the backfill and the send job's check. "
+        "Agent-bot tokens may not list; without this, reads use CHATWOOT_API_ACCESS_TOKEN.",
+        section=CHATWOOT,
+        secret=True,
+    )
+    whatsapp_ready_template_name: str = setting(
+        "WHATSAPP_READY_TEMPLATE_NAME",
+        "",
+        "Approved WhatsApp template for ready notices once the 24-hour window is closed "
+        "(none: such notices are recorded no_template).",
+        section=CHATWOOT,
+        parse=_template(templates.check_name),
+        example="content_ready",
+    )
+    whatsapp_ready_template_language: str = setting(
+        "WHATSAPP_READY_TEMPLATE_LANGUAGE",
+        "",
+        "Its language: one WhatsApp code, or one per user language (default en:en,pt:pt_BR,es:es).",
+        section=CHATWOOT,
+        parse=_template(templates.check_languages),
+        example="en:en_US,pt:pt_BR,es:es",
+    )
+    whatsapp_ready_template_category: str = setting(
+        "WHATSAPP_READY_TEMPLATE_CATEGORY",
+        "UTILITY",
+        "Its category (UTILITY, MARKETING, SHIPPING_UPDATE, TICKET_UPDATE, ISSUE_RESOLUTION).",
+        section=CHATWOOT,
+        parse=_template(templates.check_category),
+    )
+    whatsapp_ready_template_params: tuple[str, ...] = setting(
+        "WHATSAPP_READY_TEMPLATE_PARAMS",
+        templates.DEFAULT_PARAMS,
+        'The values filling its {{1}}, {{2}}... in order, among what (e.g. "LinkedIn post") and order_id; '
+        "none for a template without parameters.",
+        section=CHATWOOT,
+        parse=_template(templates.parse_params),
+        example="what,order_id",
     )
     chatwoot_account_id: int | None = setting(
         "CHATWOOT_ACCOUNT_ID",

@@ -47,6 +47,20 @@ def worker_status() -> dict[str, Any]:
     return {"workers": len(workers), "by_queue": by_queue, "scheduler": bool(scheduler), "cron": cron}
 
 
+def chatwoot_details() -> dict[str, Any]:
+    """What Chatwoot refuses us (informational): accounts whose read token may not list, so
+    their backfill is off, and why."""
+    from app.chatwoot import reads
+
+    try:
+        refused = reads.refused_accounts()
+    except Exception:
+        return {}
+    if not refused:
+        return {}
+    return {"backfill_off": {str(r["chatwoot_account_id"]): r["detail"] for r in refused}}
+
+
 @bp.get("/readyz")
 def readyz() -> Any:
     checks = {"postgres": check_postgres, "redis": check_redis, "gcs": check_gcs}
@@ -61,6 +75,10 @@ def readyz() -> Any:
             )
             results[name] = "unavailable"
     body: dict[str, Any] = {"checks": results}
+    if results["postgres"] == "ok":
+        details = chatwoot_details()
+        if details:
+            body["chatwoot"] = details
     if results["redis"] == "ok":
         try:
             body["workers"] = worker_status()

@@ -71,6 +71,13 @@ CLASSIFY_RETRY_INTERVALS = (5, 30, 120)
 CLASSIFY_MESSAGE = JobSpec(
     CLASSIFY_QUEUE, "workers.classify.classify_message", "classify", retry_intervals=CLASSIFY_RETRY_INTERVALS
 )
+CLASSIFY_UPDATE = JobSpec(
+    CLASSIFY_QUEUE,
+    "workers.classify.classify_update",
+    "classify-update",
+    retry_intervals=CLASSIFY_RETRY_INTERVALS,
+)
+"""A version of our own message with an answer (the web widget's) or a refusal (the channel's)."""
 SEND_RETRY_INTERVALS = (10, 30, 120, 600, 1800)
 """Seconds between send attempts after a 429, a connection failure or an unknown outcome."""
 SEND_OUTBOX = JobSpec(SEND_QUEUE, "workers.send.send_outbox", "send", retry_intervals=SEND_RETRY_INTERVALS)

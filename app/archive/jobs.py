@@ -12,7 +12,9 @@
 A failure is retried by RQ with backoff; the last failure leaves `error` and a short reason
 (a file that stayed unavailable: the JSON is archived and the row names the attachment).
 
-`archive_update(update_id)` writes an update beside its message, once the message is archived.
+`archive_update(update_id)` writes an update beside its message, once the message is archived,
+then queues its classification when it is a version of our own message carrying an answer or a
+refusal.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from app.jobs import (
     ARCHIVE_MESSAGE,
     ARCHIVE_UPDATE,
     CLASSIFY_MESSAGE,
+    CLASSIFY_UPDATE,
     TRANSCRIBE_MESSAGE,
     JobSpec,
     QueueUnavailable,
@@ -346,7 +349,13 @@ def _archive_update(update_id: int) -> str:
     prefix = json_name.removesuffix(".json")
     bucket = storage.ensure_bucket(bucket_name)
     path = storage.put_json(bucket, storage.update_object(prefix, row["fingerprint"]), row["payload"])
-    db.execute("archive.update_stored", {"update_id": update_id, "path": path})
+    done = db.fetch_one("archive.update_stored", {"update_id": update_id, "path": path})
+    if done is not None and done["classification_status"] == "pending":
+        # A version of our own message with an answer or a refusal: the order flow's turn.
+        try:
+            enqueue(CLASSIFY_UPDATE, update_id)
+        except QueueUnavailable:
+            log.warning("classification not queued: Redis unavailable", extra={"update_id": update_id})
     return "stored"
 
 

@@ -1,7 +1,11 @@
-"""Chatwoot accounts: base URL, API token, webhook secrets and inbox filter of each account.
+"""Chatwoot accounts: base URL, API tokens, webhook secrets, inbox filter and ready-notice
+template of each account.
 
 An account with a row in `chatwoot_accounts` uses its own values; every other account uses the
 environment's (`CHATWOOT_BASE_URL`, `CHATWOOT_API_ACCESS_TOKEN`, `CHATWOOT_WEBHOOK_SECRET`...).
+Two tokens: the API access token writes (an agent bot's may only create messages and show or
+update conversations), the user access token reads (lists conversations and messages); without
+a user token, reads use the API access token.
 Secrets are stored encrypted with Fernet keys from `SECRETS_ENCRYPTION_KEY` (several keys,
 newest first, so the key can be rotated) and are never returned by any API.
 """
@@ -15,10 +19,10 @@ from typing import Any
 from urllib.parse import urlparse
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
-from marshmallow import RAISE, Schema, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate
 
 from app import context
-from app.chatwoot import signatures
+from app.chatwoot import signatures, templates
 from app.chatwoot.payloads import INT32_MAX
 from app.config import Settings
 from app.db import DatabaseUnavailable, queries
@@ -52,6 +56,12 @@ class AccountConfig:
     global WEBHOOK_URL_TOKEN when it has no secret of its own."""
     own_secrets: bool = False
     """True when its deliveries are verified with secrets of its own (never the environment's)."""
+    read_token: str = field(default="", repr=False)
+    """The token reads use: the user access token, else the API access token."""
+    read_token_source: str = ""
+    """Which setting the read token comes from (said when Chatwoot refuses it)."""
+    ready_template: templates.Template | None = None
+    """The WhatsApp template of ready notices outside the 24-hour window; None: not configured."""
 
 
 def _fernet(settings: Settings) -> Any:
@@ -76,6 +86,11 @@ def env_config(account_id: int, settings: Settings | None = None) -> AccountConf
     """The settings of an account without a row of its own: the environment's."""
     s = settings or context.settings()
     secrets = tuple(x for x in (s.chatwoot_webhook_secret, s.chatwoot_webhook_secret_previous) if x)
+    read_token, read_source = (
+        (s.chatwoot_user_access_token, "CHATWOOT_USER_ACCESS_TOKEN")
+        if s.chatwoot_user_access_token
+        else (s.chatwoot_api_access_token, "CHATWOOT_API_ACCESS_TOKEN")
+    )
     return AccountConfig(
         account_id=account_id,
         base_url=s.chatwoot_base_url,
@@ -84,6 +99,36 @@ def env_config(account_id: int, settings: Settings | None = None) -> AccountConf
         inbox_ids=s.chatwoot_inbox_ids,
         own_row=False,
         url_token=s.webhook_url_token,
+        read_token=read_token,
+        read_token_source=read_source,
+        ready_template=env_template(s),
+    )
+
+
+def env_template(s: Settings) -> templates.Template | None:
+    if not s.whatsapp_ready_template_name:
+        return None
+    return templates.Template(
+        name=s.whatsapp_ready_template_name,
+        languages=templates.parse_languages(s.whatsapp_ready_template_language),
+        category=s.whatsapp_ready_template_category,
+        params=s.whatsapp_ready_template_params,
+    )
+
+
+def _row_template(row: dict[str, Any], fallback: templates.Template | None) -> templates.Template | None:
+    """The account's own template; its unset fields take the environment's (or the defaults)."""
+    if not row.get("ready_template_name"):
+        return fallback
+    params = row.get("ready_template_params")
+    return templates.Template(
+        name=row["ready_template_name"],
+        languages=templates.parse_languages(row.get("ready_template_language") or "")
+        or (fallback.languages if fallback else {}),
+        category=row.get("ready_template_category") or (fallback.category if fallback else "UTILITY"),
+        params=tuple(params)
+        if params is not None
+        else (fallback.params if fallback else templates.DEFAULT_PARAMS),
     )
 
 
@@ -101,18 +146,32 @@ def from_row(row: dict[str, Any], settings: Settings | None = None) -> AccountCo
         own += [decrypt(inbox.get("secret_enc"), s), decrypt(inbox.get("previous_secret_enc"), s)]
     secrets = tuple(dict.fromkeys(x for x in own if x))
     base_url = (row.get("base_url") or fallback.base_url).rstrip("/")
-    own_token = decrypt(row.get("api_access_token_enc"), s)
     same_host = _origin(base_url) == _origin(fallback.base_url)
+    own_token = decrypt(row.get("api_access_token_enc"), s)
+    # The environment's tokens serve only the environment's Chatwoot host.
+    api_token = own_token or (fallback.api_token if same_host else "")
     own_url_token = decrypt(row.get("url_token_enc"), s)
+    user_token = decrypt(row.get("user_access_token_enc"), s)
+    if user_token:
+        read_token, read_source = user_token, "the account's user access token"
+    elif s.chatwoot_user_access_token and same_host:
+        read_token, read_source = s.chatwoot_user_access_token, "CHATWOOT_USER_ACCESS_TOKEN"
+    elif own_token:
+        read_token, read_source = api_token, "the account's API access token"
+    else:
+        read_token, read_source = api_token, "CHATWOOT_API_ACCESS_TOKEN"
     return AccountConfig(
         account_id=int(row["chatwoot_account_id"]),
         base_url=base_url,
-        api_token=own_token or (fallback.api_token if same_host else ""),
+        api_token=api_token,
         webhook_secrets=secrets or fallback.webhook_secrets,
         inbox_ids=tuple(row.get("inbox_ids") or ()) or fallback.inbox_ids,
         own_row=True,
         url_token=own_url_token or ("" if secrets else fallback.url_token),
         own_secrets=bool(secrets),
+        read_token=read_token,
+        read_token_source=read_source,
+        ready_template=_row_template(row, fallback.ready_template),
     )
 
 
@@ -236,6 +295,11 @@ def upsert(
     webhook_secret: str | None = None,
     inbox_ids: list[int] | None = None,
     url_token: str | None = None,
+    user_token: str | None = None,
+    ready_template_name: str | None = None,
+    ready_template_language: str | None = None,
+    ready_template_category: str | None = None,
+    ready_template_params: list[str] | None = None,
 ) -> dict[str, Any]:
     """Create or change an account. A new webhook secret keeps the old one as the previous secret.
 
@@ -249,6 +313,11 @@ def upsert(
         "webhook_secret_enc": encrypt(webhook_secret) if webhook_secret else None,
         "inbox_ids": inbox_ids,
         "url_token_enc": encrypt(url_token) if url_token else None,
+        "user_token_enc": encrypt(user_token) if user_token else None,
+        "template_name": ready_template_name,
+        "template_language": ready_template_language,
+        "template_category": ready_template_category,
+        "template_params": ready_template_params,
     }
     row = context.db().fetch_one("accounts.upsert", params)
     forget_cached()
@@ -285,9 +354,35 @@ def public_view(row: dict[str, Any]) -> dict[str, Any]:
             {"inbox_id": i["inbox_id"], "previous_secret_set": bool(i.get("previous_secret_enc"))}
             for i in row.get("inbox_secrets") or ()
         ],
+        "user_token_set": bool(row.get("user_access_token_enc")),
+        "ready_template": _template_view(row),
         "created_at": row["created_at"].isoformat() if row.get("created_at") else None,
         "updated_at": row["updated_at"].isoformat() if row.get("updated_at") else None,
     }
+
+
+def _template_view(row: dict[str, Any]) -> str | None:
+    if not row.get("ready_template_name"):
+        return None
+    parts = [row["ready_template_name"]]
+    for key in ("ready_template_language", "ready_template_category"):
+        if row.get(key):
+            parts.append(str(row[key]))
+    if row.get("ready_template_params") is not None:
+        parts.append("(" + ", ".join(row["ready_template_params"]) + ")")
+    return " ".join(parts)
+
+
+def _checked(check: Any) -> Any:
+    """A marshmallow validator from one of app.chatwoot.templates' checks."""
+
+    def validator(value: Any) -> None:
+        try:
+            check(value)
+        except templates.TemplateConfigError as exc:
+            raise ValidationError(str(exc)) from None
+
+    return validator
 
 
 class AccountBody(Schema):
@@ -302,6 +397,21 @@ class AccountBody(Schema):
     webhook_secret = fields.String(validate=validate.Length(8, 4096), load_only=True)
     inbox_ids = fields.List(fields.Integer(strict=True, validate=validate.Range(1, INT32_MAX)))
     url_token = fields.String(validate=validate.Length(16, 4096), load_only=True)
+    user_token = fields.String(validate=validate.Length(1, 4096), load_only=True)
+    ready_template_name = fields.String(validate=_checked(templates.check_name))
+    ready_template_language = fields.String(
+        validate=[validate.Length(1, 200), _checked(templates.parse_languages)]
+    )
+    ready_template_category = fields.String(validate=_checked(templates.check_category))
+    ready_template_params = fields.List(
+        fields.String(validate=validate.OneOf(templates.VALUES)), validate=validate.Length(max=10)
+    )
+
+    @post_load
+    def _normalize(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
+        if "ready_template_category" in data:
+            data["ready_template_category"] = templates.check_category(data["ready_template_category"])
+        return data
 
 
 def set_inbox_secret(account_id: int, inbox_id: int, secret: str) -> dict[str, Any]:
@@ -320,6 +430,11 @@ def set_inbox_secret(account_id: int, inbox_id: int, secret: str) -> dict[str, A
                 "webhook_secret_enc": None,
                 "inbox_ids": None,
                 "url_token_enc": None,
+                "user_token_enc": None,
+                "template_name": None,
+                "template_language": None,
+                "template_category": None,
+                "template_params": None,
             },
         )
         cur.execute(

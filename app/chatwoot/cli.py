@@ -1,4 +1,5 @@
-"""`flask accounts ...`: Chatwoot accounts with settings of their own (URL, token, secrets, inboxes)."""
+"""`flask accounts ...`: Chatwoot accounts with settings of their own (URL, tokens, secrets,
+inboxes, ready-notice template); `flask chatwoot check`: what each token may do, sending nothing."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ from marshmallow import ValidationError
 from app.chatwoot import accounts
 from app.cli import fail, print_table
 
-accounts_cli = AppGroup("accounts", help="Chatwoot accounts: URL, API token, webhook secret, inboxes.")
+accounts_cli = AppGroup(
+    "accounts", help="Chatwoot accounts: URL, API tokens, webhook secret, inboxes, ready-notice template."
+)
+chatwoot_cli = AppGroup("chatwoot", help="The connection to Chatwoot.")
 
 
 def _secret(label: str) -> str:
@@ -54,6 +58,18 @@ def accounts_list() -> None:
     is_flag=True,
     help="Read the account's own ?token= for a Chatwoot too old to sign (16+ characters).",
 )
+@click.option(
+    "--user-token",
+    "ask_user_token",
+    is_flag=True,
+    help="Read a Chatwoot user's access token for reads (prompted, or from stdin).",
+)
+@click.option(
+    "--ready-template", help="Approved WhatsApp template of ready notices after the 24-hour window."
+)
+@click.option("--ready-template-language", help="Its language: en_US, or en:en_US,pt:pt_BR,es:es.")
+@click.option("--ready-template-category", help="Its category (default UTILITY).")
+@click.option("--ready-template-params", help="Values filling {{1}}, {{2}}...: what,order_id, or none.")
 def accounts_set(
     *,
     account_id: int,
@@ -63,6 +79,11 @@ def accounts_set(
     ask_token: bool,
     ask_secret: bool,
     ask_url_token: bool,
+    ask_user_token: bool,
+    ready_template: str | None,
+    ready_template_language: str | None,
+    ready_template_category: str | None,
+    ready_template_params: str | None,
 ) -> None:
     """Create or change a Chatwoot account's settings. Secrets are read, never echoed."""
     body: dict[str, Any] = {}
@@ -81,6 +102,20 @@ def accounts_set(
         body["webhook_secret"] = _secret("Webhook secret")
     if ask_url_token:
         body["url_token"] = _secret("URL token")
+    if ask_user_token:
+        body["user_token"] = _secret("User access token")
+    for key, value in (
+        ("ready_template_name", ready_template),
+        ("ready_template_language", ready_template_language),
+        ("ready_template_category", ready_template_category),
+    ):
+        if value is not None:
+            body[key] = value
+    if ready_template_params is not None:
+        none = ready_template_params.strip().lower() in ("", "none")
+        body["ready_template_params"] = (
+            [] if none else [p.strip() for p in ready_template_params.split(",") if p.strip()]
+        )
     try:
         loaded = accounts.AccountBody().load(body)
         view = accounts.upsert(account_id, **loaded)
@@ -140,5 +175,32 @@ def accounts_inbox_secret(account_id: int, inbox_id: int, finish_rotation: bool,
     click.echo(print_table([view]))
 
 
+@chatwoot_cli.command("check")
+@click.option(
+    "--account", "account_ids", multiple=True, type=click.IntRange(1, 2**31 - 1), help="Only this account."
+)
+def chatwoot_check(account_ids: tuple[int, ...]) -> None:
+    """Reach Chatwoot's API with each token and say what each may do. Sends nothing.
+
+    Exits 1 when something that sending needs is missing or refused.
+    """
+    # Imported here: the web process registers this command, and must not load the API client.
+    from app.chatwoot import check
+
+    ids = list(account_ids) or check.account_ids()
+    if not ids:
+        raise fail("no Chatwoot account: set CHATWOOT_ACCOUNT_ID or `flask accounts set`")
+    failed = False
+    for account_id in ids:
+        result = check.check_account(account_id)
+        click.echo(f"account {account_id} ({result.base_url or 'no base URL'}): {result.state}")
+        for finding in result.findings:
+            click.echo(f"  {finding.what:<8} {finding.state:<4}  {finding.detail}")
+        failed = failed or result.state == check.FAIL
+    if failed:
+        raise fail("Chatwoot is not wired for sending: see above")
+
+
 def register(app: Flask) -> None:
     app.cli.add_command(accounts_cli)
+    app.cli.add_command(chatwoot_cli)

@@ -1,5 +1,11 @@
 """Chatwoot Application API client: create a message in a conversation, list its messages.
 
+Two tokens: writes (creating messages) use the API access token, which may be an agent bot's;
+reads (listing conversations and messages) use the read token, a user's. Chatwoot lets an agent
+bot's token only show, create and update conversations and create messages
+(`app/controllers/concerns/access_token_auth_helper.rb`, BOT_ACCESSIBLE_ENDPOINTS): any other
+endpoint answers 401 "Access to this endpoint is not authorized for bots" (BotTokenRefused).
+
 Errors are sorted by what the caller should do: fix the token (Unauthorized), give up on the
 conversation (NotFound) or on the message (BadRequest), retry later (RateLimited, Unavailable),
 or look at the conversation before sending again (OutcomeUnknown).
@@ -29,7 +35,11 @@ MAX_ITEMS = 10
 OUTBOX_KEY_ATTRIBUTE = "outbox_key"
 """Key in `content_attributes` carrying our outbox key; Chatwoot keeps and echoes it back."""
 
-ALLOWED_BODY_KEYS = frozenset({"content", "message_type", "private", "content_type", "content_attributes"})
+ALLOWED_BODY_KEYS = frozenset(
+    {"content", "message_type", "private", "content_type", "content_attributes", "template_params"}
+)
+BOT_REFUSAL = "Access to this endpoint is not authorized for bots"
+"""Chatwoot's 401 answer to an agent-bot token on an endpoint bots may not use."""
 
 
 class ChatwootError(Exception):
@@ -47,6 +57,10 @@ class NotConfigured(ChatwootError):
 
 class Unauthorized(ChatwootError):
     """401/403: the API token is wrong or lacks access; retrying will not help."""
+
+
+class BotTokenRefused(Unauthorized):
+    """401 "not authorized for bots": the token is an agent bot's and may not use this endpoint."""
 
 
 class NotFound(ChatwootError):
@@ -94,6 +108,39 @@ def quick_reply_body(content: str, items: list[dict[str, str]]) -> dict[str, Any
         "private": False,
         "content_type": "input_select",
         "content_attributes": {"items": [{"title": i["title"], "value": i["value"]} for i in items]},
+    }
+
+
+def template_body(content: str, template_params: Mapping[str, Any]) -> dict[str, Any]:
+    """An approved WhatsApp template (what WhatsApp delivers outside the 24-hour window); `content`
+    is the text Chatwoot shows agents in the conversation."""
+    return {
+        "content": content,
+        "message_type": "outgoing",
+        "private": False,
+        "content_type": "text",
+        "template_params": dict(template_params),
+    }
+
+
+def _validate_template(params: Any) -> dict[str, Any]:
+    """Chatwoot's `template_params`: name, category, language, processed_params (see its API)."""
+    if not isinstance(params, Mapping):
+        raise InvalidMessage("template_params: expected an object")
+    for key in ("name", "category", "language"):
+        if not isinstance(params.get(key), str) or not params[key]:
+            raise InvalidMessage(f"template_params.{key}: required text")
+    processed = params.get("processed_params", {})
+    if not isinstance(processed, Mapping) or not all(isinstance(v, Mapping) for v in processed.values()):
+        raise InvalidMessage("template_params.processed_params: expected an object of objects")
+    for key, value in (processed.get("body") or {}).items():
+        if not isinstance(value, str) or not value.strip():
+            raise InvalidMessage(f"template_params.processed_params.body.{key}: required text")
+    return {
+        "name": params["name"],
+        "category": params["category"],
+        "language": params["language"],
+        "processed_params": {k: dict(v) for k, v in processed.items()},
     }
 
 
@@ -146,6 +193,10 @@ def validate_body(body: Mapping[str, Any]) -> dict[str, Any]:
         raise InvalidMessage("message_type: only outgoing messages are sent")
     if attributes:
         clean["content_attributes"] = dict(attributes)
+    if "template_params" in body:
+        if content_type != "text" or clean["private"]:
+            raise InvalidMessage("template_params: only with a public text message")
+        clean["template_params"] = _validate_template(body["template_params"])
     return clean
 
 
@@ -159,18 +210,31 @@ class Client:
 
     base_url: str
     api_token: str = field(repr=False)
+    """Writes: creating messages (an agent bot's token may)."""
     account_id: int
     session: requests.Session = field(default_factory=requests.Session, repr=False)
     timeout: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT)
+    read_token: str = field(default="", repr=False)
+    """Reads: listing conversations and messages (a user's token); empty: the API token."""
+    read_token_source: str = "CHATWOOT_API_ACCESS_TOKEN"  # noqa: S105 (a setting's name)
+
+    def _url(self, path: str) -> str:
+        return f"{self.base_url.rstrip('/')}{path}"
 
     def _messages_url(self, conversation_id: int) -> str:
-        return (
-            f"{self.base_url.rstrip('/')}/api/v1/accounts/{int(self.account_id)}"
-            f"/conversations/{int(conversation_id)}/messages"
+        return self._url(
+            f"/api/v1/accounts/{int(self.account_id)}/conversations/{int(conversation_id)}/messages"
         )
 
-    def _headers(self) -> dict[str, str]:
-        return {"api_access_token": self.api_token, "Accept": "application/json"}
+    def _headers(self, token: str | None = None) -> dict[str, str]:
+        return {
+            "api_access_token": token if token is not None else self.api_token,
+            "Accept": "application/json",
+        }
+
+    @property
+    def reads_with(self) -> str:
+        return self.read_token or self.api_token
 
     def create_message(self, conversation_id: int, body: Mapping[str, Any]) -> dict[str, Any]:
         """POST a message; returns Chatwoot's message (with its `id`)."""
@@ -199,29 +263,62 @@ class Client:
             raise OutcomeUnknown("Chatwoot answered without a message id", response.status_code)
         return data
 
-    def list_messages(self, conversation_id: int, before: int | None = None) -> list[dict[str, Any]]:
-        """The conversation's most recent messages (Chatwoot returns them a page at a time)."""
-        params = {"before": before} if before is not None else None
+    def get(self, path: str, params: Mapping[str, Any] | None = None, token: str | None = None) -> Any:
+        """GET an Application API path with the read token (or `token`); the JSON answer."""
         try:
             response = self.session.get(
-                self._messages_url(conversation_id),
+                self._url(path),
                 params=params,
-                headers=self._headers(),
+                headers=self._headers(token if token is not None else self.reads_with),
                 timeout=self.timeout,
                 allow_redirects=False,
             )
         except requests.exceptions.RequestException as exc:
-            raise Unavailable(f"listing messages failed: {type(exc).__name__}") from None
+            raise Unavailable(f"GET failed: {type(exc).__name__}") from None
         _raise_for_status(response, write=False)
-        data = _json(response)
+        return _json(response)
+
+    def list_messages(self, conversation_id: int, before: int | None = None) -> list[dict[str, Any]]:
+        """The conversation's most recent messages (Chatwoot returns them a page at a time)."""
+        data = self.get(
+            f"/api/v1/accounts/{int(self.account_id)}/conversations/{int(conversation_id)}/messages",
+            {"before": before} if before is not None else None,
+        )
         payload = data.get("payload") if isinstance(data, dict) else data
         if not isinstance(payload, list):
             raise Unavailable("unexpected answer listing messages")
         return [m for m in payload if isinstance(m, dict)]
 
+    def list_conversations(self, page: int = 1) -> list[dict[str, Any]]:
+        """A page (25) of the account's conversations, any status, most recently active first."""
+        data = self.get(
+            f"/api/v1/accounts/{int(self.account_id)}/conversations",
+            {"status": "all", "assignee_type": "all", "page": page},
+        )
+        body = data.get("data", data) if isinstance(data, dict) else {}
+        items = body.get("payload") if isinstance(body, dict) else None
+        return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+
+    def profile(self, token: str) -> dict[str, Any]:
+        """`GET /api/v1/profile`: the user a token belongs to, with its accounts and roles.
+
+        An agent bot's token gets BotTokenRefused (bots may not read profiles)."""
+        data = self.get("/api/v1/profile", token=token)
+        if not isinstance(data, dict):
+            raise Unavailable("unexpected answer reading the profile")
+        return data
+
+    def show_conversation(self, conversation_id: int, token: str | None = None) -> dict[str, Any]:
+        """`GET` one conversation (agent bots may, since Chatwoot 4.15); with the API token by default."""
+        data = self.get(
+            f"/api/v1/accounts/{int(self.account_id)}/conversations/{int(conversation_id)}",
+            token=token if token is not None else self.api_token,
+        )
+        return data if isinstance(data, dict) else {}
+
 
 def client_for(account_id: int) -> Client:
-    """A client with the account's base URL and token (its own row, else the environment's)."""
+    """A client with the account's base URL and tokens (its own row, else the environment's)."""
     from app.chatwoot import accounts
 
     config = accounts.resolve(account_id)
@@ -229,7 +326,13 @@ def client_for(account_id: int) -> Client:
         raise NotConfigured("CHATWOOT_BASE_URL is not set")
     if not config.api_token:
         raise NotConfigured("CHATWOOT_API_ACCESS_TOKEN is not set")
-    return Client(base_url=config.base_url, api_token=config.api_token, account_id=account_id)
+    return Client(
+        base_url=config.base_url,
+        api_token=config.api_token,
+        account_id=account_id,
+        read_token=config.read_token,
+        read_token_source=config.read_token_source or "CHATWOOT_API_ACCESS_TOKEN",
+    )
 
 
 def _never_connected(exc: requests.exceptions.ConnectionError) -> bool:
@@ -284,6 +387,9 @@ def _raise_for_status(response: requests.Response, write: bool) -> None:
     if 200 <= status < 300:
         return
     if status in (401, 403):
+        data = _json(response)
+        if isinstance(data, dict) and data.get("error") == BOT_REFUSAL:
+            raise BotTokenRefused(f"the token is an agent bot's ({_describe(response)})", status)
         raise Unauthorized(f"Chatwoot refused the API token ({_describe(response)})", status)
     if status == 404:
         raise NotFound(f"conversation not found ({_describe(response)})", status)

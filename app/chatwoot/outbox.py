@@ -18,6 +18,7 @@ from app import context
 from app.chatwoot import client as chatwoot
 from app.db import queries
 from app.jobs import SEND_RETRY_INTERVALS
+from app.metrics import NOTICES
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,8 @@ RETRY_INTERVALS: tuple[int, ...] = SEND_RETRY_INTERVALS
 REPLY_WINDOW_SECONDS = 24 * 3600
 """WhatsApp accepts free-form messages only this long after the contact's last message."""
 
-FINAL_STATUSES = frozenset({"sent", "failed", "not_sent"})
+FINAL_STATUSES = frozenset({"sent", "failed", "not_sent", "no_template"})
+"""`no_template`: only a WhatsApp template could have gone out (window closed), and none is set."""
 
 
 def prepare(dedupe_key: str, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -48,6 +50,7 @@ def _params(  # noqa: PLR0917
     dedupe_key: str,
     body: Mapping[str, Any],
     order_id: int | None,
+    template_values: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "dedupe_key": dedupe_key,
@@ -56,6 +59,7 @@ def _params(  # noqa: PLR0917
         "kind": kind,
         "order_id": order_id,
         "body": Json(prepare(dedupe_key, body)),
+        "template_values": Json(dict(template_values)) if template_values is not None else None,
     }
 
 
@@ -66,10 +70,16 @@ def record(  # noqa: PLR0917
     dedupe_key: str,
     body: Mapping[str, Any],
     order_id: int | None = None,
+    template_values: Mapping[str, Any] | None = None,
 ) -> int | None:
-    """Record a message to send; None when a message with this key was already recorded."""
+    """Record a message to send; None when a message with this key was already recorded.
+
+    `template_values` (the values of app.chatwoot.templates.VALUES, and the user's `language`)
+    let the send job turn the notice into the account's WhatsApp template when the 24-hour
+    window is closed."""
     row = context.db().fetch_one(
-        "outbox.message_insert", _params(account_id, conversation_id, kind, dedupe_key, body, order_id)
+        "outbox.message_insert",
+        _params(account_id, conversation_id, kind, dedupe_key, body, order_id, template_values),
     )
     return int(row["id"]) if row else None
 
@@ -102,13 +112,14 @@ def record_and_enqueue(  # noqa: PLR0917
     dedupe_key: str,
     body: Mapping[str, Any],
     order_id: int | None = None,
+    template_values: Mapping[str, Any] | None = None,
 ) -> int:
     """Record, then enqueue its send job; returns the outbox id for the key.
 
     When the key was recorded before and its message is not sent yet (a crash between the
     two steps), the job is enqueued again; enqueueing is a no-op while the job is queued.
     """
-    new_id = record(account_id, conversation_id, kind, dedupe_key, body, order_id)
+    new_id = record(account_id, conversation_id, kind, dedupe_key, body, order_id, template_values)
     if new_id is not None:
         enqueue_send(new_id)
         return new_id
@@ -141,3 +152,32 @@ def enqueue_send(outbox_id: int) -> bool:
 
 def get(outbox_id: int) -> dict[str, Any] | None:
     return context.db().fetch_one("outbox.message_get", {"id": outbox_id})
+
+
+def get_by_key(dedupe_key: str) -> dict[str, Any] | None:
+    return context.db().fetch_one("outbox.get_by_key", {"dedupe_key": dedupe_key})
+
+
+def use_template(row: Mapping[str, Any], body: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Record the template version of a notice as the body to send (recorded before it is sent);
+    the row afterwards, or None when it is no longer waiting to be sent."""
+    return context.db().fetch_one(
+        "outbox.use_template", {"id": row["id"], "body": Json(prepare(str(row["dedupe_key"]), body))}
+    )
+
+
+def mark_refused(cur: Any, row: Mapping[str, Any], message_id: str | None, error: str) -> bool:
+    """The channel refused a message Chatwoot had taken (WhatsApp's 131047, 131026...): `failed`
+    with the channel's error, in the caller's transaction. False when already recorded."""
+    cur.execute(
+        queries["outbox.mark_refused"],
+        {"id": row["id"], "message_id": message_id, "reason": f"refused by the channel: {error}"[:500]},
+    )
+    refused = cur.fetchone() is not None
+    if refused:
+        NOTICES.labels(kind=row["kind"], result="refused").inc()
+        log.warning(
+            "message refused by the channel",
+            extra={"outbox_id": row["id"], "kind": row["kind"], "reason": error[:200]},
+        )
+    return refused

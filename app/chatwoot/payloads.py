@@ -380,6 +380,22 @@ def is_ours(payload: dict[str, Any]) -> bool:
     return OUTBOX_KEY_ATTRIBUTE in _dict(payload.get("content_attributes"))
 
 
+def feedback(payload: dict[str, Any]) -> str | None:
+    """What a version of one of our own messages tells the order flow: `answer` when the web
+    widget's contact picked one of its quick replies (`content_attributes.submitted_values`),
+    `refused` when the channel refused it (`content_attributes.external_error`); else None."""
+    if message_type(payload) not in ("outgoing", "template") or is_private(payload) or not is_ours(payload):
+        return None
+    attributes = _dict(payload.get("content_attributes"))
+    submitted = attributes.get("submitted_values")
+    if isinstance(submitted, list) and submitted:
+        return "answer"
+    error = attributes.get("external_error")
+    if isinstance(error, str) and error.strip():
+        return "refused"
+    return None
+
+
 @dataclass(frozen=True)
 class Message:
     """The one typed view of a Chatwoot message payload: every stage reads this instead of
@@ -407,6 +423,8 @@ class Message:
     in_reply_to: int | None
     can_reply: bool | None
     ours: bool
+    feedback: str | None = None
+    """`answer` or `refused` for a version of our own message the order flow must see."""
 
     @classmethod
     def of(cls, payload: dict[str, Any]) -> Message:
@@ -437,6 +455,7 @@ class Message:
             in_reply_to=in_reply_to(payload),
             can_reply=can_reply if isinstance(can_reply, bool) else None,
             ours=is_ours(payload),
+            feedback=feedback(payload),
         )
 
     @property
@@ -457,7 +476,9 @@ class Message:
 
     @property
     def classification_status(self) -> str:
-        return "pending" if self.processable else "not_needed"
+        """`pending` for a contact's message, and for our own message carrying an answer or a
+        refusal (app/orders/classify.py handles both)."""
+        return "pending" if self.processable or self.feedback else "not_needed"
 
 
 def _reject_constant(name: str) -> Any:

@@ -1,24 +1,38 @@
 """Send one outbox message to Chatwoot, once.
 
 Before a request that may already have reached Chatwoot is repeated (a timeout, a 5xx, a worker
-that died mid-request), the conversation's recent messages are searched for ours.
+that died mid-request), we look for ours: first among the messages Chatwoot's webhooks brought
+back (each of ours carries its outbox key), then in the conversation's recent messages listed
+with the read token. A read Chatwoot refuses (an agent bot's token may not list) never fails the
+message: the echo is waited for a while, then the message is sent again.
+
+Outside WhatsApp's 24-hour window a notice recorded with template values goes out as the
+account's approved WhatsApp template; with none configured it is recorded `no_template`.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from app import context
+from app.chatwoot import accounts, outbox, reads
 from app.chatwoot import client as chatwoot
-from app.chatwoot import outbox
 from app.metrics import JOBS, NOTICES
 
 log = logging.getLogger(__name__)
 
 CLOCK_SKEW = timedelta(seconds=5)
 """Allowance between our clock and Chatwoot's when matching a message by its creation time."""
+ECHO_WAIT = timedelta(seconds=60)
+"""How long after an attempt of unknown outcome its webhook echo is waited for, when Chatwoot
+refuses to list the conversation; then it is taken as never created and sent again."""
+NO_TEMPLATE = (
+    "no WhatsApp template is configured for this notice (WHATSAPP_READY_TEMPLATE_NAME, or "
+    "`flask accounts set <account> --ready-template`)"
+)
 
 
 class SendLater(Exception):
@@ -41,22 +55,37 @@ def send_outbox(outbox_id: int) -> str:
         client = chatwoot.client_for(account_id)
     except chatwoot.NotConfigured as exc:
         return _final(row, "not_sent", exc.reason)
-    if not body.get("private"):
-        closed = _reply_window_closed(account_id, conversation_id)
-        if closed:
-            return _final(row, "not_sent", closed)
 
     if row["status"] == "sending":
         # An earlier attempt may have reached Chatwoot: look before sending again.
-        try:
-            found = _find_ours(client, row)
-        except (chatwoot.Unauthorized, chatwoot.NotFound, chatwoot.BadRequest) as exc:
-            return _final(row, "failed", exc.reason)
-        except chatwoot.ChatwootError as exc:
-            return _later(row, f"checking for an earlier attempt: {exc.reason}", unknown=True)
+        found, wait = _earlier_attempt(client, row)
         if found is not None:
-            log.info("earlier attempt found in the conversation", extra={"outbox_id": outbox_id})
+            log.info("earlier attempt found", extra={"outbox_id": outbox_id})
             return _sent(row, found)
+        if wait and (wait.transient or _retries_left() > 0):
+            return _later(row, wait.reason, unknown=True)
+        if wait:
+            # Chatwoot will not list the conversation and no echo came: a refused read never
+            # fails the message, so it is sent again.
+            log.info("no echo of an earlier attempt; sending again", extra={"outbox_id": outbox_id})
+
+    if not body.get("private") and "template_params" not in body:
+        closed = _reply_window_closed(account_id, conversation_id)
+        if closed and row.get("template_values") is None:
+            return _final(row, "not_sent", closed)
+        if closed:
+            template = accounts.resolve(account_id).ready_template
+            if template is None:
+                return _final(row, "no_template", f"{closed}; {NO_TEMPLATE}")
+            body = chatwoot.template_body(body["content"], template.params_for(row["template_values"]))
+            updated = outbox.use_template(row, body)
+            if updated is None:
+                return "skipped"
+            body = dict(updated["body"])
+            log.info(
+                "notice sent as a WhatsApp template",
+                extra={"outbox_id": outbox_id, "template": template.name},
+            )
 
     # An earlier attempt not found in the conversation still counts as unknown until one succeeds.
     earlier_unknown = row["status"] == "sending"
@@ -74,6 +103,57 @@ def send_outbox(outbox_id: int) -> str:
     except chatwoot.InvalidMessage as exc:
         return _final(row, "failed", f"invalid message: {exc}")
     return _sent(row, message)
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Whether an earlier attempt got through cannot be told yet."""
+
+    reason: str
+    transient: bool
+    """True: Chatwoot could not be asked (retry, then give up); False: it refuses to be asked
+    (wait for the echo of our message, then send again)."""
+
+
+def _earlier_attempt(
+    client: chatwoot.Client, row: dict[str, Any]
+) -> tuple[dict[str, Any] | None, Wait | None]:
+    """(our message, None) if an earlier attempt created it; (None, None) when it did not (send
+    again); (None, Wait) while that cannot be told yet."""
+    since = (row["first_attempt_at"] or row["created_at"]) - CLOCK_SKEW
+    echo = context.db().fetch_one(
+        "chatwoot.outbox_echo",
+        {
+            "account_id": int(row["chatwoot_account_id"]),
+            "conversation_id": int(row["chatwoot_conversation_id"]),
+            "since": since,
+            "key": row["dedupe_key"],
+        },
+    )
+    if echo is not None:
+        return {"id": echo["chatwoot_message_id"]}, None
+    refused = reads.refusal(client.account_id, client.reads_with)
+    if refused is None:
+        try:
+            return _find_ours(client, row), None
+        except chatwoot.BotTokenRefused as exc:
+            reads.record(client.account_id, client.reads_with, client.read_token_source, False, exc.reason)
+            refused = exc.reason
+        except (chatwoot.Unauthorized, chatwoot.NotFound, chatwoot.BadRequest) as exc:
+            refused = exc.reason
+        except chatwoot.ChatwootError as exc:
+            return None, Wait(f"checking for an earlier attempt: {exc.reason}", transient=True)
+    # Chatwoot will not list the conversation: the echo of our message is the only sign.
+    last = row["last_attempt_at"] or row["first_attempt_at"] or row["created_at"]
+    if datetime.now(UTC) - last >= ECHO_WAIT:
+        log.info(
+            "no echo of an earlier attempt; sending again",
+            extra={"outbox_id": row["id"], "read_refused": refused},
+        )
+        return None, None
+    return None, Wait(
+        f"waiting for the echo of an earlier attempt (listing refused: {refused})", transient=False
+    )
 
 
 def _reply_window_closed(account_id: int, conversation_id: int) -> str | None:

@@ -11,6 +11,11 @@ Chatwoot's message list is not the webhook format: `message_type` is an integer 
 1 outgoing, 2 activity, 3 template), `created_at` is unix seconds, and the conversation is
 only an id. `to_webhook()` converts a listed message into the webhook's shape, taking the
 channel, inbox and contact from what we already know of the conversation.
+
+Listing needs a Chatwoot user's token: Chatwoot refuses an agent bot's token on list endpoints.
+Reads use the account's read token (app/chatwoot/accounts.py); when Chatwoot refuses it as a
+bot's, the backfill is off for that account, said once (app/chatwoot/reads.py), until the token
+changes.
 """
 
 from __future__ import annotations
@@ -68,6 +73,8 @@ class BackfillResult:
     errors: list[str] = field(default_factory=list)
     not_configured: list[int] = field(default_factory=list)
     """Accounts skipped: no Chatwoot base URL or API token for them."""
+    reads_off: dict[int, str] = field(default_factory=dict)
+    """Accounts skipped: Chatwoot refuses their read token on list endpoints (a bot's), and why."""
     note_ids: list[int] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -164,32 +171,14 @@ def list_recent_messages(client: Any, conversation_id: int, since: datetime) -> 
 
 def conversations_from_api(client: Any, since: datetime) -> list[Conversation]:
     """Conversations of the account that Chatwoot shows as active since `since` (any status)."""
-    import requests
-
-    from app.chatwoot import client as chatwoot
-
-    url = f"{client.base_url.rstrip('/')}/api/v1/accounts/{int(client.account_id)}/conversations"
     out: list[Conversation] = []
     for page in range(1, MAX_CONVERSATION_PAGES + 1):
-        try:
-            response = client.session.get(
-                url,
-                params={"status": "all", "assignee_type": "all", "page": page},
-                headers={"api_access_token": client.api_token, "Accept": "application/json"},
-                timeout=client.timeout,
-                allow_redirects=False,
-            )
-        except requests.exceptions.RequestException as exc:
-            raise chatwoot.Unavailable(f"listing conversations failed: {type(exc).__name__}") from None
-        chatwoot._raise_for_status(response, write=False)
-        data = chatwoot._json(response)
-        body = data.get("data", data) if isinstance(data, dict) else {}
-        items = body.get("payload") if isinstance(body, dict) else None
-        if not isinstance(items, list) or not items:
+        items = client.list_conversations(page)
+        if not items:
             break
         older = 0
         for item in items:
-            if not isinstance(item, dict) or not isinstance(item.get("id"), int):
+            if not isinstance(item.get("id"), int):
                 continue
             active = item.get("last_activity_at") or item.get("timestamp")
             if isinstance(active, int | float) and datetime.fromtimestamp(active, tz=UTC) < since:
@@ -259,6 +248,7 @@ def backfill(
     down; Chatwoot errors are counted per conversation and the run goes on.
     """
     from app.chatwoot import client as chatwoot
+    from app.chatwoot import reads
 
     seconds = window if window is not None else context.settings().backfill_window
     since = datetime.now(UTC) - timedelta(seconds=seconds)
@@ -273,11 +263,18 @@ def backfill(
         except chatwoot.NotConfigured:
             result.not_configured.append(account_id)
             continue
+        refused = reads.refusal(account_id, client.reads_with)
+        if refused is not None:
+            result.reads_off[account_id] = refused
+            continue
         result.accounts += 1
         targets = {k: c for k, c in known.items() if k[0] == account_id}
+        read = False
         if use_conversation_list and not conversation_ids:
             try:
-                for c in conversations_from_api(client, since):
+                listed_conversations = conversations_from_api(client, since)
+                read = True
+                for c in listed_conversations:
                     known_one = targets.get((account_id, c.conversation_id))
                     if known_one is None:
                         targets[(account_id, c.conversation_id)] = c
@@ -285,6 +282,9 @@ def backfill(
                         known_one.channel = known_one.channel or c.channel
                         known_one.inbox_id = known_one.inbox_id or c.inbox_id
                         known_one.contact = known_one.contact or c.contact
+            except chatwoot.BotTokenRefused as exc:
+                _reads_refused(client, exc, result)
+                continue
             except chatwoot.ChatwootError as exc:
                 result.errors.append(f"account {account_id}: conversation list: {exc.reason}")
         if conversation_ids:
@@ -295,6 +295,10 @@ def backfill(
         for conversation in list(targets.values())[:MAX_CONVERSATIONS]:
             try:
                 _backfill_conversation(client, conversation, since, result, dry_run)
+                read = True
+            except chatwoot.BotTokenRefused as exc:
+                _reads_refused(client, exc, result)
+                break
             except chatwoot.Unauthorized as exc:
                 result.errors.append(f"account {account_id}: {exc.reason}")
                 break
@@ -302,9 +306,21 @@ def backfill(
                 result.errors.append(
                     f"account {account_id} conversation {conversation.conversation_id}: {exc.reason}"
                 )
+        if read:
+            reads.record(account_id, client.reads_with, client.read_token_source, True)
     level = logging.WARNING if result.errors else logging.INFO
     log.log(level, "backfill done", extra={"backfill": result.as_dict(), "dry_run": dry_run})
     return result
+
+
+def _reads_refused(client: Any, exc: Exception, result: BackfillResult) -> None:
+    """Chatwoot refused the account's read token as a bot's: the backfill is off for it."""
+    from app.chatwoot import reads
+
+    reads.record(client.account_id, client.reads_with, client.read_token_source, False, str(exc))
+    result.reads_off[int(client.account_id)] = (
+        reads.refusal(client.account_id, client.reads_with) or "reads refused"
+    )
 
 
 def _backfill_conversation(

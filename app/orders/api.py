@@ -18,7 +18,7 @@ from app.errors import error_response
 
 bp = Blueprint("orders_api", __name__, url_prefix="/api")
 
-STATUSES = ("clarifying", "queued", "generating", "ready", "failed", "cancelled")
+STATUSES = ("clarifying", "waiting_for_contact", "queued", "generating", "ready", "failed", "cancelled")
 MAX_LIMIT = 200
 MAX_CONTENT_CHARS = 100_000
 

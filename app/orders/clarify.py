@@ -7,10 +7,13 @@ The clarification in progress lives in `conversations.context_json`:
                        "fields": {"platform": "LinkedIn", "length": "Short", ...},
                        "attempt": 0, "asked_at": "<ISO time>", "language": "en",
                        "question_outbox_id": 7, "question_message_id": "9882"},
-     "waiting_orders": [13]}
+     "waiting_orders": [13],
+     "on_hold": [{"order_id": 11, "outbox_id": 5}]}
 
 `waiting_orders` are incomplete orders that arrived while another one was being clarified;
-their questions come once the current one is settled.
+their questions come once the current one is settled. `on_hold` are orders whose question never
+reached the contact (the channel refused it, or it could not be sent): they are
+`waiting_for_contact`, nobody waits for an answer, and the contact's next message asks again.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -41,7 +44,12 @@ ASK_ORDER = ("platform", "topic", "length", "tone")
 MAX_ATTEMPTS_PER_QUESTION = 2
 """A question whose answer matches no choice is asked once more, then the order is cancelled."""
 
-OPEN_STATUSES = ("clarifying", "queued", "generating")
+OPEN_STATUSES = ("clarifying", "waiting_for_contact", "queued", "generating")
+
+UNDELIVERED = frozenset({"failed", "not_sent", "no_template"})
+"""Outbox statuses of a question the contact never saw."""
+MAX_ASK_ROUNDS = 20
+"""Times one question may be recorded again after it never reached the contact."""
 
 LOCK_WAIT_SECONDS = 30.0
 """How long a job waits for another job to finish with the same conversation."""
@@ -161,18 +169,22 @@ def _order_fields(order: dict[str, Any]) -> dict[str, str]:
 
 
 def _ask(cur: Any, turn: Turn, order: dict[str, Any], name: str, attempt: int) -> int:
-    """Record the question for `name` and make it the clarification in progress."""
+    """Record the question for `name` and make it the clarification in progress.
+
+    A question recorded before that never reached the contact is recorded again under a new key.
+    """
     language = order.get("language") or turn.language
     body = question_body(name, language, again=attempt > 0)
-    outbox_id = outbox.record_in(
-        cur,
-        turn.account_id,
-        turn.conversation_id,
-        "question",
-        f"order:{order['id']}:ask:{name}:{attempt}",
-        body,
-        order_id=int(order["id"]),
-    )
+    base = f"order:{order['id']}:ask:{name}:{attempt}"
+    key = base
+    for round_ in range(1, MAX_ASK_ROUNDS + 1):
+        outbox_id = outbox.record_in(
+            cur, turn.account_id, turn.conversation_id, "question", key, body, order_id=int(order["id"])
+        )
+        recorded = _exec(cur, "outbox.message_get", {"id": outbox_id})
+        if recorded is None or recorded["status"] not in UNDELIVERED:
+            break
+        key = f"{base}:again{round_}"
     turn.context["clarification"] = {
         "order_id": int(order["id"]),
         "field": name,
@@ -372,8 +384,114 @@ def cancel_open_orders(cur: Any, turn: Turn, reason: str) -> list[int]:
             cancelled.append(int(order["id"]))
     turn.context.pop("clarification", None)
     turn.context.pop("waiting_orders", None)
+    turn.context.pop("on_hold", None)
     save_context(cur, turn)
     return cancelled
+
+
+# ------------------------------------------------------------------------------------------
+# Questions that came back as updates of our own message: the web widget's answer, the
+# channel's refusal; and questions that never reached the contact
+
+
+def pending_question(turn: Turn, outbox_row: dict[str, Any]) -> dict[str, Any] | None:
+    """The clarification in progress when `outbox_row` is its question, else None."""
+    clarification = turn.context.get("clarification")
+    if clarification and clarification.get("question_outbox_id") == outbox_row["id"]:
+        return dict(clarification)
+    return None
+
+
+def widget_answer(cur: Any, turn: Turn, question: dict[str, Any], submitted: list[Any]) -> Effects | None:
+    """The web widget's choice (`submitted_values` set on our question) as the answer to it,
+    read as a typed answer would be (`as_answer`), by the item's value, else its title.
+
+    None when the question is no longer the one waiting (already answered, by typing or a
+    second delivery): an answer counts once.
+    """
+    if pending_question(turn, question) is None:
+        return None
+    answer = None
+    for picked in submitted:
+        for key in ("value", "title"):
+            text = picked.get(key) if isinstance(picked, dict) else None
+            if answer is None and isinstance(text, str):
+                found = as_answer(replace(turn, text=text))
+                answer = found if found is not None and found.choice is not None else None
+    return apply_answer(cur, turn, answer or Answer(None))
+
+
+def hold(cur: Any, turn: Turn, question: dict[str, Any], reason: str) -> dict[str, Any] | None:
+    """The pending question never reached the contact: its order waits for the contact's next
+    message (`waiting_for_contact`, the reason kept), and nobody waits for an answer.
+
+    Returns the order held, or None when `question` is not the pending question."""
+    clarification = pending_question(turn, question)
+    if clarification is None:
+        return None
+    order = _exec(
+        cur,
+        "orders.order_move",
+        {
+            "id": clarification["order_id"],
+            "to": "waiting_for_contact",
+            "from": ["clarifying"],
+            "reason": f"question not delivered: {reason}"[:500],
+        },
+    )
+    turn.context.pop("clarification", None)
+    if order is not None:
+        held = list(turn.context.get("on_hold") or [])
+        held.append({"order_id": int(order["id"]), "outbox_id": int(question["id"])})
+        turn.context["on_hold"] = held
+        log.info(
+            "order waits for the contact: question not delivered",
+            extra={"order_id": order["id"], "outbox_id": question["id"]},
+        )
+    save_context(cur, turn)
+    return order
+
+
+def hold_if_undelivered(turn: Turn) -> dict[str, Any] | None:
+    """Before reading a contact's message: when the pending question never reached the contact
+    (the send ended failed, not_sent or no_template), hold its order; the message is then not an
+    answer to it. Returns the order held."""
+    clarification = turn.context.get("clarification")
+    if not clarification or not clarification.get("question_outbox_id"):
+        return None
+    question = outbox.get(int(clarification["question_outbox_id"]))
+    if question is None or question["status"] not in UNDELIVERED:
+        return None
+    with context.db().transaction() as cur:
+        return hold(cur, turn, question, f"{question['status']}: {question.get('error_details') or ''}")
+
+
+def resume(cur: Any, turn: Turn) -> Effects:
+    """The contact wrote: orders held for them go back to clarifying and are asked again, first
+    in line (after a question the message itself started)."""
+    effects = Effects()
+    held = turn.context.pop("on_hold", None)
+    if not held:
+        return effects
+    resumed: list[int] = []
+    for entry in held:
+        order = _exec(
+            cur,
+            "orders.order_move",
+            {"id": entry["order_id"], "to": "clarifying", "from": ["waiting_for_contact"], "reason": None},
+        )
+        if order is not None:
+            resumed.append(int(order["id"]))
+    waiting = [i for i in turn.context.get("waiting_orders") or [] if i not in resumed]
+    turn.context["waiting_orders"] = resumed + waiting
+    if not turn.context.get("clarification"):
+        _start_next(cur, turn, effects)
+    if not turn.context.get("waiting_orders"):
+        turn.context.pop("waiting_orders", None)
+    save_context(cur, turn)
+    if resumed:
+        log.info("held orders resumed", extra={"orders": resumed})
+    return effects
 
 
 # ------------------------------------------------------------------------------------------
@@ -420,7 +538,8 @@ def conversation_lock(key: str, wait_seconds: float = LOCK_WAIT_SECONDS) -> Iter
 def expire_clarifications(now: datetime | None = None, limit: int = 200) -> int:
     """Cancel clarifications left unanswered for CLARIFICATION_TIMEOUT; returns how many.
 
-    Runs from the scheduler. Nothing is sent for an expired question (the user stopped
+    A question that never reached the contact is not timed out: its order is held for the
+    contact's next message. Runs from the scheduler. Nothing is sent for an expired question (the user stopped
     answering, and WhatsApp's reply window has usually closed by then); a waiting order that is
     still recent gets its first question.
     """
@@ -460,6 +579,20 @@ def expire_clarifications(now: datetime | None = None, limit: int = 200) -> int:
                         ),
                         context=ctx,
                     )
+                    question = (
+                        _exec(cur, "outbox.message_get", {"id": clarification["question_outbox_id"]})
+                        if clarification.get("question_outbox_id")
+                        else None
+                    )
+                    if question is not None and question["status"] in UNDELIVERED:
+                        # Never seen by the contact: not timed out, held for the contact.
+                        hold(
+                            cur,
+                            turn,
+                            question,
+                            f"{question['status']}: {question.get('error_details') or ''}",
+                        )
+                        continue
                     if _exec(
                         cur,
                         "orders.order_move",

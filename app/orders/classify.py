@@ -3,6 +3,12 @@
 Messages of one conversation are handled one at a time and in the order they were written
 (a PostgreSQL advisory lock per conversation, then its pending messages by creation time), so a
 quick answer never overtakes the order it answers. Notes are kept silently.
+
+Our own messages come back too, and two of their versions matter here (app/chatwoot/payloads.py
+`feedback`): the web widget's answer, which Chatwoot records on our question as
+`content_attributes.submitted_values` (no incoming message is created), and the channel's
+refusal, `content_attributes.external_error`. The first answers the pending question, once;
+the second marks our outbox row failed and, for a question, holds its order for the contact.
 """
 
 from __future__ import annotations
@@ -12,8 +18,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from app import context
+from app.chatwoot import accounts, outbox, payloads
 from app.chatwoot import client as chatwoot
-from app.chatwoot import outbox, payloads
 from app.db import DatabaseUnavailable, queries
 from app.metrics import JOBS
 from app.orders import clarify as orders
@@ -179,10 +185,20 @@ def handle(note_id: int) -> str | None:
     note = database.fetch_one("orders.note_get", {"id": note_id})
     if note is None or note["classification_status"] != "pending":
         return None
+    message = _message(note)
+    if message.feedback and note["chatwoot_conversation_id"] is not None:
+        # One of our messages that reached us first as its answered (or refused) version.
+        handle_feedback(
+            int(note["chatwoot_account_id"]), int(note["chatwoot_conversation_id"]), note["payload"]
+        )
+        database.fetch_one("orders.note_classified", {"id": note_id, "status": "done", "kind": None})
+        return None
     if not _processable(note) or note["chatwoot_conversation_id"] is None:
         database.fetch_one("orders.note_classified", {"id": note_id, "status": "not_needed", "kind": None})
         return None
     turn = build_turn(note)
+    # A question the contact never saw is not waiting for this message.
+    orders.hold_if_undelivered(turn)
     command = commands.parse(turn.text)
     link = commands.redeem(turn, command.argument) if command and command.name == "link" else None
     answer = orders.as_answer(turn) if command is None and turn.text else None
@@ -212,6 +228,8 @@ def handle(note_id: int) -> str | None:
                 _, effects = orders.create_order(cur, turn, found)
             else:
                 kind = "note"
+            # The contact wrote: orders held because a question never reached them are resumed.
+            effects.extend(orders.resume(cur, turn))
             cur.execute(queries["orders.note_classified"], {"id": note_id, "status": "done", "kind": kind})
             if cur.fetchone() is None:
                 raise _AlreadyClassified
@@ -219,3 +237,123 @@ def handle(note_id: int) -> str | None:
         return None
     effects.run()
     return kind
+
+
+# ------------------------------------------------------------------------------------------
+# Versions of our own messages: the web widget's answer, the channel's refusal
+
+
+def classify_update(update_id: int) -> str:
+    """Hand an archived version of one of our messages (an answer or a refusal) to the order flow."""
+    database = context.db()
+    row = database.fetch_one("orders.update_get", {"id": update_id})
+    if row is None:
+        return "missing"
+    if row["classification_status"] != "pending":
+        return str(row["classification_status"])
+    account_id = int(row["chatwoot_account_id"])
+    conversation_id = row["chatwoot_conversation_id"]
+    try:
+        if conversation_id is not None:
+            with orders.conversation_lock(orders.conversation_key(account_id, int(conversation_id))):
+                outcome = handle_feedback(account_id, int(conversation_id), row["payload"])
+        else:
+            outcome = "no conversation"
+    except (DatabaseUnavailable, orders.ConversationBusy):
+        JOBS.labels(job="classify_update", result="retry").inc()
+        raise
+    database.fetch_one("orders.update_classified", {"id": update_id, "status": "done"})
+    JOBS.labels(job="classify_update", result="ok").inc()
+    log.info("update of our message handled", extra={"update_id": update_id, "outcome": outcome})
+    return outcome
+
+
+WINDOW_ERRORS = ("131047", "re-engagement")
+"""How WhatsApp says a free-form message came after its 24-hour window (Meta's error 131047)."""
+
+
+def handle_feedback(account_id: int, conversation_id: int, payload: dict[str, Any]) -> str:
+    """Act on an answered or refused version of our own message; safe to repeat. Returns what
+    was done: `answered`, `refused`, or why nothing was."""
+    message = payloads.Message.of(payload)
+    raw_attributes = payload.get("content_attributes")
+    attributes: dict[str, Any] = raw_attributes if isinstance(raw_attributes, dict) else {}
+    key = attributes.get(chatwoot.OUTBOX_KEY_ATTRIBUTE)
+    row = outbox.get_by_key(str(key)) if isinstance(key, str) else None
+    if (
+        row is None
+        or int(row["chatwoot_account_id"]) != account_id
+        or int(row["chatwoot_conversation_id"]) != conversation_id
+    ):
+        return "not our outbox message"
+    database = context.db()
+    effects = orders.Effects()
+    outcome = "nothing to do"
+    with database.transaction() as cur:
+        conv = orders._exec(
+            cur, "orders.conversation_get", {"account_id": account_id, "conversation_id": conversation_id}
+        )
+        turn = _conversation_turn(conv, account_id, conversation_id) if conv else None
+        if message.feedback == "refused":
+            error = str(attributes.get("external_error") or "").strip()
+            if outbox.mark_refused(cur, row, message.message_id, error):
+                outcome = "refused"
+                effects.outbox_ids.extend(_template_instead(cur, row, error))
+            held = (
+                orders.hold(cur, turn, row, f"refused by the channel: {error}")
+                if turn is not None and row["kind"] == "question"
+                else None
+            )
+            if held is not None:
+                outcome = "refused; order held"
+        elif message.feedback == "answer" and turn is not None and row["kind"] == "question":
+            submitted = attributes.get("submitted_values")
+            answered = orders.widget_answer(cur, turn, row, submitted if isinstance(submitted, list) else [])
+            if answered is not None:
+                effects = answered
+                outcome = "answered"
+            else:
+                outcome = "not the pending question"
+    effects.run()
+    return outcome
+
+
+def _conversation_turn(conv: dict[str, Any], account_id: int, conversation_id: int) -> orders.Turn:
+    """The conversation as the order flow sees it, for a message that is not the contact's."""
+    ctx: dict[str, Any] = dict(conv.get("context_json") or {})
+    clarification = ctx.get("clarification") or {}
+    return orders.Turn(
+        note_id=0,
+        account_id=account_id,
+        conversation_id=conversation_id,
+        contact=payloads.Contact(conv.get("chatwoot_contact_id")),
+        user_id=conv.get("user_id"),
+        text="",
+        in_reply_to=None,
+        language=i18n.language_or_default(clarification.get("language") or conv.get("language")),
+        context=ctx,
+    )
+
+
+def _template_instead(cur: Any, row: dict[str, Any], error: str) -> list[int]:
+    """A notice WhatsApp refused for coming after its 24-hour window goes again as the account's
+    approved template, when the notice was recorded with template values and one is configured."""
+    if row.get("template_values") is None or not any(m in error.lower() for m in WINDOW_ERRORS):
+        return []
+    template = accounts.resolve(int(row["chatwoot_account_id"])).ready_template
+    if template is None:
+        return []
+    body = chatwoot.template_body(
+        str(row["body"].get("content") or ""), template.params_for(row["template_values"])
+    )
+    return [
+        outbox.record_in(
+            cur,
+            int(row["chatwoot_account_id"]),
+            int(row["chatwoot_conversation_id"]),
+            str(row["kind"]),
+            f"{row['dedupe_key']}:template",
+            body,
+            order_id=row.get("order_id"),
+        )
+    ]

@@ -154,7 +154,10 @@ def complete(
 
 
 def deliver(order_id: int) -> dict[str, Any] | None:
-    """Ready notice (only with opt-in), then the draft kept in the user's bucket. Safe to repeat."""
+    """Ready notice (only with opt-in), then the draft kept in the user's bucket. Safe to repeat.
+
+    The notice is free text; outside WhatsApp's 24-hour window the send job sends the account's
+    approved WhatsApp template instead, filled with the values recorded with it."""
     from app.archive import storage
 
     database = context.db()
@@ -165,20 +168,16 @@ def deliver(order_id: int) -> dict[str, Any] | None:
     mapping = database.fetch_one("users.user_get", {"user_id": user_id}) if user_id else None
     if mapping and mapping["notify_on_ready"]:
         language = _language(order, mapping)
+        what = i18n.what(order.get("platform"), language)
         outbox.record_and_enqueue(
             int(order["chatwoot_account_id"]),
             int(order["chatwoot_conversation_id"]),
             "order_ready",
             f"order:{order_id}:ready",
-            chatwoot.text_body(
-                i18n.t(
-                    "order.ready",
-                    language,
-                    what=i18n.what(order.get("platform"), language),
-                    order_id=order_id,
-                )
-            ),
+            chatwoot.text_body(i18n.t("order.ready", language, what=what, order_id=order_id)),
             order_id=order_id,
+            # After WhatsApp's 24-hour window, the account's approved template carries the notice.
+            template_values={"what": what, "order_id": str(order_id), "language": language},
         )
     bucket = storage.ensure_bucket(bucket_for(order))
     path = storage.put_json(bucket, draft_object_name(order_id), draft_document(order))

@@ -132,6 +132,11 @@ TEXTS: dict[str, dict[str, str]] = {
         "pt": "aguardando sua resposta",
         "es": "esperando tu respuesta",
     },
+    "status.waiting_for_contact": {
+        "en": "on hold: our question did not reach you; it comes again now",
+        "pt": "em espera: nossa pergunta não chegou até você; ela vem de novo agora",
+        "es": "en espera: nuestra pregunta no te llegó; llega de nuevo ahora",
+    },
     "status.queued": {"en": "in the queue", "pt": "na fila", "es": "en la cola"},
     "status.generating": {"en": "being written", "pt": "sendo escrito", "es": "en redacción"},
     "status.no_order": {

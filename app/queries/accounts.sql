@@ -14,9 +14,12 @@ ORDER BY a.chatwoot_account_id;
 -- name: upsert
 -- A new webhook secret moves the current one to previous_webhook_secret_enc (rotation).
 INSERT INTO chatwoot_accounts AS a
-    (chatwoot_account_id, name, base_url, api_access_token_enc, webhook_secret_enc, inbox_ids, url_token_enc)
+    (chatwoot_account_id, name, base_url, api_access_token_enc, webhook_secret_enc, inbox_ids, url_token_enc,
+     user_access_token_enc, ready_template_name, ready_template_language, ready_template_category,
+     ready_template_params)
 VALUES (%(account_id)s, %(name)s, %(base_url)s, %(api_token_enc)s, %(webhook_secret_enc)s, %(inbox_ids)s,
-        %(url_token_enc)s)
+        %(url_token_enc)s, %(user_token_enc)s, %(template_name)s, %(template_language)s,
+        %(template_category)s, %(template_params)s)
 ON CONFLICT (chatwoot_account_id) DO UPDATE SET
     name = COALESCE(EXCLUDED.name, a.name),
     base_url = COALESCE(EXCLUDED.base_url, a.base_url),
@@ -26,6 +29,11 @@ ON CONFLICT (chatwoot_account_id) DO UPDATE SET
     webhook_secret_enc = COALESCE(EXCLUDED.webhook_secret_enc, a.webhook_secret_enc),
     inbox_ids = COALESCE(EXCLUDED.inbox_ids, a.inbox_ids),
     url_token_enc = COALESCE(EXCLUDED.url_token_enc, a.url_token_enc),
+    user_access_token_enc = COALESCE(EXCLUDED.user_access_token_enc, a.user_access_token_enc),
+    ready_template_name = COALESCE(EXCLUDED.ready_template_name, a.ready_template_name),
+    ready_template_language = COALESCE(EXCLUDED.ready_template_language, a.ready_template_language),
+    ready_template_category = COALESCE(EXCLUDED.ready_template_category, a.ready_template_category),
+    ready_template_params = COALESCE(EXCLUDED.ready_template_params, a.ready_template_params),
     updated_at = now()
 RETURNING *;
 

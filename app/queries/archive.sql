@@ -133,7 +133,8 @@ WHERE u.id = %(update_id)s;
 -- name: update_stored
 UPDATE message_updates
 SET processing_status = 'stored', gcs_storage_path = %(path)s, error_details = NULL, updated_at = now()
-WHERE id = %(update_id)s AND processing_status IN ('received', 'error');
+WHERE id = %(update_id)s AND processing_status IN ('received', 'error')
+RETURNING classification_status;
 
 -- name: update_error
 UPDATE message_updates

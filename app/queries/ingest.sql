@@ -9,6 +9,8 @@
 -- and the caller runs it again. `existing` is looked up only when the insert did nothing (a
 -- one-time filter: no index probe for a new message). With $17, the payload is the text as
 -- received and the statement removes its one secret, conversation.contact_inbox.pubsub_token.
+-- An update is classified ($16) only when it is a version of our own message (the web widget's
+-- answer, the channel's refusal): a new version of a contact's message is not classified again.
 -- name: prepare_record
 PREPARE ingest_record (
     jsonb, integer, text, integer, integer, integer, text, text, text, text, boolean, text,
@@ -32,8 +34,10 @@ WITH input AS (
     SELECT id, content_fingerprint FROM meeting_notes
     WHERE chatwoot_account_id = $2 AND chatwoot_message_id = $3 AND NOT EXISTS (SELECT FROM note)
 ), change AS (
-    INSERT INTO message_updates (meeting_note_id, fingerprint, payload, processing_status)
-    SELECT existing.id, $14, COALESCE($20, input.payload), 'received'
+    INSERT INTO message_updates (meeting_note_id, fingerprint, payload, processing_status,
+        classification_status)
+    SELECT existing.id, $14, COALESCE($20, input.payload), 'received',
+        CASE WHEN $8 = 'incoming' THEN 'not_needed' ELSE $16 END
     FROM existing, input
     WHERE existing.content_fingerprint IS DISTINCT FROM $14
     ON CONFLICT (meeting_note_id, fingerprint) DO NOTHING

@@ -125,7 +125,7 @@ RETURNING *;
 -- name: orders_open_in_conversation
 SELECT * FROM orders
 WHERE chatwoot_account_id = %(account_id)s AND chatwoot_conversation_id = %(conversation_id)s
-  AND status IN ('clarifying', 'queued', 'generating')
+  AND status IN ('clarifying', 'waiting_for_contact', 'queued', 'generating')
 ORDER BY id;
 
 -- name: orders_list
@@ -172,3 +172,15 @@ SELECT pg_try_advisory_lock(hashtextextended(%(key)s, 0)) AS locked;
 
 -- name: unlock_conversation
 SELECT pg_advisory_unlock(hashtextextended(%(key)s, 0)) AS unlocked;
+
+-- A version of our own message carrying an answer or a refusal, with where its message lives.
+-- name: update_get
+SELECT u.id, u.payload, u.classification_status, n.chatwoot_account_id, n.chatwoot_conversation_id
+FROM message_updates u
+JOIN meeting_notes n ON n.id = u.meeting_note_id
+WHERE u.id = %(id)s;
+
+-- name: update_classified
+UPDATE message_updates SET classification_status = %(status)s, updated_at = now()
+WHERE id = %(id)s AND classification_status = 'pending'
+RETURNING id;

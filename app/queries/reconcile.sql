@@ -112,6 +112,31 @@ UPDATE message_updates
    SET processing_status = 'error', error_details = %(error)s, next_attempt_at = NULL, updated_at = now()
  WHERE id = %(id)s AND processing_status = 'received';
 
+-- An archived version of our own message carrying an answer or a refusal, not yet handed to the
+-- order flow (next_attempt_at served the archive stage before; it is free once stored).
+-- name: update_classification_stuck
+SELECT id, classification_attempts AS attempts, error_details
+  FROM message_updates
+ WHERE processing_status = 'stored'
+   AND classification_status = 'pending'
+   AND updated_at < now() - make_interval(secs => %(grace)s)
+   AND (NOT %(due)s OR next_attempt_at IS NULL OR next_attempt_at <= now())
+   AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
+ ORDER BY id
+ LIMIT %(limit)s;
+
+-- name: update_classification_attempt
+UPDATE message_updates
+   SET classification_attempts = classification_attempts + 1,
+       next_attempt_at = now() + make_interval(secs => %(delay)s)
+ WHERE id = %(id)s AND processing_status = 'stored' AND classification_status = 'pending'
+RETURNING classification_attempts AS attempts;
+
+-- name: update_classification_give_up
+UPDATE message_updates
+   SET classification_status = 'failed', error_details = %(error)s, next_attempt_at = NULL, updated_at = now()
+ WHERE id = %(id)s AND processing_status = 'stored' AND classification_status = 'pending';
+
 -- A 'sending' row may have left (the send job then checks the conversation before sending
 -- again), so it waits longer: %(grace)s is the job timeout plus the grace period for it.
 -- name: outbox_stuck

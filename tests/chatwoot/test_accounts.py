@@ -60,3 +60,35 @@ def test_storing_a_secret_without_a_key_is_refused(db: Any, use_settings: Any) -
     use_settings(secrets_encryption_key="")
     with pytest.raises(accounts.SecretsKeyMissing):
         accounts.upsert(9, api_token="x")
+
+
+def test_an_accounts_user_token_and_template_from_the_command_line(runner: Any, keyed: Any, db: Any) -> None:
+    result = runner.invoke(
+        args=[
+            "accounts",
+            "set",
+            "7",
+            "--user-token",
+            "--ready-template",
+            "content_ready",
+            "--ready-template-language",
+            "en:en_US,pt:pt_BR",
+            "--ready-template-params",
+            "order_id",
+        ],
+        input="user-token-7\n",
+    )
+    assert result.exit_code == 0, result.output
+    assert "user-token-7" not in result.output
+    assert "content_ready en:en_US,pt:pt_BR (order_id)" in result.output
+    config = accounts.resolve(7, use_cache=False)
+    assert config.read_token == "user-token-7" and config.api_token != "user-token-7"
+    assert config.ready_template is not None
+    assert config.ready_template.language("pt") == "pt_BR"
+    assert config.ready_template.params == ("order_id",)
+    assert config.ready_template.category == "UTILITY"
+
+    refused = runner.invoke(args=["accounts", "set", "7", "--ready-template", "Content Ready"])
+    assert refused.exit_code == 1 and "ready_template_name" in refused.output
+    refused = runner.invoke(args=["accounts", "set", "7", "--ready-template-params", "what,name"])
+    assert refused.exit_code == 1 and "ready_template_params" in refused.output

@@ -15,6 +15,9 @@ WEBHOOK_SECRET = "test-webhook-secret"
 BUCKET_HASH_SECRET = "test-bucket-hash-secret"
 CHATWOOT_BASE_URL = "https://chat.example.com"
 CHATWOOT_TOKEN = "test-chatwoot-api-token"
+"""A Chatwoot user's access token: the stand-in Chatwoot lets it read and write."""
+CHATWOOT_BOT_TOKEN = "test-chatwoot-agent-bot-token"
+"""An agent bot's access token: the stand-in Chatwoot refuses it on list endpoints, as Chatwoot does."""
 
 
 def base_environ(services: Any, tmp_path: Path) -> dict[str, str]:

@@ -3,7 +3,9 @@
 A gunicorn on loopback, the real worker processes (`python -m workers`) and the cron process
 (`python -m workers.cron`) run against the suite's PostgreSQL and Redis and a GCS emulator of
 this test's own (its files kept on disk across a restart, as real GCS keeps them). Chatwoot is
-a local HTTP stub that serves attachments and counts every message posted to it.
+a local HTTP stub that serves attachments and counts every message posted to it; as Chatwoot
+does, it lets the agent bot's token (which sends) create messages but not list them, and the
+user's token (which reads) do both.
 
 Every tenth message belongs to account 7, which has a webhook secret of its own; among the
 deliveries are forged ones for account 7, signed with the environment's secret.
@@ -42,7 +44,14 @@ import requests
 from cryptography.fernet import Fernet
 
 from app.chatwoot import accounts
-from tests.helpers.common import CHATWOOT_TOKEN, WEBHOOK_SECRET, base_environ, load_fixture, sign
+from tests.helpers.common import (
+    CHATWOOT_BOT_TOKEN,
+    CHATWOOT_TOKEN,
+    WEBHOOK_SECRET,
+    base_environ,
+    load_fixture,
+    sign,
+)
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -65,9 +74,15 @@ IMAGE_BYTES = b"\xff\xd8\xff\xe0" + b"fault-test-image" * 64
 
 @dataclass
 class ChatwootStub:
-    """Chatwoot's API and attachment URLs on loopback; counts what is posted to it."""
+    """Chatwoot's API and attachment URLs on loopback; counts what is posted to it.
+
+    Tokens as `access_token_auth_helper.rb` treats them: `token` (a user's) may list and create,
+    `bot_token` (an agent bot's) may create messages and gets 401 "Access to this endpoint is not
+    authorized for bots" on list endpoints; any other token gets 401 "Invalid Access Token".
+    """
 
     token: str = CHATWOOT_TOKEN
+    bot_token: str = CHATWOOT_BOT_TOKEN
     posted: list[dict[str, Any]] = field(default_factory=list)
     requests_seen: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     files: dict[str, bytes] = field(default_factory=dict)
@@ -105,6 +120,17 @@ class ChatwootStub:
                 with stub.lock:
                     stub.requests_seen.append((self.command, self.path, dict(self.headers)))
 
+            def _refused(self, bots_may: bool) -> bool:
+                """Answer 401 as Chatwoot does when the token may not use this endpoint."""
+                token = self.headers.get("api_access_token")
+                if token == stub.token or (token == stub.bot_token and bots_may):
+                    return False
+                if token == stub.bot_token:
+                    self._answer(401, b'{"error":"Access to this endpoint is not authorized for bots"}')
+                else:
+                    self._answer(401, b'{"error":"Invalid Access Token"}')
+                return True
+
             def do_GET(self) -> None:
                 self._seen()
                 path = self.path.split("?", 1)[0]
@@ -120,10 +146,13 @@ class ChatwootStub:
                     time.sleep(stub.slow.get(found.group(1), 0.0))
                     self._answer(200, stub.files[found.group(1)], {"Content-Type": "image/jpeg"})
                     return
+                if re.fullmatch(r"/api/v1/accounts/(\d+)/conversations", path):
+                    if not self._refused(bots_may=False):
+                        self._answer(200, b'{"data":{"meta":{},"payload":[]}}')
+                    return
                 found = re.fullmatch(r"/api/v1/accounts/(\d+)/conversations/(\d+)/messages", path)
                 if found:
-                    if self.headers.get("api_access_token") != stub.token:
-                        self._answer(401, b'{"error":"Invalid Access Token"}')
+                    if self._refused(bots_may=False):
                         return
                     conversation = int(found.group(2))
                     with stub.lock:
@@ -143,8 +172,7 @@ class ChatwootStub:
                 if not found:
                     self._answer(404, b'{"error":"not found"}')
                     return
-                if self.headers.get("api_access_token") != stub.token:
-                    self._answer(401, b'{"error":"Invalid Access Token"}')
+                if self._refused(bots_may=True):
                     return
                 with stub.lock:
                     message = {
@@ -461,6 +489,9 @@ def test_nothing_lost_nothing_twice_under_faults(  # noqa: PLR0917 (fixtures)
         **base_environ(services, tmp_path),
         "STORAGE_EMULATOR_HOST": _gcs_url(private_gcs),
         "CHATWOOT_BASE_URL": stub.url,
+        # As recommended: the agent bot's token sends, a user's token reads.
+        "CHATWOOT_API_ACCESS_TOKEN": stub.bot_token,
+        "CHATWOOT_USER_ACCESS_TOKEN": stub.token,
         "SPOOL_DIR": str(spool_dir),
         "LOG_LEVEL": "WARNING",
         "WORKER_PROCESSES": "3",
@@ -646,7 +677,13 @@ def test_nothing_lost_nothing_twice_under_faults(  # noqa: PLR0917 (fixtures)
         logs = "\n".join(path.read_text(errors="replace") for path in procs.logs.glob("*.log"))
         assert "Traceback" not in logs, procs.tail()
         phones = {p["sender"].get("phone_number") for p in payloads if p["sender"].get("phone_number")}
-        for secret in (CHATWOOT_TOKEN, WEBHOOK_SECRET, *phones, *(x.lstrip("+") for x in phones)):
+        for secret in (
+            CHATWOOT_TOKEN,
+            CHATWOOT_BOT_TOKEN,
+            WEBHOOK_SECRET,
+            *phones,
+            *(x.lstrip("+") for x in phones),
+        ):
             assert secret not in logs
     finally:
         procs.stop_all()

@@ -127,6 +127,8 @@ def test_source_type_when_the_payload_names_no_channel() -> None:
         ("message_created__outgoing_bot_quick_reply", "agent_bot", False),
         ("message_updated__outgoing_bot_delivered", "agent_bot", False),
         ("message_created__private_note", "user", False),
+        ("message_updated__web_widget_submitted_values", "agent_bot", False),
+        ("message_updated__whatsapp_external_error", "agent_bot", False),
     ],
 )
 def test_sender_type_and_is_processable(name: str, sender: str, processable: bool) -> None:
@@ -252,3 +254,31 @@ def test_secret_keys_are_removed_at_any_depth_whatever_their_case(key: str) -> N
 )
 def test_ordinary_keys_are_kept(key: str) -> None:
     assert not payloads.is_secret_key(key)
+
+
+@pytest.mark.parametrize(
+    ("name", "feedback"),
+    [
+        ("message_updated__web_widget_submitted_values", "answer"),
+        ("message_updated__whatsapp_external_error", "refused"),
+        ("message_updated__outgoing_bot_delivered", None),
+        ("message_created__incoming_quick_reply_answer", None),
+    ],
+)
+def test_our_answered_or_refused_message_is_classified_not_processed(name: str, feedback: str | None) -> None:
+    message = payloads.Message.of(load_fixture(name))
+    assert message.feedback == feedback
+    assert message.processable is (name == "message_created__incoming_quick_reply_answer")
+    assert message.classification_status == ("pending" if feedback or message.processable else "not_needed")
+
+
+def test_only_our_own_messages_carry_feedback() -> None:
+    answered = load_fixture("message_updated__web_widget_submitted_values")
+    del answered["content_attributes"]["outbox_key"]  # an agent's or another bot's question
+    assert payloads.feedback(answered) is None
+    refused = load_fixture("message_updated__whatsapp_external_error")
+    refused["private"] = True
+    assert payloads.feedback(refused) is None
+    refused = load_fixture("message_updated__whatsapp_external_error")
+    refused["content_attributes"]["external_error"] = "  "
+    assert payloads.feedback(refused) is None
