@@ -20,6 +20,7 @@ from app.admin.auth import bearer_token, token_matches
 from app.admin.stats import dashboard
 from app.db import DatabaseUnavailable
 from app.errors import error_response
+from app.users import tombstones
 from app.users.erase import StorageUnavailable, erase_user
 from app.users.service import (
     LANGUAGES,
@@ -328,3 +329,14 @@ def accounts_delete(account_id: int) -> Any:
         raise NotFound(f"no account {account_id}")
     log.info("chatwoot account deleted", extra={"account_id": account_id})
     return jsonify(chatwoot_account_id=account_id, deleted=True)
+
+
+@bp.post("/users/<user_id>/reconsent")
+def users_reconsent(user_id: str) -> Any:
+    """An erased user's explicit consent: the erasure's tombstones are lifted (nothing erased
+    comes back; the user's contacts are archived again from now on)."""
+    lifted = tombstones.lift(user_id)
+    if lifted is None:
+        raise NotFound(f"no erasure holds for user {user_id!r}")
+    log.info("erasure lifted by re-consent", extra={"contacts_released": lifted["contacts_released"]})
+    return jsonify(lifted)

@@ -9,6 +9,7 @@ and remembered in `gcs_buckets` and in each process. Objects are written with
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -25,6 +26,7 @@ from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from app import context
+from app.users import tombstones
 
 if TYPE_CHECKING:
     from google.cloud.storage import Bucket, Client
@@ -235,7 +237,7 @@ def ensure_bucket(name: str) -> Bucket:
             raise ForeignBucket(f"bucket {name} belongs to another project")
         known.add(name)
         return client.bucket(name)
-    bucket = _create_or_adopt(client, name)
+    bucket = _create_unless_erased(client, name)
     known.add(name)
     return bucket
 
@@ -579,3 +581,238 @@ def iter_message_objects(bucket_name_: str, prefix: str) -> Iterator[str]:
     for name in sorted(names):
         if name == message_object(prefix) or name.startswith(prefix + "/"):
             yield name
+
+
+# ------------------------------------------------------------------------------------------
+# erasure: no bucket comes back for an erased user, and deleted means deleted
+
+
+ERASE_ROUNDS = 30
+"""Rounds of "delete every object, then the bucket" before an erasure gives up on a bucket that
+keeps filling (its writers are fenced off first, so two or three rounds are the rule)."""
+ERASE_PAUSE_SECONDS = 0.2
+"""Pause between two rounds, for writes already in flight to land."""
+
+
+class OwnerErased(PermanentStorageError):
+    """The bucket belongs to an erased user: nothing is written to it, and it is not created
+    again, until the user consents again."""
+
+
+class BucketKeepsFilling(StorageError):
+    """Objects kept appearing in a bucket being erased; running the erasure again finishes it."""
+
+
+@dataclass
+class BucketErasure:
+    """What erasing one bucket did."""
+
+    bucket_name: str
+    existed: bool = False
+    objects_deleted: int = 0
+    soft_deleted_objects_deleted: int = 0
+    """Objects a soft-delete policy still kept, restored and deleted for good."""
+    soft_delete_turned_off: bool = False
+    """Whether the bucket's soft-delete policy was set to 0 before anything was deleted."""
+    rounds: int = 0
+
+
+def _create_unless_erased(client: Client, name: str) -> Bucket:
+    """Create (or adopt) a bucket, never for an erased user.
+
+    Checked before, and once more after: an erasure that began while the bucket was being
+    created finds it (and empties it) or this finds the erasure (and deletes the bucket).
+    """
+    if tombstones.bucket_erased(name):
+        raise OwnerErased(f"bucket {name} belongs to an erased user")
+    bucket = _create_or_adopt(client, name)
+    if tombstones.bucket_erased(name):
+        erase_bucket(name)
+        raise OwnerErased(f"bucket {name} belongs to an erased user")
+    return bucket
+
+
+def write_fence(note_id: int, bucket_name: str) -> str | None:
+    """Why an archive job must not write a message's objects now (None: it may).
+
+    `message erased` when the row is gone, `owner erased` when the bucket is an erased user's.
+    """
+    row = context.db().fetch_one("erase.write_fence", {"note_id": note_id, "bucket_name": bucket_name})
+    if row is None:
+        return None
+    if row["gone"]:
+        return "message erased"
+    if row["erased"]:
+        return "owner erased"
+    return None
+
+
+def discard_message(bucket_name_: str, prefix: str) -> int:
+    """Delete a message's objects (its JSON and everything beside it); return how many."""
+    return sum(delete_object(bucket_name_, name) for name in iter_message_objects(bucket_name_, prefix))
+
+
+def _retention(bucket: Bucket) -> int | None:
+    value = bucket.soft_delete_policy.retention_duration_seconds
+    return int(value) if value is not None else None
+
+
+def _set_retention(bucket: Bucket, seconds: int) -> None:
+    bucket.soft_delete_policy.retention_duration_seconds = seconds
+    bucket.patch(timeout=CALL_TIMEOUT, retry=_call_retry())
+
+
+def _under(name: str, prefixes: set[str]) -> bool:
+    """Whether an object is a message's JSON or lies beside it, for one of the message prefixes."""
+    if name.removesuffix(".json") in prefixes:
+        return True
+    parts = name.split("/")
+    return any("/".join(parts[:i]) in prefixes for i in range(1, len(parts)))
+
+
+def _delete_live(client: Client, name: str) -> int:
+    from google.api_core import exceptions as gexc
+
+    deleted = 0
+    for blob in client.list_blobs(name, timeout=CALL_TIMEOUT, retry=_call_retry()):
+        try:
+            blob.delete(timeout=CALL_TIMEOUT, retry=_call_retry())
+            deleted += 1
+        except gexc.NotFound:
+            pass
+    return deleted
+
+
+def _purge_soft_deleted(client: Client, name: str, prefixes: set[str] | None = None) -> int:
+    """Delete for good the soft-deleted objects of a bucket (only those under `prefixes`, if given).
+
+    GCS can only list and restore a soft-deleted object: each is restored, then deleted again
+    while the bucket's soft-delete policy is 0, which deletes it for good. Emulators keep no
+    soft-deleted objects (and fake-gcs-server ignores `softDeleted`): an object listed without a
+    soft-delete time is a live one and is left to the live pass.
+    """
+    from google.api_core import exceptions as gexc
+
+    bucket = client.bucket(name)
+    purged = 0
+    listing = client.list_blobs(
+        name,
+        prefix=MESSAGES_PREFIX + "/" if prefixes is not None else None,
+        soft_deleted=True,
+        timeout=CALL_TIMEOUT,
+        retry=_call_retry(),
+    )
+    for blob in listing:
+        if blob.soft_delete_time is None or (prefixes is not None and not _under(blob.name, prefixes)):
+            continue
+        try:
+            restored = bucket.restore_blob(
+                blob.name,
+                generation=blob.generation,
+                if_generation_match=0,
+                timeout=CALL_TIMEOUT,
+                retry=_call_retry(),
+            )
+        except gexc.PreconditionFailed:
+            # A live object of that name was written meanwhile: delete it, then restore.
+            delete_object(name, blob.name)
+            restored = bucket.restore_blob(
+                blob.name, generation=blob.generation, timeout=CALL_TIMEOUT, retry=_call_retry()
+            )
+        except gexc.NotFound:
+            continue  # its retention ran out meanwhile
+        with contextlib.suppress(gexc.NotFound):
+            bucket.blob(blob.name, generation=restored.generation).delete(
+                timeout=CALL_TIMEOUT, retry=_call_retry()
+            )
+        purged += 1
+    return purged
+
+
+def erase_bucket(name: str) -> BucketErasure:
+    """Delete a bucket for good: soft delete off, then every object (soft-deleted ones too), then
+    the bucket, in rounds until it is gone. Writers must be fenced off first (the tombstone).
+
+    Raises BucketKeepsFilling after ERASE_ROUNDS rounds that each found new objects.
+    """
+    from google.api_core import exceptions as gexc
+
+    client = context.gcs()
+    result = BucketErasure(name)
+    try:
+        bucket = client.get_bucket(name, timeout=CALL_TIMEOUT, retry=_call_retry())
+    except gexc.NotFound:
+        forget_bucket(name)
+        return result
+    result.existed = True
+    if _retention(bucket) != 0:
+        # Deleted objects (and the bucket) must not be kept for days: no soft delete from now on.
+        _set_retention(bucket, 0)
+        result.soft_delete_turned_off = True
+    try:
+        while True:
+            result.rounds += 1
+            result.objects_deleted += _delete_live(client, name)
+            result.soft_deleted_objects_deleted += _purge_soft_deleted(client, name)
+            try:
+                bucket.delete(timeout=CALL_TIMEOUT, retry=_call_retry())
+                break
+            except (gexc.Conflict, gexc.PreconditionFailed):
+                # Not empty: a write that was in flight landed. GCS answers 409, emulators 412.
+                if result.rounds >= ERASE_ROUNDS:
+                    raise BucketKeepsFilling(
+                        f"bucket {name} kept filling for {result.rounds} rounds"
+                    ) from None
+                time.sleep(ERASE_PAUSE_SECONDS)
+    except gexc.NotFound:
+        pass  # deleted meanwhile (another erasure run)
+    forget_bucket(name)
+    log.info(
+        "bucket erased",
+        extra={
+            "bucket": name,
+            "objects": result.objects_deleted,
+            "soft_deleted_objects": result.soft_deleted_objects_deleted,
+            "rounds": result.rounds,
+        },
+    )
+    return result
+
+
+@dataclass
+class ObjectsErasure:
+    """What erasing some messages' objects from a shared bucket did."""
+
+    bucket_name: str
+    objects_deleted: int = 0
+    soft_deleted_objects_deleted: int = 0
+    soft_delete_paused: bool = False
+
+
+def erase_message_objects(name: str, prefixes: set[str], live: set[str] | None = None) -> ObjectsErasure:
+    """Delete for good some messages' objects from a bucket that stays (an account's fallback
+    bucket): the soft-deleted copies of the messages under `prefixes` (left there by a move into
+    a user's bucket), and the live objects of those under `live` (all of them when None). A
+    bucket with a soft-delete policy has it set to 0 for the time of the deletion, then back."""
+    from google.api_core import exceptions as gexc
+
+    client = context.gcs()
+    result = ObjectsErasure(name)
+    if not prefixes:
+        return result
+    try:
+        bucket = client.get_bucket(name, timeout=CALL_TIMEOUT, retry=_call_retry())
+    except gexc.NotFound:
+        return result
+    retention = _retention(bucket)
+    if retention:
+        _set_retention(bucket, 0)
+        result.soft_delete_paused = True
+    try:
+        for prefix in sorted(prefixes if live is None else live):
+            result.objects_deleted += discard_message(name, prefix)
+        result.soft_deleted_objects_deleted += _purge_soft_deleted(client, name, prefixes)
+    finally:
+        if retention:
+            _set_retention(bucket, retention)
+    return result

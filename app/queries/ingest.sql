@@ -9,13 +9,17 @@
 -- and the caller runs it again. `existing` is looked up only when the insert did nothing (a
 -- one-time filter: no index probe for a new message). With $17, the payload is the text as
 -- received and the statement removes its one secret, conversation.contact_inbox.pubsub_token.
+-- $20 holds the contact's erasure keys (app/users/tombstones.py): a contact with a tombstone gets
+-- nothing stored, and `erased` says so (checked here, not by a query of its own: one round trip).
 -- name: prepare_record
 PREPARE ingest_record (
     jsonb, integer, text, integer, integer, integer, text, text, text, text, boolean, text,
-    timestamptz, text, text, text, boolean, text, text
+    timestamptz, text, text, text, boolean, text, text, text[]
 ) AS
 WITH input AS (
     SELECT CASE WHEN $17 THEN $1 #- '{conversation,contact_inbox,pubsub_token}' ELSE $1 END AS payload
+), erased AS (
+    SELECT FROM erased_contacts WHERE chatwoot_account_id = $2 AND key_hash = ANY($20) LIMIT 1
 ), note AS (
     INSERT INTO meeting_notes (
         chatwoot_account_id, chatwoot_message_id, chatwoot_conversation_id, chatwoot_inbox_id,
@@ -26,11 +30,13 @@ WITH input AS (
     SELECT $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, input.payload, $14, 'received', $15, $16,
         $18, $19
     FROM input
+    WHERE NOT EXISTS (SELECT FROM erased)
     ON CONFLICT (chatwoot_account_id, chatwoot_message_id) DO NOTHING
     RETURNING id
 ), existing AS (
     SELECT id, content_fingerprint FROM meeting_notes
     WHERE chatwoot_account_id = $2 AND chatwoot_message_id = $3 AND NOT EXISTS (SELECT FROM note)
+        AND NOT EXISTS (SELECT FROM erased)
 ), change AS (
     INSERT INTO message_updates (meeting_note_id, fingerprint, payload, processing_status)
     SELECT existing.id, $14, input.payload, 'received'
@@ -41,7 +47,8 @@ WITH input AS (
 )
 SELECT (SELECT id FROM note) AS note_id,
     (SELECT id FROM existing) AS existing_id,
-    (SELECT id FROM change) AS update_id;
+    (SELECT id FROM change) AS update_id,
+    EXISTS (SELECT FROM erased) AS erased;
 
 -- execute_record: the parameters in the order of prepare_record's.
 -- name: execute_record
@@ -49,5 +56,6 @@ EXECUTE ingest_record (
     %(payload)s, %(account_id)s, %(message_id)s, %(conversation_id)s, %(inbox_id)s, %(contact_id)s,
     %(source_type)s, %(message_type)s, %(content_type)s, %(content)s, %(is_private)s,
     %(sender_type)s, %(message_created_at)s, %(fingerprint)s, %(transcription_status)s,
-    %(classification_status)s, %(strip_token)s, %(contact_phone)s, %(contact_identifier)s
+    %(classification_status)s, %(strip_token)s, %(contact_phone)s, %(contact_identifier)s,
+    %(erased_keys)s::text[]
 );
