@@ -637,7 +637,7 @@ def write_fence(note_id: int, bucket_name: str) -> str | None:
 
     `message erased` when the row is gone, `owner erased` when the bucket is an erased user's.
     """
-    row = context.db().fetch_one("erase.write_fence", {"note_id": note_id, "bucket_name": bucket_name})
+    row = context.db().run_prepared("erase.write_fence", {"note_id": note_id, "bucket_name": bucket_name})
     if row is None:
         return None
     if row["gone"]:

@@ -32,10 +32,14 @@ DELETE FROM erased_contacts WHERE user_hash = %(user_hash)s;
 SELECT 1 AS erased FROM erased_users WHERE bucket_name = %(bucket_name)s AND restored_at IS NULL LIMIT 1;
 
 -- An archive job's check before it writes: the message is gone (erased), or its bucket is an
--- erased user's.
--- name: write_fence
-SELECT NOT EXISTS (SELECT FROM meeting_notes WHERE id = %(note_id)s) AS gone,
-       EXISTS (SELECT FROM erased_users WHERE bucket_name = %(bucket_name)s AND restored_at IS NULL) AS erased;
+-- erased user's. Prepared once per connection and run in one round trip (it runs for every
+-- message archived); run with execute_write_fence.
+-- name: prepare_write_fence
+PREPARE erase_write_fence (bigint, text) AS
+SELECT NOT EXISTS (SELECT FROM meeting_notes WHERE id = $1) AS gone,
+       EXISTS (SELECT FROM erased_users WHERE bucket_name = $2 AND restored_at IS NULL) AS erased;
+-- name: execute_write_fence
+EXECUTE erase_write_fence (%(note_id)s, %(bucket_name)s);
 
 -- name: account_contact_keys
 SELECT key_hash FROM erased_contacts WHERE chatwoot_account_id = %(account_id)s;

@@ -411,3 +411,79 @@ def test_soft_deleted_objects_are_restored_and_deleted_for_good(
     assert len(restored) == 1 and "generation=1111" in restored[0] and "ifGenerationMatch=0" in restored[0]
     assert any(m == "DELETE" and "9950.json" in u and "generation=2222" in u for m, u in urls)
     assert context.gcs().lookup_bucket(bucket) is None
+
+
+def _moved_to_maria(run_jobs: Any) -> tuple[str, str]:
+    """Contact 287 wrote before it was linked (archived in the account's fallback bucket), then
+    was linked to María and its archive moved into her bucket. Returns (fallback bucket, object)."""
+    from app.users import rehome
+
+    ingest(text_message(9961, contact_id=287, content="my note 9961"))
+    run_archive(run_jobs)
+    fallback = storage.bucket_name("account_1")
+    (name,) = objects(fallback)
+    service.link_contact(1, USER, contact_id=287, phone=PHONE)
+    assert rehome.rehome_messages(1, USER).messages == 1
+    assert objects(fallback) == {} and name in objects(storage.bucket_name(USER))
+    return fallback, name
+
+
+def test_copies_left_in_the_fallback_bucket_by_a_move_are_erased(run_jobs: Any) -> None:
+    """A move whose old copies were not deleted yet (it stopped half-way)."""
+    fallback, name = _moved_to_maria(run_jobs)
+    storage.put_json(context.gcs().bucket(fallback), name, {"content": "my note 9961"})
+    sql("UPDATE meeting_notes SET rehome_from_bucket = %s", (fallback,))
+    report = erase.erase_user(USER).as_dict()
+    assert report["fallback_objects_deleted"] == 1 and report["bucket_objects_deleted"] == 1
+    assert objects(fallback) == {}
+    assert _everything_of_maria() == NOTHING
+
+
+def test_soft_deleted_copies_in_the_fallback_bucket_are_deleted_for_good(
+    http: responses.RequestsMock, run_jobs: Any, settings: Any
+) -> None:
+    """On GCS the move leaves soft-deleted copies in the account's fallback bucket (kept 7 days
+    where the bucket has soft delete on). The erasure turns soft delete off there for the time of
+    the deletion, restores and deletes María's copies (not another contact's), and turns it back
+    on. The emulator keeps neither the policy nor soft-deleted objects: the bucket's policy and
+    its soft-deleted listing are answered the way GCS would; the rest reaches the emulator."""
+    fallback, name = _moved_to_maria(run_jobs)
+    week = 7 * 24 * 3600
+    http.add(
+        responses.GET,
+        re.compile(rf".*/storage/v1/b/{fallback}\?projection=noAcl.*"),
+        json={
+            "kind": "storage#bucket",
+            "name": fallback,
+            "softDeletePolicy": {"retentionDurationSeconds": str(week)},
+        },
+    )
+    soft_url = re.compile(rf".*/storage/v1/b/{fallback}/o\?.*softDeleted=True.*")
+    deleted_at = "2026-11-21T10:00:00.000Z"
+    listing = [
+        {"bucket": fallback, "name": name, "generation": "4444", "softDeleteTime": deleted_at},
+        {
+            "bucket": fallback,
+            "name": "whatsapp-messages/2026-11-20/7777.json",
+            "generation": "5",
+            "softDeleteTime": deleted_at,
+        },
+    ]
+    http.add(responses.GET, soft_url, json={"items": listing})
+    http.add(responses.GET, soft_url, json={"items": []})
+    restore = re.compile(rf".*/storage/v1/b/{fallback}/o/[^/?]+/restore.*")
+    http.add(responses.POST, restore, json={"bucket": fallback, "name": name, "generation": "4445"})
+    _record_gcs(http, settings)
+
+    report = erase.erase_user(USER).as_dict()
+    assert report["soft_deleted_objects_deleted"] == 1
+    calls = [(m, u.split("/storage/v1", 1)[-1], b) for m, u, b in _gcs_calls(http) if "/storage/v1/b" in u]
+    on_fallback = [(m, u, b) for m, u, b in calls if u.startswith(f"/b/{fallback}")]
+    patches = [b["softDeletePolicy"]["retentionDurationSeconds"] for m, _, b in on_fallback if m == "PATCH"]
+    assert patches[:2] == [0, week]
+    restores = [u for m, u, _ in on_fallback if m == "POST"]
+    assert len(restores) == 1 and "9961.json" in restores[0] and "generation=4444" in restores[0]
+    order = [
+        m for m, u, _ in on_fallback if m in ("PATCH", "POST") or (m == "DELETE" and "generation=4445" in u)
+    ]
+    assert order[:4] == ["PATCH", "POST", "DELETE", "PATCH"]
