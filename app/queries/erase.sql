@@ -1,5 +1,12 @@
 -- Erasure tombstones (migrations/0013) and what the erasure reads beyond admin.sql's.
 
+-- Recording tombstones waits for every ingest statement in flight (each reads erased_contacts
+-- until it commits) and holds new ones back until the tombstones are committed: a message that
+-- did not see them is committed, and found by the erasure, before the erasure looks.
+-- name: tombstone_fence
+SET LOCAL lock_timeout = '10s';
+LOCK TABLE erased_contacts IN ACCESS EXCLUSIVE MODE;
+
 -- name: tombstone_user
 INSERT INTO erased_users (user_hash, bucket_name)
 VALUES (%(user_hash)s, %(bucket_name)s)

@@ -58,10 +58,14 @@ def contact_keys(contact: Contact) -> list[str]:
 
 def record(user_id: str, bucket_name: str, contacts: Iterable[tuple[int, str, Any]]) -> int:
     """Record the tombstones of a user and its contacts `(account id, link type, value)`, in one
-    transaction; return how many contact keys are tombstoned. Safe to run again."""
+    transaction; return how many contact keys are tombstoned. Safe to run again.
+
+    It waits for the ingest statements in flight (a few milliseconds): once it returns, every
+    message stored without seeing the tombstones is committed, so the erasure finds it."""
     owner = user_hash(user_id)
     rows = sorted({(int(account), contact_key(kind, value)) for account, kind, value in contacts})
     with context.db().transaction() as cur:
+        cur.execute(queries["erase.tombstone_fence"])
         cur.execute(queries["erase.tombstone_user"], {"user_hash": owner, "bucket_name": bucket_name})
         if rows:
             cur.execute(

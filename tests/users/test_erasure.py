@@ -187,6 +187,39 @@ def test_a_delivery_spooled_after_the_erasure_is_dropped_at_replay(run_jobs: Any
     assert _everything_of_maria() == NOTHING
 
 
+def test_a_message_being_ingested_when_the_tombstones_are_recorded_is_erased_too(
+    settings: Any, run_jobs: Any
+) -> None:
+    """An ingest statement that began before the tombstones (so it did not see them) commits its
+    row while the erasure runs: the erasure waits for it, and deletes that row too."""
+    import psycopg2
+
+    service.link_contact(1, USER, contact_id=287, phone=PHONE)
+    in_flight = psycopg2.connect(settings.database_url)
+    try:
+        with in_flight.cursor() as cur:
+            # What the ingest statement holds until it commits: erased_contacts read, a row inserted.
+            cur.execute("SELECT FROM erased_contacts WHERE chatwoot_account_id = 1")
+            cur.execute(
+                "INSERT INTO meeting_notes (chatwoot_account_id, chatwoot_message_id, chatwoot_contact_id, "
+                "contact_phone, source_type, message_type, content_type, content, payload, processing_status) "
+                "VALUES (1, '9991', 287, %s, 'whatsapp', 'incoming', 'text', 'my note 9991', '{}', 'received')",
+                (PHONE,),
+            )
+        outcome: dict[str, Any] = {}
+        worker = threading.Thread(target=lambda: outcome.update(report=erase.erase_user(USER)))
+        worker.start()
+        time.sleep(0.5)
+        waited = worker.is_alive()
+        in_flight.commit()
+        worker.join(30)
+    finally:
+        in_flight.close()
+    assert waited, "the erasure did not wait for the ingest statement in flight"
+    assert outcome["report"].rows["meeting_notes"] == 1
+    assert _everything_of_maria() == NOTHING
+
+
 def test_tombstones_name_nobody(run_jobs: Any) -> None:
     service.link_contact(1, USER, contact_id=287, phone=PHONE, identifier="maria@example.com")
     report = erase.erase_user(USER).as_dict()
