@@ -9,7 +9,6 @@ and remembered in `gcs_buckets` and in each process. Objects are written with
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import json
@@ -20,7 +19,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -585,6 +584,13 @@ def iter_message_objects(bucket_name_: str, prefix: str) -> Iterator[str]:
 
 # ------------------------------------------------------------------------------------------
 # erasure: no bucket comes back for an erased user, and deleted means deleted
+#
+# GCS keeps a deleted object for the bucket's soft-delete retention (7 days by default on
+# buckets made since 2024) and offers no way to delete a soft-deleted object sooner: it can only
+# be listed or restored (restoring makes a new copy; the soft-deleted one stays). So an erasure
+# sets a bucket's soft delete to 0 before it deletes anything there, which makes its own deletions
+# final, and reports the soft-deleted objects that earlier deletions left, with the time GCS
+# deletes them for good.
 
 
 ERASE_ROUNDS = 30
@@ -604,16 +610,31 @@ class BucketKeepsFilling(StorageError):
 
 
 @dataclass
+class SoftDeleted:
+    """Soft-deleted copies that GCS still keeps (and will not delete sooner)."""
+
+    objects: int = 0
+    until: datetime | None = None
+    """When GCS deletes the last of them for good (their latest hard-delete time)."""
+
+    def add(self, other: SoftDeleted) -> None:
+        self.objects += other.objects
+        if other.until is not None and (self.until is None or other.until > self.until):
+            self.until = other.until
+
+
+@dataclass
 class BucketErasure:
     """What erasing one bucket did."""
 
     bucket_name: str
     existed: bool = False
     objects_deleted: int = 0
-    soft_deleted_objects_deleted: int = 0
-    """Objects a soft-delete policy still kept, restored and deleted for good."""
     soft_delete_turned_off: bool = False
-    """Whether the bucket's soft-delete policy was set to 0 before anything was deleted."""
+    """Whether the bucket's soft delete was on (or unknown) and set to 0 before any deletion."""
+    soft_deleted: SoftDeleted = field(default_factory=SoftDeleted)
+    """Objects soft-deleted before the erasure (and, if the bucket itself was soft-deleted
+    before, that bucket), which GCS keeps until `soft_deleted.until`."""
     rounds: int = 0
 
 
@@ -683,18 +704,13 @@ def _delete_live(client: Client, name: str) -> int:
     return deleted
 
 
-def _purge_soft_deleted(client: Client, name: str, prefixes: set[str] | None = None) -> int:
-    """Delete for good the soft-deleted objects of a bucket (only those under `prefixes`, if given).
+def _soft_deleted(client: Client, name: str, prefixes: set[str] | None = None) -> SoftDeleted:
+    """The soft-deleted objects GCS keeps in a bucket (only those under `prefixes`, if given).
 
-    GCS can only list and restore a soft-deleted object: each is restored, then deleted again
-    while the bucket's soft-delete policy is 0, which deletes it for good. Emulators keep no
-    soft-deleted objects (and fake-gcs-server ignores `softDeleted`): an object listed without a
-    soft-delete time is a live one and is left to the live pass.
+    fake-gcs-server ignores `softDeleted` and lists live objects: an object listed without a
+    soft-delete time is a live one, and not counted.
     """
-    from google.api_core import exceptions as gexc
-
-    bucket = client.bucket(name)
-    purged = 0
+    found = SoftDeleted()
     listing = client.list_blobs(
         name,
         prefix=MESSAGES_PREFIX + "/" if prefixes is not None else None,
@@ -705,33 +721,25 @@ def _purge_soft_deleted(client: Client, name: str, prefixes: set[str] | None = N
     for blob in listing:
         if blob.soft_delete_time is None or (prefixes is not None and not _under(blob.name, prefixes)):
             continue
-        try:
-            restored = bucket.restore_blob(
-                blob.name,
-                generation=blob.generation,
-                if_generation_match=0,
-                timeout=CALL_TIMEOUT,
-                retry=_call_retry(),
-            )
-        except gexc.PreconditionFailed:
-            # A live object of that name was written meanwhile: delete it, then restore.
-            delete_object(name, blob.name)
-            restored = bucket.restore_blob(
-                blob.name, generation=blob.generation, timeout=CALL_TIMEOUT, retry=_call_retry()
-            )
-        except gexc.NotFound:
-            continue  # its retention ran out meanwhile
-        with contextlib.suppress(gexc.NotFound):
-            bucket.blob(blob.name, generation=restored.generation).delete(
-                timeout=CALL_TIMEOUT, retry=_call_retry()
-            )
-        purged += 1
-    return purged
+        found.add(SoftDeleted(1, blob.hard_delete_time))
+    return found
+
+
+def _soft_deleted_bucket(client: Client, name: str) -> SoftDeleted:
+    """A soft-deleted bucket of that name (deleted earlier, with its soft-deleted objects)."""
+    found = SoftDeleted()
+    for bucket in client.list_buckets(
+        prefix=name, soft_deleted=True, timeout=CALL_TIMEOUT, retry=_call_retry()
+    ):
+        if bucket.name == name and bucket.soft_delete_time is not None:
+            found.add(SoftDeleted(0, bucket.hard_delete_time))
+    return found
 
 
 def erase_bucket(name: str) -> BucketErasure:
-    """Delete a bucket for good: soft delete off, then every object (soft-deleted ones too), then
-    the bucket, in rounds until it is gone. Writers must be fenced off first (the tombstone).
+    """Delete a bucket: soft delete set to 0 first (so that nothing deleted now is kept), then
+    every object, then the bucket, in rounds until it is gone. Writers must be fenced off first
+    (the tombstone). What earlier deletions left soft-deleted is reported, not deletable.
 
     Raises BucketKeepsFilling after ERASE_ROUNDS rounds that each found new objects.
     """
@@ -742,18 +750,19 @@ def erase_bucket(name: str) -> BucketErasure:
     try:
         bucket = client.get_bucket(name, timeout=CALL_TIMEOUT, retry=_call_retry())
     except gexc.NotFound:
+        result.soft_deleted = _soft_deleted_bucket(client, name)
         forget_bucket(name)
         return result
     result.existed = True
     if _retention(bucket) != 0:
-        # Deleted objects (and the bucket) must not be kept for days: no soft delete from now on.
         _set_retention(bucket, 0)
         result.soft_delete_turned_off = True
     try:
         while True:
             result.rounds += 1
             result.objects_deleted += _delete_live(client, name)
-            result.soft_deleted_objects_deleted += _purge_soft_deleted(client, name)
+            if result.rounds == 1:
+                result.soft_deleted = _soft_deleted(client, name)
             try:
                 bucket.delete(timeout=CALL_TIMEOUT, retry=_call_retry())
                 break
@@ -772,7 +781,7 @@ def erase_bucket(name: str) -> BucketErasure:
         extra={
             "bucket": name,
             "objects": result.objects_deleted,
-            "soft_deleted_objects": result.soft_deleted_objects_deleted,
+            "soft_deleted_kept": result.soft_deleted.objects,
             "rounds": result.rounds,
         },
     )
@@ -785,34 +794,37 @@ class ObjectsErasure:
 
     bucket_name: str
     objects_deleted: int = 0
-    soft_deleted_objects_deleted: int = 0
     soft_delete_paused: bool = False
+    soft_deleted: SoftDeleted = field(default_factory=SoftDeleted)
 
 
 def erase_message_objects(name: str, prefixes: set[str], live: set[str] | None = None) -> ObjectsErasure:
-    """Delete for good some messages' objects from a bucket that stays (an account's fallback
-    bucket): the soft-deleted copies of the messages under `prefixes` (left there by a move into
-    a user's bucket), and the live objects of those under `live` (all of them when None). A
-    bucket with a soft-delete policy has it set to 0 for the time of the deletion, then back."""
+    """Delete some messages' objects from a bucket that stays (an account's fallback bucket): the
+    live objects of the messages under `live` (all of `prefixes` when None), with the bucket's
+    soft delete set to 0 for the time of the deletion and then back as it was; and count the
+    soft-deleted copies of the messages under `prefixes` (left there by earlier deletions, such
+    as a move into a user's bucket)."""
     from google.api_core import exceptions as gexc
 
     client = context.gcs()
     result = ObjectsErasure(name)
-    if not prefixes:
+    to_delete = prefixes if live is None else live
+    if not prefixes and not to_delete:
         return result
     try:
         bucket = client.get_bucket(name, timeout=CALL_TIMEOUT, retry=_call_retry())
     except gexc.NotFound:
         return result
-    retention = _retention(bucket)
-    if retention:
-        _set_retention(bucket, 0)
-        result.soft_delete_paused = True
-    try:
-        for prefix in sorted(prefixes if live is None else live):
-            result.objects_deleted += discard_message(name, prefix)
-        result.soft_deleted_objects_deleted += _purge_soft_deleted(client, name, prefixes)
-    finally:
+    if to_delete:
+        retention = _retention(bucket)
         if retention:
-            _set_retention(bucket, retention)
+            _set_retention(bucket, 0)
+            result.soft_delete_paused = True
+        try:
+            for prefix in sorted(to_delete):
+                result.objects_deleted += discard_message(name, prefix)
+        finally:
+            if retention:
+                _set_retention(bucket, retention)
+    result.soft_deleted = _soft_deleted(client, name, prefixes | to_delete)
     return result

@@ -235,8 +235,7 @@ def users_erase(user_id: str, yes: bool) -> None:
         f"  bucket objects deleted: {report.bucket_objects_deleted} (in {report.bucket_rounds} round(s))"
     )
     click.echo(f"  fallback objects deleted: {report.fallback_objects_deleted}")
-    click.echo(f"  soft-deleted objects deleted for good: {report.soft_deleted_objects_deleted}")
-    click.echo(f"  soft delete: {data['soft_delete']}")
+    click.echo(f"  soft delete: {report.soft_delete}")
     for table, count in data["rows_deleted"].items():
         click.echo(f"  {table}: {count} row(s)")
     if report.nothing_left:

@@ -5,8 +5,8 @@ The order is what makes it hold while the user's messages still arrive:
    from the user's contacts, archive jobs write nothing to the user's bucket and no process
    creates it again;
 2. the spooled deliveries of the user's contacts;
-3. the user's bucket, in rounds until it is gone (soft delete turned off first, soft-deleted
-   objects deleted for good), and the user's objects in the accounts' fallback buckets;
+3. the user's bucket, in rounds until it is gone (soft delete set to 0 first, so that GCS keeps
+   nothing this deletes), and the user's objects in the accounts' fallback buckets;
 4. the rows, in one transaction;
 5. step 3 once more, for what a job that was already writing left behind.
 The tombstones stay until the user consents again (`tombstones.lift`).
@@ -53,10 +53,11 @@ class ErasureReport:
     user_existed: bool
     bucket_objects_deleted: int = 0
     fallback_objects_deleted: int = 0
-    soft_deleted_objects_deleted: int = 0
-    """Objects that a soft-delete policy still kept (in the user's or a fallback bucket), deleted for good."""
     soft_delete_turned_off: bool = False
     """The user's bucket had soft delete on (or unknown): it was set to 0 before any deletion."""
+    soft_deleted: storage.SoftDeleted = field(default_factory=storage.SoftDeleted)
+    """The user's objects that deletions before this erasure left soft-deleted: GCS keeps them
+    until `soft_deleted.until` and deletes none sooner."""
     bucket_rounds: int = 0
     """Rounds of deleting the user's bucket's objects before the bucket could be deleted."""
     contacts_tombstoned: int = 0
@@ -65,12 +66,21 @@ class ErasureReport:
     @property
     def nothing_left(self) -> bool:
         """True when this run found nothing to delete (the user was already erased)."""
-        return not (
-            self.bucket_objects_deleted
-            or self.fallback_objects_deleted
-            or self.soft_deleted_objects_deleted
-            or any(self.rows.values())
-        )
+        return not (self.bucket_objects_deleted or self.fallback_objects_deleted or any(self.rows.values()))
+
+    @property
+    def soft_delete(self) -> str:
+        """What GCS soft delete keeps after this erasure, in a sentence."""
+        mine = "nothing this erasure deleted is kept by soft delete"
+        until = self.soft_deleted.until.isoformat() if self.soft_deleted.until else None
+        if self.soft_deleted.objects:
+            return (
+                f"{mine}; {self.soft_deleted.objects} object(s) deleted earlier are kept by GCS until "
+                f"{until or 'their hard-delete time'} (GCS deletes no soft-deleted object sooner)"
+            )
+        if until:
+            return f"{mine}; a bucket of that name deleted earlier is kept by GCS until {until}"
+        return f"{mine}, and no soft-deleted object of the user is left"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -79,12 +89,12 @@ class ErasureReport:
             "user_existed": self.user_existed,
             "bucket_objects_deleted": self.bucket_objects_deleted,
             "fallback_objects_deleted": self.fallback_objects_deleted,
-            "soft_deleted_objects_deleted": self.soft_deleted_objects_deleted,
-            "soft_delete": (
-                "turned off before deleting; soft-deleted objects deleted for good"
-                if self.soft_delete_turned_off
-                else "off; soft-deleted objects deleted for good"
-            ),
+            "soft_delete_turned_off": self.soft_delete_turned_off,
+            "soft_deleted_objects_kept": self.soft_deleted.objects,
+            "soft_deleted_kept_until": self.soft_deleted.until.isoformat()
+            if self.soft_deleted.until
+            else None,
+            "soft_delete": self.soft_delete,
             "bucket_rounds": self.bucket_rounds,
             "contacts_tombstoned": self.contacts_tombstoned,
             "rows_deleted": dict(self.rows),
@@ -169,7 +179,7 @@ def erase_user(user_id: str) -> ErasureReport:
     # Deliveries spooled while PostgreSQL was down go first, so that no replay brings them back.
     spool.purge_contacts(contacts)
     with _gcs_step():
-        _erase_objects(report, bucket, objects)
+        _erase_objects(report, bucket, objects, first=True)
 
     contact_pairs = [(a, c) for a, per in contacts.items() for c in per["contact_id"]]
     with db.transaction() as cur:
@@ -221,14 +231,14 @@ def erase_user(user_id: str) -> ErasureReport:
     # A job that was writing when the rows went finds them gone and takes its objects back; one
     # that finished just before left them here.
     with _gcs_step():
-        _erase_objects(report, bucket, objects)
+        _erase_objects(report, bucket, objects, first=False)
     log.info(
         "user erased",
         extra={
             "user_id": user_id,
             "bucket_objects": report.bucket_objects_deleted,
             "fallback_objects": report.fallback_objects_deleted,
-            "soft_deleted_objects": report.soft_deleted_objects_deleted,
+            "soft_deleted_kept": report.soft_deleted.objects,
             "bucket_rounds": report.bucket_rounds,
             "contacts_tombstoned": report.contacts_tombstoned,
             "rows": report.rows,
@@ -237,14 +247,17 @@ def erase_user(user_id: str) -> ErasureReport:
     return report
 
 
-def _erase_objects(report: ErasureReport, bucket: str, objects: _Objects) -> None:
-    """One pass over GCS: the user's bucket until it is gone, then the user's objects elsewhere."""
+def _erase_objects(report: ErasureReport, bucket: str, objects: _Objects, *, first: bool) -> None:
+    """One pass over GCS: the user's bucket until it is gone, then the user's objects elsewhere.
+    The first pass also counts what soft delete keeps from before."""
     erased = storage.erase_bucket(bucket)
     report.bucket_objects_deleted += erased.objects_deleted
-    report.soft_deleted_objects_deleted += erased.soft_deleted_objects_deleted
     report.soft_delete_turned_off = report.soft_delete_turned_off or erased.soft_delete_turned_off
     report.bucket_rounds += erased.rounds
+    if first:
+        report.soft_deleted.add(erased.soft_deleted)
     for name in sorted(objects.soft):
         elsewhere = storage.erase_message_objects(name, objects.soft[name], objects.live.get(name, set()))
         report.fallback_objects_deleted += elsewhere.objects_deleted
-        report.soft_deleted_objects_deleted += elsewhere.soft_deleted_objects_deleted
+        if first:
+            report.soft_deleted.add(elsewhere.soft_deleted)

@@ -5,10 +5,11 @@ soft-deleted objects go too; the user's re-consent lifts it."""
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -260,7 +261,7 @@ def test_re_consent_from_the_command_line(runner: Any, run_jobs: Any) -> None:
     erased = runner.invoke(args=["users", "erase", USER, "--yes"])
     assert erased.exit_code == 0, erased.output
     assert "tombstoned: 2 contact key(s)" in erased.output
-    assert "soft-deleted objects deleted for good: 0" in erased.output
+    assert "nothing this erasure deleted is kept by soft delete" in erased.output
     assert pipeline.ingest(text_message(9502)).status == "ignored"
 
     refused = runner.invoke(args=["users", "reconsent", USER], input="n\n")
@@ -368,81 +369,62 @@ def test_a_user_who_keeps_writing_is_erased(run_jobs: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------------
-# soft delete (GCS keeps deleted objects 7 days by default; emulators keep none)
+# soft delete: GCS keeps deleted objects 7 days by default, and deletes none of them sooner.
+# gcp-storage-emulator keeps soft-deleted objects as GCS does (7 days unless the bucket's policy
+# says otherwise); fake-gcs-server, the suite's emulator, keeps none.
 
 
-def _record_gcs(http: responses.RequestsMock, settings: Any) -> None:
-    """Let every request to the emulator through, recorded (after any mock registered before)."""
-    everything = re.compile(re.escape(settings.storage_emulator_host) + ".*")
-    for method in (responses.GET, responses.POST, responses.PUT, responses.PATCH, responses.DELETE):
-        http.add(responses.PassthroughResponse(method, everything))
-    http.calls.reset()
+@pytest.fixture
+def soft_delete_gcs(use_settings: Any) -> Iterator[Any]:
+    """gcp-storage-emulator (in memory) instead of the suite's emulator, for this test."""
+    from gcp_storage_emulator.server import create_server
+
+    from tests.helpers.admin import dead_port
+
+    port = dead_port()
+    server = create_server("127.0.0.1", port, in_memory=True)
+    server.start()
+    try:
+        yield use_settings(storage_emulator_host=f"http://127.0.0.1:{port}")
+    finally:
+        context.gcs()._http.close()  # its keep-alive connections would hold the server's shutdown
+        server.stop()
 
 
-def _gcs_calls(http: responses.RequestsMock) -> list[tuple[str, str, Any]]:
-    out = []
-    for call in http.calls:
-        body = call.request.body
-        try:
-            parsed = json.loads(body) if body else None
-        except (TypeError, ValueError):
-            parsed = None
-        out.append((call.request.method, call.request.url, parsed))
-    return out
+def _soft_deleted_names(bucket: str, prefix: str = "") -> list[str]:
+    listing = context.gcs().list_blobs(bucket, prefix=prefix or None, soft_deleted=True)
+    return sorted(blob.name for blob in listing if blob.soft_delete_time is not None)
 
 
-def test_erasure_turns_soft_delete_off_before_deleting(
-    http: responses.RequestsMock, run_jobs: Any, settings: Any
+def test_nothing_the_erasure_deletes_is_kept_by_soft_delete(
+    soft_delete_gcs: Any, run_jobs: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The emulators neither keep a soft-delete policy nor soft-deleted objects: what is checked
-    is what the service asks of GCS, in order."""
+    """The user's bucket keeps deleted objects 7 days (the emulator's default, as on GCS): the
+    erasure sets that to 0 before deleting, so when the bucket goes, the only soft-deleted object
+    left in it is the one deleted before the erasure, and the report says until when GCS keeps it."""
+    from google.cloud.storage import Bucket
+
     bucket = _archived_user(run_jobs, 9901, 9902)
-    _record_gcs(http, settings)
+    earlier = "whatsapp-messages/2026-11-01/9900.json"
+    storage.put_json(context.gcs().bucket(bucket), earlier, {"content": "my note 9900"})
+    context.gcs().bucket(bucket).blob(earlier).delete()
+    assert _soft_deleted_names(bucket) == [earlier]
+    seen: dict[str, list[str]] = {}
+    delete = Bucket.delete
+
+    def look_first(self: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.setdefault(
+            self.name, _soft_deleted_names(self.name)
+        )  # the emulator forgets them with the bucket
+        return delete(self, *args, **kwargs)
+
+    monkeypatch.setattr(Bucket, "delete", look_first)
     report = erase.erase_user(USER).as_dict()
-    assert report["soft_delete"].startswith("turned off before deleting")
-    calls = [(m, u.split("/storage/v1", 1)[-1], b) for m, u, b in _gcs_calls(http) if "/storage/v1/b" in u]
-    patch = next(
-        i for i, (m, u, b) in enumerate(calls) if m == "PATCH" and u.startswith(f"/b/{bucket}?") and b
-    )
-    assert calls[patch][2]["softDeletePolicy"]["retentionDurationSeconds"] == 0
-    deletes = [i for i, (m, u, _) in enumerate(calls) if m == "DELETE" and u.startswith(f"/b/{bucket}/o/")]
-    assert len(deletes) == 2 and patch < min(deletes)
-    soft_lists = [
-        i
-        for i, (m, u, _) in enumerate(calls)
-        if m == "GET" and f"/b/{bucket}/o?" in u and "softdeleted=true" in u.lower()
-    ]
-    bucket_delete = next(
-        i for i, (m, u, _) in enumerate(calls) if m == "DELETE" and u.startswith(f"/b/{bucket}?")
-    )
-    assert soft_lists and max(deletes) < soft_lists[0] < bucket_delete
-    assert context.gcs().lookup_bucket(bucket) is None
-
-
-def test_soft_deleted_objects_are_restored_and_deleted_for_good(
-    http: responses.RequestsMock, run_jobs: Any, settings: Any
-) -> None:
-    """GCS only lists and restores soft-deleted objects: the erasure restores each (while the
-    bucket's soft delete is off) and deletes it. The emulator keeps no soft-deleted object, so
-    this test lists one the way GCS would; every other request reaches the emulator."""
-    bucket = _archived_user(run_jobs, 9951)
-    name = "whatsapp-messages/2026-11-20/9950.json"
-    soft_url = re.compile(rf".*/storage/v1/b/{bucket}/o\?.*softDeleted=True.*")
-    kept = {"kind": "storage#object", "bucket": bucket, "name": name, "generation": "1111"}
-    http.add(
-        responses.GET, soft_url, json={"items": [{**kept, "softDeleteTime": "2026-11-21T10:00:00.000Z"}]}
-    )
-    http.add(responses.GET, soft_url, json={"items": []})
-    restore = re.compile(rf".*/storage/v1/b/{bucket}/o/{re.escape(name.replace('/', '%2F'))}/restore.*")
-    http.add(responses.POST, restore, json={**kept, "generation": "2222"})
-    _record_gcs(http, settings)
-
-    report = erase.erase_user(USER).as_dict()
-    assert report["soft_deleted_objects_deleted"] == 1
-    urls = [(m, u) for m, u, _ in _gcs_calls(http)]
-    restored = [u for m, u in urls if m == "POST" and "/restore" in u]
-    assert len(restored) == 1 and "generation=1111" in restored[0] and "ifGenerationMatch=0" in restored[0]
-    assert any(m == "DELETE" and "9950.json" in u and "generation=2222" in u for m, u in urls)
+    assert seen[bucket] == [earlier]
+    assert report["soft_delete_turned_off"] is True and report["soft_deleted_objects_kept"] == 1
+    kept_until = datetime.fromisoformat(report["soft_deleted_kept_until"])
+    assert timedelta(days=6) < kept_until - datetime.now(UTC) <= timedelta(days=7)
+    assert "1 object(s) deleted earlier are kept by GCS until" in report["soft_delete"]
     assert context.gcs().lookup_bucket(bucket) is None
 
 
@@ -472,51 +454,29 @@ def test_copies_left_in_the_fallback_bucket_by_a_move_are_erased(run_jobs: Any) 
     assert _everything_of_maria() == NOTHING
 
 
-def test_soft_deleted_copies_in_the_fallback_bucket_are_deleted_for_good(
-    http: responses.RequestsMock, run_jobs: Any, settings: Any
-) -> None:
-    """On GCS the move leaves soft-deleted copies in the account's fallback bucket (kept 7 days
-    where the bucket has soft delete on). The erasure turns soft delete off there for the time of
-    the deletion, restores and deletes María's copies (not another contact's), and turns it back
-    on. The emulator keeps neither the policy nor soft-deleted objects: the bucket's policy and
-    its soft-deleted listing are answered the way GCS would; the rest reaches the emulator."""
+def test_soft_delete_in_a_fallback_bucket(soft_delete_gcs: Any, run_jobs: Any) -> None:
+    """The account's fallback bucket keeps deleted objects 7 days. Its copy of María's message
+    that the move did not delete yet is deleted for good (soft delete is 0 for that moment, and 7
+    days again after, read back from the server); the copy the move deleted earlier is reported."""
     fallback, name = _moved_to_maria(run_jobs)
     week = 7 * 24 * 3600
-    http.add(
-        responses.GET,
-        re.compile(rf".*/storage/v1/b/{fallback}\?projection=noAcl.*"),
-        json={
-            "kind": "storage#bucket",
-            "name": fallback,
-            "softDeletePolicy": {"retentionDurationSeconds": str(week)},
-        },
-    )
-    soft_url = re.compile(rf".*/storage/v1/b/{fallback}/o\?.*softDeleted=True.*")
-    deleted_at = "2026-11-21T10:00:00.000Z"
-    listing = [
-        {"bucket": fallback, "name": name, "generation": "4444", "softDeleteTime": deleted_at},
-        {
-            "bucket": fallback,
-            "name": "whatsapp-messages/2026-11-20/7777.json",
-            "generation": "5",
-            "softDeleteTime": deleted_at,
-        },
-    ]
-    http.add(responses.GET, soft_url, json={"items": listing})
-    http.add(responses.GET, soft_url, json={"items": []})
-    restore = re.compile(rf".*/storage/v1/b/{fallback}/o/[^/?]+/restore.*")
-    http.add(responses.POST, restore, json={"bucket": fallback, "name": name, "generation": "4445"})
-    _record_gcs(http, settings)
+    fallback_bucket = context.gcs().get_bucket(fallback)
+    fallback_bucket.soft_delete_policy.retention_duration_seconds = week
+    fallback_bucket.patch()
+    assert _soft_deleted_names(fallback) == [name]  # deleted by the move
+    storage.put_json(context.gcs().bucket(fallback), name, {"content": "my note 9961"})
+    sql("UPDATE meeting_notes SET rehome_from_bucket = %s", (fallback,))
+    other = "whatsapp-messages/2026-11-20/7777.json"
+    storage.put_json(context.gcs().bucket(fallback), other, {"content": "someone else"})
+    context.gcs().bucket(fallback).blob(other).delete()
 
     report = erase.erase_user(USER).as_dict()
-    assert report["soft_deleted_objects_deleted"] == 1
-    calls = [(m, u.split("/storage/v1", 1)[-1], b) for m, u, b in _gcs_calls(http) if "/storage/v1/b" in u]
-    on_fallback = [(m, u, b) for m, u, b in calls if u.startswith(f"/b/{fallback}")]
-    patches = [b["softDeletePolicy"]["retentionDurationSeconds"] for m, _, b in on_fallback if m == "PATCH"]
-    assert patches[:2] == [0, week]
-    restores = [u for m, u, _ in on_fallback if m == "POST"]
-    assert len(restores) == 1 and "9961.json" in restores[0] and "generation=4444" in restores[0]
-    order = [
-        m for m, u, _ in on_fallback if m in ("PATCH", "POST") or (m == "DELETE" and "generation=4445" in u)
+    assert report["fallback_objects_deleted"] == 1 and objects(fallback) == {}
+    assert _soft_deleted_names(fallback) == sorted([name, other])  # one copy of María's: the move's
+    generations = [
+        b.generation for b in context.gcs().list_blobs(fallback, soft_deleted=True) if b.name == name
     ]
-    assert order[:4] == ["PATCH", "POST", "DELETE", "PATCH"]
+    assert len(generations) == 1
+    assert report["soft_deleted_objects_kept"] == 1
+    assert context.gcs().get_bucket(fallback).soft_delete_policy.retention_duration_seconds == week
+    assert _everything_of_maria() == NOTHING
