@@ -14,7 +14,6 @@ secret that already names buckets), so the tables hold no user id, phone or iden
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import Iterable
 from typing import Any
@@ -31,7 +30,7 @@ _USER_DOMAIN = "erased-user"
 
 def _digest(domain: str, text: str) -> str:
     key = context.settings().bucket_hash_secret.encode()
-    return hmac.new(key, f"{domain}\0{text}".encode(), hashlib.sha256).hexdigest()[:40]
+    return hmac.digest(key, f"{domain}\0{text}".encode("utf-8", "surrogatepass"), "sha256").hex()[:40]
 
 
 def user_hash(user_id: str) -> str:
