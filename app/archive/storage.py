@@ -798,7 +798,9 @@ class ObjectsErasure:
     soft_deleted: SoftDeleted = field(default_factory=SoftDeleted)
 
 
-def erase_message_objects(name: str, prefixes: set[str], live: set[str] | None = None) -> ObjectsErasure:
+def erase_message_objects(
+    name: str, prefixes: set[str], live: set[str] | None = None, *, count_soft_deleted: bool = True
+) -> ObjectsErasure:
     """Delete some messages' objects from a bucket that stays (an account's fallback bucket): the
     live objects of the messages under `live` (all of `prefixes` when None), with the bucket's
     soft delete set to 0 for the time of the deletion and then back as it was; and count the
@@ -809,7 +811,7 @@ def erase_message_objects(name: str, prefixes: set[str], live: set[str] | None =
     client = context.gcs()
     result = ObjectsErasure(name)
     to_delete = prefixes if live is None else live
-    if not prefixes and not to_delete:
+    if not to_delete and not (prefixes and count_soft_deleted):
         return result
     try:
         bucket = client.get_bucket(name, timeout=CALL_TIMEOUT, retry=_call_retry())
@@ -826,5 +828,6 @@ def erase_message_objects(name: str, prefixes: set[str], live: set[str] | None =
         finally:
             if retention:
                 _set_retention(bucket, retention)
-    result.soft_deleted = _soft_deleted(client, name, prefixes | to_delete)
+    if count_soft_deleted:
+        result.soft_deleted = _soft_deleted(client, name, prefixes | to_delete)
     return result

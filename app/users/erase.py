@@ -257,7 +257,9 @@ def _erase_objects(report: ErasureReport, bucket: str, objects: _Objects, *, fir
     if first:
         report.soft_deleted.add(erased.soft_deleted)
     for name in sorted(objects.soft):
-        elsewhere = storage.erase_message_objects(name, objects.soft[name], objects.live.get(name, set()))
+        elsewhere = storage.erase_message_objects(
+            name, objects.soft[name], objects.live.get(name, set()), count_soft_deleted=first
+        )
         report.fallback_objects_deleted += elsewhere.objects_deleted
         if first:
             report.soft_deleted.add(elsewhere.soft_deleted)
