@@ -314,7 +314,7 @@ def test_no_bucket_is_created_for_an_erased_user(run_jobs: Any) -> None:
     bucket = _archived_user(run_jobs, 9701)
     erase.erase_user(USER)
     service.create_user(USER)  # re-created by hand, without the user's re-consent
-    note_id = add_note(user_id=USER, status="received")
+    note_id = add_note(user_id=USER, status="received", contact_id=555, phone=None)  # another contact
     assert jobs.archive_message(note_id) == "owner erased"
     with pytest.raises(storage.OwnerErased):
         storage.ensure_bucket(bucket)
