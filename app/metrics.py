@@ -13,8 +13,8 @@ WEBHOOKS = Counter(
     "Webhook deliveries by outcome.",
     ["outcome"],
 )
-"""outcome: accepted, duplicate, update, ignored, spooled, unauthorized, bad_request, too_large,
-unsupported_media_type, invalid, unavailable."""
+"""outcome: accepted, duplicate, update, ignored, erased (from a contact whose user was erased),
+spooled, unauthorized, bad_request, too_large, unsupported_media_type, invalid, unavailable."""
 
 REQUEST_LATENCY = Histogram(
     "meeting_notes_http_request_duration_seconds",

@@ -20,6 +20,7 @@ from app.admin.auth import bearer_token, token_matches
 from app.admin.stats import dashboard
 from app.db import DatabaseUnavailable
 from app.errors import error_response
+from app.users import tombstones
 from app.users.erase import StorageUnavailable, erase_user
 from app.users.service import (
     LANGUAGES,
@@ -372,3 +373,14 @@ def inbox_secret_delete(account_id: int, inbox_id: int) -> Any:
         raise NotFound(f"account {account_id} has no secret for inbox {inbox_id}")
     log.info("inbox secret deleted", extra={"account_id": account_id, "inbox_id": inbox_id})
     return jsonify(chatwoot_account_id=account_id, inbox_id=inbox_id, deleted=True)
+
+
+@bp.post("/users/<user_id>/reconsent")
+def users_reconsent(user_id: str) -> Any:
+    """An erased user's explicit consent: the erasure's tombstones are lifted (nothing erased
+    comes back; the user's contacts are archived again from now on)."""
+    lifted = tombstones.lift(user_id)
+    if lifted is None:
+        raise NotFound(f"no erasure holds for user {user_id!r}")
+    log.info("erasure lifted by re-consent", extra={"contacts_released": lifted["contacts_released"]})
+    return jsonify(lifted)

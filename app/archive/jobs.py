@@ -192,6 +192,9 @@ def _archive_message(note_id: int, written: dict[str, Any]) -> str:
         _next_steps(note_id, row["transcription_status"], row["classification_status"], [])
         return "already stored"
     owner = _owner(row)
+    fence = storage.write_fence(note_id, owner.bucket_name)
+    if fence:  # erased (or being erased): nothing is written, no bucket is created
+        return fence
     bucket = storage.ensure_bucket(owner.bucket_name)
     prefix = storage.message_prefix(
         row["message_created_at"] or row["created_at"], row["chatwoot_message_id"]
@@ -209,6 +212,10 @@ def _archive_message(note_id: int, written: dict[str, Any]) -> str:
         },
     )
     if done is None:
+        if storage.write_fence(note_id, owner.bucket_name) == "message erased":
+            # Erased while this job wrote: take back what it wrote (the erasure may be over).
+            storage.discard_message(bucket.name, prefix)
+            return "message erased"
         return "already stored"
     _next_steps(note_id, done["transcription_status"], done["classification_status"], done["waiting_updates"])
     return "stored"
@@ -347,9 +354,16 @@ def _archive_update(update_id: int) -> str:
         return "waiting for its message"
     bucket_name, json_name = storage.parse_gs_uri(row["note_path"])
     prefix = json_name.removesuffix(".json")
+    fence = storage.write_fence(row["meeting_note_id"], bucket_name)
+    if fence:
+        return fence
     bucket = storage.ensure_bucket(bucket_name)
-    path = storage.put_json(bucket, storage.update_object(prefix, row["fingerprint"]), row["payload"])
+    name = storage.update_object(prefix, row["fingerprint"])
+    path = storage.put_json(bucket, name, row["payload"])
     done = db.fetch_one("archive.update_stored", {"update_id": update_id, "path": path})
+    if done is None and storage.write_fence(row["meeting_note_id"], bucket_name) == "message erased":
+        storage.delete_object(bucket_name, name)  # erased while this job wrote
+        return "message erased"
     if done is not None and done["classification_status"] == "pending":
         # A version of our own message with an answer or a refusal: the order flow's turn.
         try:

@@ -19,12 +19,13 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from app import context
+from app.users import tombstones
 
 if TYPE_CHECKING:
     from google.cloud.storage import Bucket, Client
@@ -235,7 +236,7 @@ def ensure_bucket(name: str) -> Bucket:
             raise ForeignBucket(f"bucket {name} belongs to another project")
         known.add(name)
         return client.bucket(name)
-    bucket = _create_or_adopt(client, name)
+    bucket = _create_unless_erased(client, name)
     known.add(name)
     return bucket
 
@@ -579,3 +580,254 @@ def iter_message_objects(bucket_name_: str, prefix: str) -> Iterator[str]:
     for name in sorted(names):
         if name == message_object(prefix) or name.startswith(prefix + "/"):
             yield name
+
+
+# ------------------------------------------------------------------------------------------
+# erasure: no bucket comes back for an erased user, and deleted means deleted
+#
+# GCS keeps a deleted object for the bucket's soft-delete retention (7 days by default on
+# buckets made since 2024) and offers no way to delete a soft-deleted object sooner: it can only
+# be listed or restored (restoring makes a new copy; the soft-deleted one stays). So an erasure
+# sets a bucket's soft delete to 0 before it deletes anything there, which makes its own deletions
+# final, and reports the soft-deleted objects that earlier deletions left, with the time GCS
+# deletes them for good.
+
+
+ERASE_ROUNDS = 30
+"""Rounds of "delete every object, then the bucket" before an erasure gives up on a bucket that
+keeps filling (its writers are fenced off first, so two or three rounds are the rule)."""
+ERASE_PAUSE_SECONDS = 0.2
+"""Pause between two rounds, for writes already in flight to land."""
+
+
+class OwnerErased(PermanentStorageError):
+    """The bucket belongs to an erased user: nothing is written to it, and it is not created
+    again, until the user consents again."""
+
+
+class BucketKeepsFilling(StorageError):
+    """Objects kept appearing in a bucket being erased; running the erasure again finishes it."""
+
+
+@dataclass
+class SoftDeleted:
+    """Soft-deleted copies that GCS still keeps (and will not delete sooner)."""
+
+    objects: int = 0
+    until: datetime | None = None
+    """When GCS deletes the last of them for good (their latest hard-delete time)."""
+
+    def add(self, other: SoftDeleted) -> None:
+        self.objects += other.objects
+        if other.until is not None and (self.until is None or other.until > self.until):
+            self.until = other.until
+
+
+@dataclass
+class BucketErasure:
+    """What erasing one bucket did."""
+
+    bucket_name: str
+    existed: bool = False
+    objects_deleted: int = 0
+    soft_delete_turned_off: bool = False
+    """Whether the bucket's soft delete was on (or unknown) and set to 0 before any deletion."""
+    soft_deleted: SoftDeleted = field(default_factory=SoftDeleted)
+    """Objects soft-deleted before the erasure (and, if the bucket itself was soft-deleted
+    before, that bucket), which GCS keeps until `soft_deleted.until`."""
+    rounds: int = 0
+
+
+def _create_unless_erased(client: Client, name: str) -> Bucket:
+    """Create (or adopt) a bucket, never for an erased user.
+
+    Checked before, and once more after: an erasure that began while the bucket was being
+    created finds it (and empties it) or this finds the erasure (and deletes the bucket).
+    """
+    if tombstones.bucket_erased(name):
+        raise OwnerErased(f"bucket {name} belongs to an erased user")
+    bucket = _create_or_adopt(client, name)
+    if tombstones.bucket_erased(name):
+        erase_bucket(name)
+        raise OwnerErased(f"bucket {name} belongs to an erased user")
+    return bucket
+
+
+def write_fence(note_id: int, bucket_name: str) -> str | None:
+    """Why an archive job must not write a message's objects now (None: it may).
+
+    `message erased` when the row is gone, `owner erased` when the bucket is an erased user's.
+    """
+    row = context.db().run_prepared("erase.write_fence", {"note_id": note_id, "bucket_name": bucket_name})
+    if row is None:
+        return None
+    if row["gone"]:
+        return "message erased"
+    if row["erased"]:
+        return "owner erased"
+    return None
+
+
+def discard_message(bucket_name_: str, prefix: str) -> int:
+    """Delete a message's objects (its JSON and everything beside it); return how many."""
+    return sum(delete_object(bucket_name_, name) for name in iter_message_objects(bucket_name_, prefix))
+
+
+def _retention(bucket: Bucket) -> int | None:
+    value = bucket.soft_delete_policy.retention_duration_seconds
+    return int(value) if value is not None else None
+
+
+def _set_retention(bucket: Bucket, seconds: int) -> None:
+    bucket.soft_delete_policy.retention_duration_seconds = seconds
+    bucket.patch(timeout=CALL_TIMEOUT, retry=_call_retry())
+
+
+def _under(name: str, prefixes: set[str]) -> bool:
+    """Whether an object is a message's JSON or lies beside it, for one of the message prefixes."""
+    if name.removesuffix(".json") in prefixes:
+        return True
+    parts = name.split("/")
+    return any("/".join(parts[:i]) in prefixes for i in range(1, len(parts)))
+
+
+def _delete_live(client: Client, name: str) -> int:
+    from google.api_core import exceptions as gexc
+
+    deleted = 0
+    for blob in client.list_blobs(name, timeout=CALL_TIMEOUT, retry=_call_retry()):
+        try:
+            blob.delete(timeout=CALL_TIMEOUT, retry=_call_retry())
+            deleted += 1
+        except gexc.NotFound:
+            pass
+    return deleted
+
+
+def _soft_deleted(client: Client, name: str, prefixes: set[str] | None = None) -> SoftDeleted:
+    """The soft-deleted objects GCS keeps in a bucket (only those under `prefixes`, if given).
+
+    fake-gcs-server ignores `softDeleted` and lists live objects: an object listed without a
+    soft-delete time is a live one, and not counted.
+    """
+    found = SoftDeleted()
+    listing = client.list_blobs(
+        name,
+        prefix=MESSAGES_PREFIX + "/" if prefixes is not None else None,
+        soft_deleted=True,
+        timeout=CALL_TIMEOUT,
+        retry=_call_retry(),
+    )
+    for blob in listing:
+        if blob.soft_delete_time is None or (prefixes is not None and not _under(blob.name, prefixes)):
+            continue
+        found.add(SoftDeleted(1, blob.hard_delete_time))
+    return found
+
+
+def _soft_deleted_bucket(client: Client, name: str) -> SoftDeleted:
+    """A soft-deleted bucket of that name (deleted earlier, with its soft-deleted objects)."""
+    found = SoftDeleted()
+    for bucket in client.list_buckets(
+        prefix=name, soft_deleted=True, timeout=CALL_TIMEOUT, retry=_call_retry()
+    ):
+        if bucket.name == name and bucket.soft_delete_time is not None:
+            found.add(SoftDeleted(0, bucket.hard_delete_time))
+    return found
+
+
+def erase_bucket(name: str) -> BucketErasure:
+    """Delete a bucket: soft delete set to 0 first (so that nothing deleted now is kept), then
+    every object, then the bucket, in rounds until it is gone. Writers must be fenced off first
+    (the tombstone). What earlier deletions left soft-deleted is reported, not deletable.
+
+    Raises BucketKeepsFilling after ERASE_ROUNDS rounds that each found new objects.
+    """
+    from google.api_core import exceptions as gexc
+
+    client = context.gcs()
+    result = BucketErasure(name)
+    try:
+        bucket = client.get_bucket(name, timeout=CALL_TIMEOUT, retry=_call_retry())
+    except gexc.NotFound:
+        result.soft_deleted = _soft_deleted_bucket(client, name)
+        forget_bucket(name)
+        return result
+    result.existed = True
+    if _retention(bucket) != 0:
+        _set_retention(bucket, 0)
+        result.soft_delete_turned_off = True
+    try:
+        while True:
+            result.rounds += 1
+            result.objects_deleted += _delete_live(client, name)
+            if result.rounds == 1:
+                result.soft_deleted = _soft_deleted(client, name)
+            try:
+                bucket.delete(timeout=CALL_TIMEOUT, retry=_call_retry())
+                break
+            except (gexc.Conflict, gexc.PreconditionFailed):
+                # Not empty: a write that was in flight landed. GCS answers 409, emulators 412.
+                if result.rounds >= ERASE_ROUNDS:
+                    raise BucketKeepsFilling(
+                        f"bucket {name} kept filling for {result.rounds} rounds"
+                    ) from None
+                time.sleep(ERASE_PAUSE_SECONDS)
+    except gexc.NotFound:
+        pass  # deleted meanwhile (another erasure run)
+    forget_bucket(name)
+    log.info(
+        "bucket erased",
+        extra={
+            "bucket": name,
+            "objects": result.objects_deleted,
+            "soft_deleted_kept": result.soft_deleted.objects,
+            "rounds": result.rounds,
+        },
+    )
+    return result
+
+
+@dataclass
+class ObjectsErasure:
+    """What erasing some messages' objects from a shared bucket did."""
+
+    bucket_name: str
+    objects_deleted: int = 0
+    soft_delete_paused: bool = False
+    soft_deleted: SoftDeleted = field(default_factory=SoftDeleted)
+
+
+def erase_message_objects(
+    name: str, prefixes: set[str], live: set[str] | None = None, *, count_soft_deleted: bool = True
+) -> ObjectsErasure:
+    """Delete some messages' objects from a bucket that stays (an account's fallback bucket): the
+    live objects of the messages under `live` (all of `prefixes` when None), with the bucket's
+    soft delete set to 0 for the time of the deletion and then back as it was; and count the
+    soft-deleted copies of the messages under `prefixes` (left there by earlier deletions, such
+    as a move into a user's bucket)."""
+    from google.api_core import exceptions as gexc
+
+    client = context.gcs()
+    result = ObjectsErasure(name)
+    to_delete = prefixes if live is None else live
+    if not to_delete and not (prefixes and count_soft_deleted):
+        return result
+    try:
+        bucket = client.get_bucket(name, timeout=CALL_TIMEOUT, retry=_call_retry())
+    except gexc.NotFound:
+        return result
+    if to_delete:
+        retention = _retention(bucket)
+        if retention:
+            _set_retention(bucket, 0)
+            result.soft_delete_paused = True
+        try:
+            for prefix in sorted(to_delete):
+                result.objects_deleted += discard_message(name, prefix)
+        finally:
+            if retention:
+                _set_retention(bucket, retention)
+    if count_soft_deleted:
+        result.soft_deleted = _soft_deleted(client, name, prefixes | to_delete)
+    return result

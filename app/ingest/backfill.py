@@ -7,6 +7,10 @@ conversations active within BACKFILL_WINDOW — those with recent rows here, and
 conversation list shows as recently active — and ingests each message we do not have through
 `app.ingest.ingest`, the webhook's own deduplicated path.
 
+Nothing of an erased user comes back this way: a conversation whose contact has an erasure
+tombstone is not even listed, and `ingest` refuses any message of such a contact (counted as
+`erased`).
+
 Chatwoot's message list is not the webhook format: `message_type` is an integer (0 incoming,
 1 outgoing, 2 activity, 3 template), `created_at` is unix seconds, and the conversation is
 only an id. `to_webhook()` converts a listed message into the webhook's shape, taking the
@@ -29,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from app import context
+from app.chatwoot.payloads import Contact
+from app.users import tombstones
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -69,6 +75,10 @@ class BackfillResult:
     accepted: int = 0
     duplicates: int = 0
     ignored: int = 0
+    erased: int = 0
+    """Messages refused because their contact's user was erased."""
+    erased_conversations: int = 0
+    """Conversations not listed because their contact's user was erased."""
     rejected: int = 0
     errors: list[str] = field(default_factory=list)
     not_configured: list[int] = field(default_factory=list)
@@ -292,9 +302,13 @@ def backfill(
                 (account_id, cid): targets.get((account_id, cid)) or Conversation(account_id, cid)
                 for cid in conversation_ids
             }
+        erased = tombstones.erased_contact_keys(account_id)
         for conversation in list(targets.values())[:MAX_CONVERSATIONS]:
+            if _erased(conversation, erased):
+                result.erased_conversations += 1
+                continue
             try:
-                _backfill_conversation(client, conversation, since, result, dry_run)
+                _backfill_conversation(client, conversation, since, result, dry_run, erased=erased)
                 read = True
             except chatwoot.BotTokenRefused as exc:
                 _reads_refused(client, exc, result)
@@ -323,8 +337,21 @@ def _reads_refused(client: Any, exc: Exception, result: BackfillResult) -> None:
     )
 
 
+def _erased(conversation: Conversation, erased: set[str]) -> bool:
+    """Whether the conversation's contact has an erasure tombstone."""
+    if not erased or not conversation.contact:
+        return False
+    return not erased.isdisjoint(tombstones.contact_keys(Contact.from_mapping(conversation.contact)))
+
+
 def _backfill_conversation(
-    client: Any, conversation: Conversation, since: datetime, result: BackfillResult, dry_run: bool
+    client: Any,
+    conversation: Conversation,
+    since: datetime,
+    result: BackfillResult,
+    dry_run: bool,
+    *,
+    erased: set[str] | None = None,
 ) -> None:
     from app.chatwoot.schemas import InvalidPayload
     from app.ingest.pipeline import ingest
@@ -334,6 +361,22 @@ def _backfill_conversation(
     result.listed += len(messages)
     if not messages:
         return
+    if conversation.contact is None:
+        # Known by id only: its contact is the sender of its incoming messages, and an agent's
+        # reply belongs to that contact too (as in a webhook's conversation.meta.sender).
+        conversation.contact = next(
+            (
+                m["sender"]
+                for m in messages
+                if m.get("message_type") == 0
+                and isinstance(m.get("sender"), dict)
+                and m["sender"].get("type", "contact") == "contact"
+            ),
+            None,
+        )
+        if _erased(conversation, erased or set()):
+            result.erased_conversations += 1
+            return
     ids = [str(m["id"]) for m in messages]
     have = {
         r["message_id"]
@@ -373,6 +416,8 @@ def _backfill_conversation(
             )
         elif outcome.status == "duplicate":
             result.duplicates += 1
+        elif outcome.reason == tombstones.ERASED_REASON:
+            result.erased += 1
         else:
             result.ignored += 1
 

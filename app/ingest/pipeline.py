@@ -2,7 +2,8 @@
 
 The webhook, the spool replay and the Chatwoot backfill all call `ingest(payload)`: validate,
 filter, strip secrets, then one `INSERT ... ON CONFLICT DO NOTHING` (one round trip) and the
-archive job. A message seen twice gives one row and one job; a `message_updated` adds a row to
+archive job. The same statement refuses a message from a contact whose user was erased
+(app/users/tombstones.py): `ignored`, reason `contact erased`. A message seen twice gives one row and one job; a `message_updated` adds a row to
 `message_updates` only when it changes what we keep; an update that arrives before its create
 creates the message.
 """
@@ -19,6 +20,7 @@ from app import context, jobs
 from app.chatwoot import payloads, schemas
 from app.chatwoot.accounts import AccountConfig
 from app.db import DatabaseUnavailable
+from app.users import tombstones
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +208,7 @@ def record(prepared: Prepared, *, enqueue_jobs: bool = True) -> IngestResult:
         "transcription_status": f.transcription_status,
         "classification_status": f.classification_status,
         "archive_payload": prepared.archive_json,
+        "erased_keys": tombstones.contact_keys(f.contact),
     }
     row: dict[str, Any] = {}
     for _ in range(RECORD_ATTEMPTS):
@@ -215,10 +218,15 @@ def record(prepared: Prepared, *, enqueue_jobs: bool = True) -> IngestResult:
             # A connection dropped by a PostgreSQL restart fails once; a new one may work. When
             # PostgreSQL is down, connecting is refused at once and the caller spools.
             row = _run_record(params)
-        if row.get("note_id") or row.get("existing_id"):
+        if row.get("note_id") or row.get("existing_id") or row.get("erased"):
             break
     else:
         raise RuntimeError("message neither inserted nor found")
+    if row.get("erased"):
+        # The contact's user was erased and has not consented again: nothing is stored.
+        return IngestResult(
+            "ignored", reason=tombstones.ERASED_REASON, account_id=f.account_id, message_id=f.message_id
+        )
     if row.get("note_id"):
         note_id = int(row["note_id"])
         enqueued = _enqueue(jobs.ARCHIVE_MESSAGE, note_id) if enqueue_jobs else None

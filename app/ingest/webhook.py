@@ -468,6 +468,8 @@ def _accept(  # noqa: PLR0917 (one delivery's parts)
         result = ingest.record(prepared)
     except DatabaseUnavailable:
         return _spool(prepared, request_id, delivery_id, context_fields)
+    if result.status == "ignored":  # a contact whose user was erased: stored nowhere
+        return _Answer(200, {"status": "ignored", "reason": result.reason}, "erased", context_fields)
     context_fields["note_id"] = result.note_id
     if result.status == "duplicate":
         return _Answer(200, {"status": "duplicate", "id": result.note_id}, "duplicate", context_fields)

@@ -11,13 +11,17 @@
 -- received and the statement removes its one secret, conversation.contact_inbox.pubsub_token.
 -- An update is classified ($16) only when it is a version of our own message (the web widget's
 -- answer, the channel's refusal): a new version of a contact's message is not classified again.
+-- $21 holds the contact's erasure keys (app/users/tombstones.py): a contact with a tombstone gets
+-- nothing stored, and `erased` says so (checked here, not by a query of its own: one round trip).
 -- name: prepare_record
 PREPARE ingest_record (
     jsonb, integer, text, integer, integer, integer, text, text, text, text, boolean, text,
-    timestamptz, text, text, text, boolean, text, text, jsonb
+    timestamptz, text, text, text, boolean, text, text, jsonb, text[]
 ) AS
 WITH input AS (
     SELECT CASE WHEN $17 THEN $1 #- '{conversation,contact_inbox,pubsub_token}' ELSE $1 END AS payload
+), erased AS (
+    SELECT FROM erased_contacts WHERE chatwoot_account_id = $2 AND key_hash = ANY($21) LIMIT 1
 ), note AS (
     INSERT INTO meeting_notes (
         chatwoot_account_id, chatwoot_message_id, chatwoot_conversation_id, chatwoot_inbox_id,
@@ -28,11 +32,13 @@ WITH input AS (
     SELECT $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, input.payload, $14, 'received', $15, $16,
         $18, $19, $20
     FROM input
+    WHERE NOT EXISTS (SELECT FROM erased)
     ON CONFLICT (chatwoot_account_id, chatwoot_message_id) DO NOTHING
     RETURNING id
 ), existing AS (
     SELECT id, content_fingerprint FROM meeting_notes
     WHERE chatwoot_account_id = $2 AND chatwoot_message_id = $3 AND NOT EXISTS (SELECT FROM note)
+        AND NOT EXISTS (SELECT FROM erased)
 ), change AS (
     INSERT INTO message_updates (meeting_note_id, fingerprint, payload, processing_status,
         classification_status)
@@ -45,7 +51,8 @@ WITH input AS (
 )
 SELECT (SELECT id FROM note) AS note_id,
     (SELECT id FROM existing) AS existing_id,
-    (SELECT id FROM change) AS update_id;
+    (SELECT id FROM change) AS update_id,
+    EXISTS (SELECT FROM erased) AS erased;
 
 -- execute_record: the parameters in the order of prepare_record's.
 -- name: execute_record
@@ -54,5 +61,5 @@ EXECUTE ingest_record (
     %(source_type)s, %(message_type)s, %(content_type)s, %(content)s, %(is_private)s,
     %(sender_type)s, %(message_created_at)s, %(fingerprint)s, %(transcription_status)s,
     %(classification_status)s, %(strip_token)s, %(contact_phone)s, %(contact_identifier)s,
-    %(archive_payload)s
+    %(archive_payload)s, %(erased_keys)s::text[]
 );

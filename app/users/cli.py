@@ -13,7 +13,7 @@ from flask.cli import AppGroup
 
 from app.cli import fail, print_table
 from app.users import link_codes as links
-from app.users import service
+from app.users import service, tombstones
 from app.users.erase import StorageUnavailable, erase_user
 from app.users.rehome import rehome_messages
 
@@ -231,12 +231,36 @@ def users_erase(user_id: str, yes: bool) -> None:
         raise fail(f"erasure stopped part-way ({exc}): run the command again") from None
     data = report.as_dict()
     click.echo(f"erased {user_id} (bucket {report.bucket_name})")
-    click.echo(f"  bucket objects deleted: {report.bucket_objects_deleted}")
+    click.echo(
+        f"  bucket objects deleted: {report.bucket_objects_deleted} (in {report.bucket_rounds} round(s))"
+    )
     click.echo(f"  fallback objects deleted: {report.fallback_objects_deleted}")
+    click.echo(f"  soft delete: {report.soft_delete}")
     for table, count in data["rows_deleted"].items():
         click.echo(f"  {table}: {count} row(s)")
     if report.nothing_left:
         click.echo("nothing was left to delete")
+    click.echo(
+        f"tombstoned: {report.contacts_tombstoned} contact key(s); nothing of theirs is stored again "
+        f"until `flask users reconsent {user_id}`"
+    )
+
+
+@users_cli.command("reconsent")
+@click.argument("user_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def users_reconsent(user_id: str, yes: bool) -> None:
+    """Record an erased user's explicit consent: lift the erasure's tombstones, so that the
+    user's contacts are archived again from now on (nothing erased comes back)."""
+    if not yes:
+        click.confirm(f"Has {user_id!r} explicitly consented to be archived again?", abort=True)
+    lifted = tombstones.lift(user_id)
+    if lifted is None:
+        raise fail(f"no erasure holds for {user_id!r}")
+    click.echo(
+        f"re-consent recorded for {user_id}: {lifted['contacts_released']} contact key(s) released "
+        f"(erased {lifted['erased_at']})"
+    )
 
 
 @users_cli.command("unmapped")

@@ -35,6 +35,7 @@ ENDPOINTS = [
     ("POST", "/admin/users/u1/links"),
     ("DELETE", "/admin/users/u1/links/1"),
     ("POST", "/admin/users/u1/link-code"),
+    ("POST", "/admin/users/u1/reconsent"),
     ("GET", "/admin/contacts/unmapped"),
     ("GET", "/admin/stats"),
     ("GET", "/admin/accounts"),
