@@ -62,7 +62,7 @@ def test_defaults_and_private_key_escapes() -> None:
     assert s.gcs_private_key.startswith("-----BEGIN PRIVATE KEY-----\nabc\n")
     assert s.gcs_bucket_prefix == "pacelane-whatsapp"
     assert s.webhook_timestamp_tolerance == 300
-    assert s.max_webhook_bytes == 1024 * 1024
+    assert s.max_webhook_bytes == 32 * 1024 * 1024
     assert s.effective_transcription_provider == "none"
     assert "abc" not in repr(s)
     assert s.public_summary()["gcs_private_key"] == "(set)"
