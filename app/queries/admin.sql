@@ -257,3 +257,102 @@ FROM (
 GROUP BY what, error_details
 ORDER BY occurrences DESC, last_seen DESC
 LIMIT %(limit)s;
+
+-- Browsing: messages found by contact, user, text or transcript, and a user's page ------------
+-- Newest first, a page at a time. Text and transcript searches use the trigram indexes of
+-- migrations/0011 (a pattern of 3 characters or more).
+
+-- name: search_by_contact_id
+SELECT n.id, n.created_at, n.chatwoot_account_id AS account_id, n.chatwoot_conversation_id AS conversation_id,
+       n.chatwoot_contact_id AS contact_id, n.contact_phone AS phone, n.user_id, n.source_type, n.message_type,
+       n.content_type, left(n.content, 300) AS content, left(n.transcript, 300) AS transcript,
+       n.processing_status, n.transcription_status, n.classification_status, n.message_kind,
+       n.error_details, n.gcs_storage_path, n.attempts
+FROM meeting_notes n
+WHERE n.chatwoot_contact_id = %(contact_id)s
+ORDER BY n.created_at DESC, n.id DESC
+LIMIT %(limit)s OFFSET %(offset)s;
+
+-- name: search_by_phone
+SELECT n.id, n.created_at, n.chatwoot_account_id AS account_id, n.chatwoot_conversation_id AS conversation_id,
+       n.chatwoot_contact_id AS contact_id, n.contact_phone AS phone, n.user_id, n.source_type, n.message_type,
+       n.content_type, left(n.content, 300) AS content, left(n.transcript, 300) AS transcript,
+       n.processing_status, n.transcription_status, n.classification_status, n.message_kind,
+       n.error_details, n.gcs_storage_path, n.attempts
+FROM meeting_notes n
+WHERE n.contact_phone = %(phone)s
+ORDER BY n.created_at DESC, n.id DESC
+LIMIT %(limit)s OFFSET %(offset)s;
+
+-- name: search_by_user
+SELECT n.id, n.created_at, n.chatwoot_account_id AS account_id, n.chatwoot_conversation_id AS conversation_id,
+       n.chatwoot_contact_id AS contact_id, n.contact_phone AS phone, n.user_id, n.source_type, n.message_type,
+       n.content_type, left(n.content, 300) AS content, left(n.transcript, 300) AS transcript,
+       n.processing_status, n.transcription_status, n.classification_status, n.message_kind,
+       n.error_details, n.gcs_storage_path, n.attempts
+FROM meeting_notes n
+WHERE n.user_id = %(user_id)s
+ORDER BY n.created_at DESC, n.id DESC
+LIMIT %(limit)s OFFSET %(offset)s;
+
+-- name: search_by_text
+SELECT n.id, n.created_at, n.chatwoot_account_id AS account_id, n.chatwoot_conversation_id AS conversation_id,
+       n.chatwoot_contact_id AS contact_id, n.contact_phone AS phone, n.user_id, n.source_type, n.message_type,
+       n.content_type, left(n.content, 300) AS content, left(n.transcript, 300) AS transcript,
+       n.processing_status, n.transcription_status, n.classification_status, n.message_kind,
+       n.error_details, n.gcs_storage_path, n.attempts
+FROM meeting_notes n
+WHERE n.content ILIKE %(pattern)s
+ORDER BY n.created_at DESC, n.id DESC
+LIMIT %(limit)s OFFSET %(offset)s;
+
+-- name: search_by_transcript
+SELECT n.id, n.created_at, n.chatwoot_account_id AS account_id, n.chatwoot_conversation_id AS conversation_id,
+       n.chatwoot_contact_id AS contact_id, n.contact_phone AS phone, n.user_id, n.source_type, n.message_type,
+       n.content_type, left(n.content, 300) AS content, left(n.transcript, 300) AS transcript,
+       n.processing_status, n.transcription_status, n.classification_status, n.message_kind,
+       n.error_details, n.gcs_storage_path, n.attempts
+FROM meeting_notes n
+WHERE n.transcript IS NOT NULL AND n.transcript ILIKE %(pattern)s
+ORDER BY n.created_at DESC, n.id DESC
+LIMIT %(limit)s OFFSET %(offset)s;
+
+-- A user's messages by status and kind, and since when.
+-- name: user_message_counts
+SELECT count(*) AS messages,
+       count(*) FILTER (WHERE processing_status = 'stored') AS stored,
+       count(*) FILTER (WHERE processing_status = 'received') AS waiting,
+       count(*) FILTER (WHERE processing_status = 'error') AS errors,
+       count(*) FILTER (WHERE transcription_status = 'done') AS transcribed,
+       count(*) FILTER (WHERE transcription_status = 'pending') AS transcription_pending,
+       count(*) FILTER (WHERE transcription_status = 'failed') AS transcription_failed,
+       count(*) FILTER (WHERE classification_status = 'failed') AS classification_failed,
+       count(*) FILTER (WHERE message_kind = 'note') AS notes,
+       count(*) FILTER (WHERE message_kind = 'order') AS orders,
+       count(*) FILTER (WHERE message_kind = 'command') AS commands,
+       count(*) FILTER (WHERE message_kind = 'answer') AS answers,
+       min(created_at) AS first_message_at,
+       max(created_at) AS last_message_at
+FROM meeting_notes
+WHERE user_id = %(user_id)s;
+
+-- The user's bucket, and the buckets its messages are still being moved out of.
+-- name: user_buckets
+SELECT m.bucket_name, 'own' AS role, g.state, g.how, coalesce(g.created_at, m.bucket_created_at) AS since,
+       coalesce(b.attachments, 0) AS attachments, coalesce(b.bytes, 0) AS bytes, NULL::bigint AS moving
+FROM user_bucket_mapping m
+LEFT JOIN gcs_buckets g ON g.bucket_name = m.bucket_name
+LEFT JOIN bucket_storage_stats b ON b.bucket_name = m.bucket_name
+WHERE m.user_id = %(user_id)s
+UNION ALL
+SELECT n.rehome_from_bucket, 'moving out', NULL, NULL, min(n.updated_at), NULL, NULL, count(*)
+FROM meeting_notes n
+WHERE n.user_id = %(user_id)s AND n.rehome_from_bucket IS NOT NULL
+GROUP BY n.rehome_from_bucket;
+
+-- name: user_orders_by_status
+SELECT status, count(*) AS orders, max(created_at) AS last_at
+FROM orders
+WHERE user_id = %(user_id)s
+GROUP BY status
+ORDER BY status;

@@ -11,22 +11,9 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.admin import ADMIN_TOKEN, AUTH, ROOT, add_note, add_user, assert_absent
+from tests.helpers.admin import ADMIN_TOKEN, AUTH, ROOT, add_note, add_user, assert_absent, csrf_of, sign_in
 
 pytestmark = pytest.mark.usefixtures("admin_env")
-
-
-def csrf_of(html: str) -> str:
-    found = re.search(r'name="csrf_token" value="([^"]+)"', html)
-    assert found, "the form carries a CSRF token"
-    return found.group(1)
-
-
-def sign_in(client: Any, token: str = ADMIN_TOKEN) -> Any:
-    form = client.get("/admin/login")
-    return client.post(
-        "/admin/login", data={"csrf_token": csrf_of(form.get_data(as_text=True)), "token": token}
-    )
 
 
 def session_cookie(response: Any) -> str:
