@@ -7,9 +7,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg2.errors
+
 from app import context
 from app.chatwoot.payloads import normalize_phone
-from app.db import plain
+from app.db import plain, queries
 from app.users.service import get_user
 
 MODES = {
@@ -21,8 +23,11 @@ MODES = {
 """What a search can look in, and how the form names it."""
 PAGE_SIZE = 25
 """Messages per page of results."""
-MAX_PAGE = 400
+MAX_PAGE = 40
 """Pages beyond this are refused: narrow the search instead (each page skips the ones before)."""
+SEARCH_TIMEOUT_MS = 3000
+"""Milliseconds a search may take. Text found only in old messages, but in many of them, is the
+slow case (neither the newest-first scan nor the trigram index finds a page of it quickly)."""
 MIN_PATTERN = 3
 """Characters a text or transcript search needs (the trigram index needs three)."""
 MAX_QUERY = 200
@@ -51,6 +56,8 @@ class Results:
     """What was searched, in words ("contact id 287", "text containing 'invoice'")."""
     rows: list[dict[str, Any]] = field(default_factory=list)
     has_next: bool = False
+    timed_out: bool = False
+    """The search took longer than SEARCH_TIMEOUT_MS and was stopped."""
 
 
 def _pattern(q: str) -> str:
@@ -91,9 +98,24 @@ def search(by: str, q: str, page: int = 1, size: int = PAGE_SIZE) -> Results:
     if not 1 <= page <= MAX_PAGE:
         raise BadSearch(f"pages go from 1 to {MAX_PAGE}; narrow the search to see older messages")
     name, params, looked_for = _statement(by, q)
-    rows = context.db().fetch_all(name, {**params, "limit": size + 1, "offset": (page - 1) * size})
-    results = Results(by, q, page, looked_for, [_row(r) for r in rows[:size]], len(rows) > size)
-    return results
+    rows = _fetch(name, {**params, "limit": size + 1, "offset": (page - 1) * size})
+    if rows is None:
+        return Results(by, q, page, looked_for, timed_out=True)
+    return Results(by, q, page, looked_for, [_row(r) for r in rows[:size]], len(rows) > size)
+
+
+def _fetch(name: str, params: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The rows of a search, or None when it ran past SEARCH_TIMEOUT_MS (the page says so; the
+    connection and its session stay as they were)."""
+    with context.db().transaction() as cur:
+        cur.execute("SET LOCAL statement_timeout = %s", (SEARCH_TIMEOUT_MS,))
+        cur.execute("SAVEPOINT search")
+        try:
+            cur.execute(queries[name], params)
+            return [dict(r) for r in cur.fetchall()]
+        except psycopg2.errors.QueryCanceled:
+            cur.execute("ROLLBACK TO SAVEPOINT search")
+            return None
 
 
 def _row(row: dict[str, Any]) -> dict[str, Any]:

@@ -230,7 +230,15 @@ def messages() -> Any:
     except ValueError as exc:  # BadSearch, or a page that is not a number
         error = str(exc) if isinstance(exc, browse.BadSearch) else "the page is a number"
         return _page("admin/messages.html", 400, modes=browse.MODES, by=by, q=q, error=error, results=None)
-    return _page("admin/messages.html", modes=browse.MODES, by=by, q=q, error=None, results=results)
+    return _page(
+        "admin/messages.html",
+        modes=browse.MODES,
+        by=by,
+        q=q,
+        error=None,
+        results=results,
+        timeout_seconds=browse.SEARCH_TIMEOUT_MS // 1000,
+    )
 
 
 @bp.get("/user/<user_id>")

@@ -209,4 +209,4 @@ def retry(stage: str, row_id: int) -> list[Any]:
 
 def dead_letters(limit: int = 20) -> list[dict[str, Any]]:
     """The newest rows of the dead letter, every stage (the admin page's list)."""
-    return _dead_letter_rows(None, (), None, limit)
+    return context.db().fetch_all("admin.dead_letters_newest", {"limit": limit})

@@ -356,3 +356,37 @@ FROM orders
 WHERE user_id = %(user_id)s
 GROUP BY status
 ORDER BY status;
+
+-- The newest rows of the dead_letters view (migrations/0007), taken stage by stage from the small
+-- indexes of migrations/0011 (the view sorts all its rows first). A test checks that both agree.
+-- name: dead_letters_newest
+SELECT stage, id, chatwoot_account_id, chatwoot_conversation_id, attempts, error_details, updated_at
+FROM (
+    (SELECT 'archive'::text AS stage, id, chatwoot_account_id, chatwoot_conversation_id, attempts,
+            error_details, updated_at
+       FROM meeting_notes WHERE processing_status = 'error'
+      ORDER BY updated_at DESC LIMIT %(limit)s)
+    UNION ALL
+    (SELECT 'transcription', id, chatwoot_account_id, chatwoot_conversation_id, attempts, error_details,
+            updated_at
+       FROM meeting_notes WHERE transcription_status = 'failed'
+      ORDER BY updated_at DESC LIMIT %(limit)s)
+    UNION ALL
+    (SELECT 'classification', id, chatwoot_account_id, chatwoot_conversation_id, attempts, error_details,
+            updated_at
+       FROM meeting_notes WHERE classification_status = 'failed'
+      ORDER BY updated_at DESC LIMIT %(limit)s)
+    UNION ALL
+    (SELECT 'update', u.id, n.chatwoot_account_id, n.chatwoot_conversation_id, u.attempts, u.error_details,
+            u.updated_at
+       FROM message_updates u JOIN meeting_notes n ON n.id = u.meeting_note_id
+      WHERE u.processing_status = 'error'
+      ORDER BY u.updated_at DESC LIMIT %(limit)s)
+    UNION ALL
+    (SELECT 'outbox', id, chatwoot_account_id, chatwoot_conversation_id, requeue_attempts, error_details,
+            updated_at
+       FROM outbox WHERE status = 'failed'
+      ORDER BY updated_at DESC LIMIT %(limit)s)
+) AS newest
+ORDER BY updated_at DESC, stage, id
+LIMIT %(limit)s;

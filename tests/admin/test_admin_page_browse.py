@@ -180,3 +180,61 @@ def test_the_colours_are_on_the_chart_and_legend_only(signed_in: Any) -> None:
     assert not re.search(r"(^|[\s,}])\.(stored|errors|waiting)\s*[{,]", css, re.M)
     assert '<td class="num errors">1</td>' in html
     assert 'class="bar-errors"' in html and 'class="swatch errors"' in html
+
+
+def test_a_search_that_takes_too_long_is_stopped_and_says_so(
+    signed_in: Any, services: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psycopg2
+
+    from app.admin import browse
+
+    note = add_note()
+    write(note, content="quarterly planning")
+    monkeypatch.setattr(browse, "SEARCH_TIMEOUT_MS", 300)
+    blocker = psycopg2.connect(services.env["DATABASE_URL"])
+    try:
+        with blocker.cursor() as cur:  # a table the search must wait for: its statement times out
+            cur.execute("LOCK TABLE meeting_notes IN ACCESS EXCLUSIVE MODE")
+            response = search(signed_in, "text", "planning")
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert response.status_code == 200
+    assert 'id="too-slow"' in response.get_data(as_text=True)
+    # The same connection answers the next search at once.
+    assert found(search(signed_in, "text", "planning").get_data(as_text=True)) == [note]
+
+
+def test_the_dead_letter_list_is_the_views_newest_rows() -> None:
+    """admin.dead_letters_newest reads the stages' own indexes; it must list what the view lists."""
+    from app.admin.requeue import dead_letters
+
+    for age in range(4):
+        failed = add_note(status="error", error=f"archive {age}")
+        voice = add_note(transcription_status="failed")
+        classified = add_note(classification_status="failed")
+        for row, minutes in ((failed, age * 3), (voice, age * 3 + 1), (classified, age * 3 + 2)):
+            sql(
+                "UPDATE meeting_notes SET updated_at = now() - make_interval(mins => %s) WHERE id = %s",
+                (minutes, row),
+            )
+        sql(
+            "INSERT INTO message_updates (meeting_note_id, fingerprint, payload, processing_status, updated_at) "
+            "VALUES (%s, %s, '{}', 'error', now() - make_interval(mins => %s))",
+            (voice, f"f{age}", age * 3 + 1),
+        )
+        sql(
+            "INSERT INTO outbox (dedupe_key, chatwoot_account_id, chatwoot_conversation_id, kind, body, status, "
+            "updated_at) VALUES (%s, 1, 42, 'ready', '{}', 'failed', now() - make_interval(mins => %s))",
+            (f"k{age}", age * 3 + 2),
+        )
+    add_note()  # not in the dead letter
+    for limit in (1, 5, 20):
+        view = sql(
+            "SELECT stage, id, chatwoot_account_id, chatwoot_conversation_id, attempts, error_details, "
+            "updated_at FROM dead_letters ORDER BY updated_at DESC, stage, id LIMIT %s",
+            (limit,),
+        )
+        assert dead_letters(limit) == view
+    assert len(dead_letters(20)) == 20
