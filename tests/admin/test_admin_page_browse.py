@@ -238,3 +238,14 @@ def test_the_dead_letter_list_is_the_views_newest_rows() -> None:
         )
         assert dead_letters(limit) == view
     assert len(dead_letters(20)) == 20
+
+
+def test_postgresql_down_is_a_503_page_not_a_stack_trace(signed_in: Any, use_settings: Any) -> None:
+    from tests.helpers.admin import unreachable
+
+    with unreachable(use_settings, database_url="postgresql://postgres@127.0.0.1:{port}/none"):
+        for path in ("/admin/", "/admin/messages?by=text&q=invoice", "/admin/user/u1"):
+            response = signed_in.get(path)
+            assert response.status_code == 503, path
+            html = response.get_data(as_text=True)
+            assert "PostgreSQL is not answering" in html and "Traceback" not in html
