@@ -374,8 +374,9 @@ PAGE_SEARCHES: list[tuple[str, str, dict[str, Any]]] = [
     ("user's buckets", "admin.user_buckets", {"user_id": "user-0001"}),
     ("user's orders", "admin.user_orders_by_status", {"user_id": "user-0001"}),
     ("dead letter", "admin.dead_letters_newest", {"limit": 20}),
+    ("users offered by the link form", "admin.user_list", {"limit": 500, "after": ""}),
 ]
-"""Queries of the admin page's search, user page and dead letter, with the values they are timed with
+"""Queries of the admin page's search, user page, dead letter and link form, with the values they are timed with
 (one page of 25 results, newest first; the data set's user-0001 has 1 000 messages)."""
 
 

@@ -623,7 +623,7 @@ def check_not_running(env: dict[str, str], state: Path) -> None:
         how = (
             f"by `make dev` (pid {running[SUPERVISOR]})"
             if SUPERVISOR in running
-            else f"in the background (web pid {running.get('web', '-')})"
+            else f"by `make up` (web pid {running.get('web', '-')})"
         )
         raise StackError(f"the stack is already running, started {how}; `make down` stops it")
     if not port_is_free(port):

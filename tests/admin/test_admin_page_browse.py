@@ -180,6 +180,7 @@ def test_the_colours_are_on_the_chart_and_legend_only(signed_in: Any) -> None:
     assert not re.search(r"(^|[\s,}])\.(stored|errors|waiting)\s*[{,]", css, re.M)
     assert '<td class="num errors">1</td>' in html
     assert 'class="bar-errors"' in html and 'class="swatch errors"' in html
+    assert '<option value="contact" selected>' in html  # the dashboard's search looks for a contact
 
 
 def test_a_search_that_takes_too_long_is_stopped_and_says_so(
