@@ -9,8 +9,9 @@ APT_PACKAGES := espeak-ng ffmpeg sox chromium
 .PHONY: help install system-deps dev up down reset status test test-faults lint format bench bench-deps bench-webhook bench-transcribe bench-archive bench-sql clean
 
 help:
-	@echo "make dev          run the whole stack in the foreground (Ctrl-C stops it)"
-	@echo "make up / down    the same stack in the background / stop it (data kept)"
+	@echo "make dev          run the whole stack in the foreground (Ctrl-C or make down stops it)"
+	@echo "make up / down    the same stack in the background / stop it, however started (data kept)"
+	@echo "make status       what runs of the stack, its pids and ports"
 	@echo "make reset        stop the stack and delete its local data"
 	@echo "make test         the whole test suite against servers of its own"
 	@echo "make lint         ruff and mypy"
@@ -59,7 +60,7 @@ reset:
 	@test -x $(PY) && $(PY) scripts/devstack.py reset || rm -rf .dev
 
 status:
-	@$(PY) scripts/devstack.py status
+	@if test -x $(PY); then $(PY) scripts/devstack.py status; else echo "not installed yet: make up installs and starts the stack"; fi
 
 test: install system-deps
 	@HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)

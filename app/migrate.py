@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import psycopg2
@@ -10,6 +11,8 @@ import psycopg2
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 # Any constant works; it only has to be the same for every process of this service.
 _ADVISORY_LOCK_KEY = 0x6D6E6F746573  # "mnotes"
+LOCK_POLL_SECONDS = 0.2
+"""How often a process waiting for another's migrations asks for the lock again."""
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +47,15 @@ def upgrade(database_url: str) -> list[str]:
     guard.autocommit = True
     try:
         with guard.cursor() as cur:
-            cur.execute("SELECT pg_advisory_lock(%s)", (_ADVISORY_LOCK_KEY,))
+            # Asked again and again rather than waited for inside one statement: a waiting
+            # statement holds a snapshot, and a migration that builds an index CONCURRENTLY
+            # waits for every older snapshot to end (the two processes would wait for each other).
+            while True:
+                cur.execute("SELECT pg_try_advisory_lock(%s)", (_ADVISORY_LOCK_KEY,))
+                row = cur.fetchone()
+                if row and row[0]:
+                    break
+                time.sleep(LOCK_POLL_SECONDS)
         backend = get_backend(_yoyo_url(database_url))
         try:
             migrations = read_migrations(str(MIGRATIONS_DIR))

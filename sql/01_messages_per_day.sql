@@ -1,11 +1,11 @@
--- Messages received per day, with how many are stored and how many failed (last 30 days).
-SELECT
-    date_trunc('day', created_at)::date AS day,
-    count(*) AS total_messages,
-    count(*) FILTER (WHERE processing_status = 'stored') AS stored,
-    count(*) FILTER (WHERE processing_status = 'error') AS errors
-FROM meeting_notes
+-- Monitor message ingestion rate
+SELECT 
+  DATE(created_at) as date,
+  COUNT(*) as messages_received,
+  COUNT(CASE WHEN processing_status = 'stored' THEN 1 END) as successfully_stored,
+  COUNT(CASE WHEN processing_status = 'error' THEN 1 END) as errors
+FROM meeting_notes 
 WHERE source_type = 'whatsapp'
-  AND created_at >= now() - interval '30 days'
-GROUP BY 1
-ORDER BY 1 DESC;
+  AND created_at >= NOW() - INTERVAL '7 days'
+GROUP BY DATE(created_at)
+ORDER BY date DESC;

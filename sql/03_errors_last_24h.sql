@@ -1,11 +1,9 @@
--- Errors of the last 24 hours, grouped by reason.
-SELECT
-    error_details,
-    count(*) AS occurrences,
-    max(updated_at) AS last_seen
-FROM meeting_notes
-WHERE source_type = 'whatsapp'
+-- Error analysis
+SELECT 
+  error_details,
+  COUNT(*) as error_count
+FROM meeting_notes 
+WHERE source_type = 'whatsapp' 
   AND processing_status = 'error'
-  AND created_at >= now() - interval '24 hours'
-GROUP BY error_details
-ORDER BY occurrences DESC;
+  AND created_at >= NOW() - INTERVAL '24 hours'
+GROUP BY error_details;

@@ -1,4 +1,11 @@
-"""`flask monitor`: every monitoring query of `sql/`, printed as a table with its run time."""
+"""`flask monitor`: every monitoring query of the admins' `sql/` folder, printed as a table with its
+run time.
+
+`sql/` belongs to the admins: files they run with psql, which they may edit, add or rename.
+`flask monitor` runs whatever is there, by design. The service itself never reads that folder:
+the queries the admin page uses live in `app/queries/admin.sql` (where one is the same statement
+as a file of `sql/`, a test keeps the two texts the same).
+"""
 
 from __future__ import annotations
 
@@ -15,11 +22,12 @@ from app.cli import fail, print_table
 from app.db import DatabaseUnavailable
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+"""The admins' folder of the checkout: the default of `flask monitor --dir`."""
 MONITOR_STATEMENT_TIMEOUT = "60s"
 
 
-def sql_files() -> list[Path]:
-    return sorted(SQL_DIR.glob("*.sql"))
+def sql_files(directory: Path | None = None) -> list[Path]:
+    return sorted((directory or SQL_DIR).glob("*.sql"))
 
 
 def description(text: str) -> str:
@@ -38,16 +46,26 @@ def description(text: str) -> str:
 @click.option(
     "--rebuild-rollups", is_flag=True, help="Recompute the monitoring roll-ups from the rows first."
 )
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Folder of .sql files to run (default: sql/ of this checkout).",
+)
 @with_appcontext
-def monitor(only: tuple[str, ...], fmt: str, rebuild_rollups: bool) -> None:
-    """Run each monitoring query of sql/ and print its result as a table."""
+def monitor(only: tuple[str, ...], fmt: str, rebuild_rollups: bool, directory: Path | None) -> None:
+    """Run each monitoring query of sql/ (the admins' folder) and print its result as a table."""
+    folder = directory or SQL_DIR
+    if not folder.is_dir():
+        raise fail(f"no folder {folder}: give the folder of the monitoring .sql files with --dir")
     db = context.db()
     if rebuild_rollups:
         started = time.perf_counter()
         with db.transaction() as cur:
             cur.execute("SELECT rebuild_monitoring_rollups()")
         click.echo(f"roll-ups rebuilt in {time.perf_counter() - started:.1f} s\n")
-    files = [p for p in sql_files() if not only or any(o in p.name for o in only)]
+    files = [p for p in sql_files(folder) if not only or any(o in p.name for o in only)]
     if not files:
         raise fail("no query file matches")
     failed = 0

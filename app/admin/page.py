@@ -1,10 +1,13 @@
-"""The admin page (`/admin/`): a small read-only dashboard rendered on the server.
+"""The admin page (`/admin/`): a dashboard rendered on the server, a search of messages, a page
+per user, and two actions: retry work from the dead letter, link an unmapped contact to a user.
 
 A browser cannot send a bearer token when it navigates, so the admin signs in once with the
 admin token; the session is Flask's signed cookie (HttpOnly, SameSite=Strict, Secure in
 production, limited to /admin) and holds a keyed fingerprint of the token, never the token, so
-changing ADMIN_API_TOKEN signs every browser out. The sign-in and sign-out forms carry a CSRF
-token kept in the session.
+changing ADMIN_API_TOKEN signs every browser out. Every form carries a CSRF token kept in the
+session, and each action is written to the log (`app.admin.audit`) with the client's address.
+The actions go through the same code as the CLI: `flask requeue` for a retry, the users
+service's `add_link` for a link.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from flask import (
     Flask,
     Request,
     Response,
+    flash,
     g,
+    get_flashed_messages,
     redirect,
     render_template,
     request,
@@ -30,10 +35,16 @@ from flask import (
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 
 from app import context
+from app.admin import browse, requeue
 from app.admin.auth import signed_in, token_fingerprint, token_matches
 from app.admin.stats import dashboard as numbers
+from app.db import DatabaseUnavailable
+from app.jobs import QueueUnavailable
+from app.users import service
 
 log = logging.getLogger(__name__)
+audit = logging.getLogger("app.admin.audit")
+"""Who did what from the admin page: one line per action, with the client's address."""
 
 bp = Blueprint("admin_page", __name__, url_prefix="/admin")
 
@@ -41,6 +52,9 @@ SESSION_HOURS = 8
 """Hours a sign-in lasts."""
 COOKIE_NAME = "meeting_notes_admin"
 CHART_DAYS = 14
+DEAD_LETTERS_SHOWN = 20
+USERS_SUGGESTED = 500
+"""User ids the link form suggests (any other may be typed)."""
 
 
 def init_app(app: Flask) -> None:
@@ -103,8 +117,37 @@ def headers(response: Response) -> Response:
 
 
 def _page(template: str, status: int = 200, **values: Any) -> Any:
-    html = render_template(template, csrf=csrf_token(), nonce=g.csp_nonce, **values)
+    html = render_template(
+        template,
+        csrf=csrf_token(),
+        nonce=g.csp_nonce,
+        notices=get_flashed_messages(with_categories=True),
+        here=request.full_path.rstrip("?"),
+        **values,
+    )
     return html, status, {"Content-Type": "text/html; charset=utf-8"}
+
+
+@bp.errorhandler(DatabaseUnavailable)
+def database_down(exc: DatabaseUnavailable) -> Any:
+    return _page("admin/error.html", 503, error="PostgreSQL is not answering; try again shortly.")
+
+
+def _back(default: str) -> Any:
+    """A redirect to the form's `next` page when it is one of ours, else to `default`."""
+    target = request.form.get("next", "")
+    if not (target.startswith("/admin/") and "//" not in target and "\\" not in target):
+        target = default
+    return redirect(target, 303)
+
+
+def _refused() -> Any | None:
+    """The answer to a form posted without a session or without its CSRF token, else None."""
+    if not signed_in():
+        return redirect(url_for("admin_page.login_form"), 303)
+    if not csrf_ok():
+        return _page("admin/error.html", 400, error="The form expired. Please go back, reload and try again.")
+    return None
 
 
 @bp.get("/login")
@@ -148,7 +191,144 @@ def dashboard() -> Any:
     if not signed_in():
         return redirect(url_for("admin_page.login_form"))
     data = numbers(days=CHART_DAYS)
-    return _page("admin/dashboard.html", data=data, chart=chart(data["days"]))
+    return _page(
+        "admin/dashboard.html",
+        data=data,
+        chart=chart(data["days"]),
+        dead=requeue.dead_letters(limit=DEAD_LETTERS_SHOWN),
+        users=[u["user_id"] for u in service.list_users(limit=USERS_SUGGESTED)],
+        modes=browse.MODES,
+    )
+
+
+@bp.get("/messages")
+def messages() -> Any:
+    """Messages found by contact, user, text or transcript, newest first, a page at a time."""
+    if not signed_in():
+        return redirect(url_for("admin_page.login_form"))
+    by = request.args.get("by", "text")
+    q = request.args.get("q", "")
+    try:
+        page = int(request.args.get("page", "1"))
+        results = browse.search(by, q, page)
+    except ValueError as exc:  # BadSearch, or a page that is not a number
+        error = str(exc) if isinstance(exc, browse.BadSearch) else "the page is a number"
+        return _page("admin/messages.html", 400, modes=browse.MODES, by=by, q=q, error=error, results=None)
+    return _page(
+        "admin/messages.html",
+        modes=browse.MODES,
+        by=by,
+        q=q,
+        error=None,
+        results=results,
+        timeout_seconds=browse.SEARCH_TIMEOUT_MS // 1000,
+    )
+
+
+@bp.get("/user/<user_id>")
+def user(user_id: str) -> Any:
+    """A user: its bucket(s), counts, links, orders and latest messages with their statuses."""
+    if not signed_in():
+        return redirect(url_for("admin_page.login_form"))
+    try:
+        data = browse.user_page(user_id)
+    except service.NotFound:
+        return _page("admin/error.html", 404, error=f"There is no user {user_id!r}.")
+    return _page("admin/user.html", data=data)
+
+
+RETRY_OUTCOMES = {
+    "enqueued": "queued again",
+    "live": "left alone: its job is already queued or running",
+}
+
+
+@bp.post("/retry")
+def retry() -> Any:
+    """Retry one row of the dead letter (or stuck work) now, as `flask requeue --id` does."""
+    refused = _refused()
+    if refused is not None:
+        return refused
+    stage = request.form.get("stage", "")
+    try:
+        row_id = int(request.form.get("id", ""))
+    except ValueError:
+        row_id = 0
+    if stage not in requeue.CLI_STAGES or not 0 < row_id < 2**63:
+        return _page("admin/error.html", 400, error="Nothing to retry: the form names no stage and row.")
+    what = f"{stage} {row_id}"
+    try:
+        outcomes = requeue.retry(stage, row_id)
+    except QueueUnavailable:
+        audit.warning("admin retry failed", extra=_who(action="retry", stage=stage, row_id=row_id))
+        flash(f"{what}: Redis is not answering; try again shortly (the reconciler also retries it).", "error")
+        return _back(url_for("admin_page.dashboard"))
+    actions = [o.action for o in outcomes]
+    audit.info(
+        "admin retry", extra=_who(action="retry", stage=stage, row_id=row_id, outcome=actions or ["none"])
+    )
+    if not outcomes:
+        flash(
+            f"{what}: nothing to retry. It is done or on its way, or (a notice) it may have reached "
+            "Chatwoot already, so it is not sent again.",
+            "error",
+        )
+    else:
+        flash(f"{what}: {RETRY_OUTCOMES.get(outcomes[-1].action, outcomes[-1].action)}.", "ok")
+    return _back(url_for("admin_page.dashboard"))
+
+
+@bp.post("/contacts/link")
+def link_contact() -> Any:
+    """Link an unmapped contact to a user, through the users service (and create the user if asked)."""
+    refused = _refused()
+    if refused is not None:
+        return refused
+    user_id = request.form.get("user_id", "").strip()
+    try:
+        account_id = int(request.form.get("account_id", ""))
+        contact_id = int(request.form.get("contact_id", ""))
+    except ValueError:
+        return _page("admin/error.html", 400, error="Nothing to link: the form names no account and contact.")
+    back = url_for("admin_page.dashboard") + "#unmapped"
+    what = f"contact {contact_id} of account {account_id}"
+    try:
+        if request.form.get("create") == "yes" and not _user_exists(user_id):
+            service.create_user(user_id)
+            audit.info("admin created a user", extra=_who(action="create_user", user_id=user_id))
+        outcome = service.add_link(user_id, account_id=account_id, contact_id=contact_id)
+    except service.NotFound:
+        flash(f"{what}: there is no user {user_id!r}. Tick “create the user” to create it.", "error")
+        return _back(back)
+    except (service.Conflict, service.Invalid) as exc:
+        flash(f"{what}: {exc}", "error")
+        return _back(back)
+    audit.info(
+        "admin linked a contact",
+        extra=_who(
+            action="link",
+            user_id=user_id,
+            account_id=account_id,
+            contact_id=contact_id,
+            added=len(outcome.added),
+            moved=len(outcome.moved),
+        ),
+    )
+    moving = " Its archived messages are moving to the user's bucket." if outcome.rehome_queued else ""
+    flash(f"{what} is linked to user {user_id}.{moving}", "ok")
+    return redirect(url_for("admin_page.user", user_id=user_id), 303)
+
+
+def _user_exists(user_id: str) -> bool:
+    try:
+        service.get_user(user_id)
+    except service.NotFound:
+        return False
+    return True
+
+
+def _who(**values: Any) -> dict[str, Any]:
+    return {**values, "client": request.remote_addr}
 
 
 def chart(days: list[dict[str, Any]], width: int = 700, height: int = 220) -> dict[str, Any]:

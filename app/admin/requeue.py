@@ -186,3 +186,27 @@ def _revive(
 
 def register(app: Flask) -> None:
     app.cli.add_command(requeue_command)
+
+
+def retry(stage: str, row_id: int) -> list[Any]:
+    """Retry one row now, as `flask requeue --status all --stage STAGE --id ROW_ID` does: out of
+    the dead letter when it is there, else enqueued again when it waits with no live job.
+
+    An empty list: nothing to retry (done meanwhile, or a notice that may have reached Chatwoot).
+    Raises DatabaseUnavailable or QueueUnavailable as the sweep does.
+    """
+    from app import reconcile
+
+    if stage not in CLI_STAGES:
+        raise ValueError(f"no stage {stage!r}")
+    outcomes = _revive((stage,), (row_id,), None, 1, dry_run=False)
+    if not outcomes:
+        outcomes = reconcile.sweep(
+            _stages((stage,)), ids=[row_id], due_only=False, grace=0, give_up=False, limit=1
+        )
+    return outcomes
+
+
+def dead_letters(limit: int = 20) -> list[dict[str, Any]]:
+    """The newest rows of the dead letter, every stage (the admin page's list)."""
+    return context.db().fetch_all("admin.dead_letters_newest", {"limit": limit})

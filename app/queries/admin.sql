@@ -40,7 +40,8 @@ DELETE FROM contact_links
 WHERE id = %(link_id)s AND user_id = %(user_id)s
 RETURNING id, chatwoot_account_id, link_type, link_value;
 
--- Contacts with archived messages but no user, as in sql/15, one page at a time.
+-- Contacts with archived messages but no user (those sql/15_unmapped_contacts.sql lists, with their
+-- identifier), one page at a time.
 -- name: unmapped_contacts
 WITH contacts AS (
     SELECT chatwoot_account_id, chatwoot_contact_id,
@@ -186,6 +187,61 @@ LEFT JOIN rolled r ON r.day = d.day
 LEFT JOIN waiting w ON w.day = d.day
 ORDER BY d.day;
 
+-- Work waiting per stage and its age (also `GET /admin/stats`).
+-- name: dashboard_backlog
+-- The same statement as sql/10_backlog_by_status_and_age.sql, so the page and `flask monitor`
+-- count the same backlog (a test compares the two).
+WITH stages (stage, position) AS (
+    VALUES ('archive', 1), ('update archive', 2), ('transcription', 3), ('classification', 4),
+           ('archive error', 5), ('outbox', 6)
+),
+waiting AS (
+    SELECT 'archive' AS stage, created_at AS since
+      FROM meeting_notes WHERE processing_status = 'received'
+    UNION ALL
+    SELECT 'update archive', created_at
+      FROM message_updates WHERE processing_status = 'received'
+    UNION ALL
+    SELECT 'transcription', updated_at
+      FROM meeting_notes WHERE transcription_status = 'pending' AND processing_status = 'stored'
+    UNION ALL
+    SELECT 'classification', updated_at
+      FROM meeting_notes
+     WHERE classification_status = 'pending' AND processing_status = 'stored'
+       AND transcription_status <> 'pending'
+    UNION ALL
+    SELECT 'archive error', created_at
+      FROM meeting_notes WHERE processing_status = 'error'
+    UNION ALL
+    SELECT 'outbox', created_at
+      FROM outbox WHERE status IN ('pending', 'sending')
+),
+per_stage AS (
+    SELECT
+        stage,
+        count(*) AS waiting,
+        count(*) FILTER (WHERE since > now() - interval '5 minutes') AS under_5m,
+        count(*) FILTER (WHERE since <= now() - interval '5 minutes'
+                           AND since > now() - interval '1 hour') AS "5m_to_1h",
+        count(*) FILTER (WHERE since <= now() - interval '1 hour'
+                           AND since > now() - interval '24 hours') AS "1h_to_24h",
+        count(*) FILTER (WHERE since <= now() - interval '24 hours') AS over_24h,
+        min(since) AS oldest
+    FROM waiting
+    GROUP BY stage
+)
+SELECT
+    s.stage,
+    coalesce(p.waiting, 0) AS waiting,
+    coalesce(p.under_5m, 0) AS under_5m,
+    coalesce(p."5m_to_1h", 0) AS "5m_to_1h",
+    coalesce(p."1h_to_24h", 0) AS "1h_to_24h",
+    coalesce(p.over_24h, 0) AS over_24h,
+    date_trunc('second', now() - p.oldest) AS oldest_age
+FROM stages s
+LEFT JOIN per_stage p ON p.stage = s.stage
+ORDER BY s.position;
+
 -- Archive errors and failed notices of the last 24 hours, by reason.
 -- name: dashboard_errors
 SELECT what, error_details, count(*) AS occurrences, max(at) AS last_seen
@@ -200,4 +256,137 @@ FROM (
 ) AS e
 GROUP BY what, error_details
 ORDER BY occurrences DESC, last_seen DESC
+LIMIT %(limit)s;
+
+-- Browsing: messages found by contact, user, text or transcript, and a user's page ------------
+-- Newest first, a page at a time. Text and transcript searches use the trigram indexes of
+-- migrations/0011 (a pattern of 3 characters or more).
+
+-- name: search_by_contact_id
+SELECT n.id, n.created_at, n.chatwoot_account_id AS account_id, n.chatwoot_conversation_id AS conversation_id,
+       n.chatwoot_contact_id AS contact_id, n.contact_phone AS phone, n.user_id, n.source_type, n.message_type,
+       n.content_type, left(n.content, 300) AS content, left(n.transcript, 300) AS transcript,
+       n.processing_status, n.transcription_status, n.classification_status, n.message_kind,
+       n.error_details, n.gcs_storage_path, n.attempts
+FROM meeting_notes n
+WHERE n.chatwoot_contact_id = %(contact_id)s
+ORDER BY n.created_at DESC, n.id DESC
+LIMIT %(limit)s OFFSET %(offset)s;
+
+-- name: search_by_phone
+SELECT n.id, n.created_at, n.chatwoot_account_id AS account_id, n.chatwoot_conversation_id AS conversation_id,
+       n.chatwoot_contact_id AS contact_id, n.contact_phone AS phone, n.user_id, n.source_type, n.message_type,
+       n.content_type, left(n.content, 300) AS content, left(n.transcript, 300) AS transcript,
+       n.processing_status, n.transcription_status, n.classification_status, n.message_kind,
+       n.error_details, n.gcs_storage_path, n.attempts
+FROM meeting_notes n
+WHERE n.contact_phone = %(phone)s
+ORDER BY n.created_at DESC, n.id DESC
+LIMIT %(limit)s OFFSET %(offset)s;
+
+-- name: search_by_user
+SELECT n.id, n.created_at, n.chatwoot_account_id AS account_id, n.chatwoot_conversation_id AS conversation_id,
+       n.chatwoot_contact_id AS contact_id, n.contact_phone AS phone, n.user_id, n.source_type, n.message_type,
+       n.content_type, left(n.content, 300) AS content, left(n.transcript, 300) AS transcript,
+       n.processing_status, n.transcription_status, n.classification_status, n.message_kind,
+       n.error_details, n.gcs_storage_path, n.attempts
+FROM meeting_notes n
+WHERE n.user_id = %(user_id)s
+ORDER BY n.created_at DESC, n.id DESC
+LIMIT %(limit)s OFFSET %(offset)s;
+
+-- name: search_by_text
+SELECT n.id, n.created_at, n.chatwoot_account_id AS account_id, n.chatwoot_conversation_id AS conversation_id,
+       n.chatwoot_contact_id AS contact_id, n.contact_phone AS phone, n.user_id, n.source_type, n.message_type,
+       n.content_type, left(n.content, 300) AS content, left(n.transcript, 300) AS transcript,
+       n.processing_status, n.transcription_status, n.classification_status, n.message_kind,
+       n.error_details, n.gcs_storage_path, n.attempts
+FROM meeting_notes n
+WHERE n.content ILIKE %(pattern)s
+ORDER BY n.created_at DESC, n.id DESC
+LIMIT %(limit)s OFFSET %(offset)s;
+
+-- name: search_by_transcript
+SELECT n.id, n.created_at, n.chatwoot_account_id AS account_id, n.chatwoot_conversation_id AS conversation_id,
+       n.chatwoot_contact_id AS contact_id, n.contact_phone AS phone, n.user_id, n.source_type, n.message_type,
+       n.content_type, left(n.content, 300) AS content, left(n.transcript, 300) AS transcript,
+       n.processing_status, n.transcription_status, n.classification_status, n.message_kind,
+       n.error_details, n.gcs_storage_path, n.attempts
+FROM meeting_notes n
+WHERE n.transcript IS NOT NULL AND n.transcript ILIKE %(pattern)s
+ORDER BY n.created_at DESC, n.id DESC
+LIMIT %(limit)s OFFSET %(offset)s;
+
+-- A user's messages by status and kind, and since when.
+-- name: user_message_counts
+SELECT count(*) AS messages,
+       count(*) FILTER (WHERE processing_status = 'stored') AS stored,
+       count(*) FILTER (WHERE processing_status = 'received') AS waiting,
+       count(*) FILTER (WHERE processing_status = 'error') AS errors,
+       count(*) FILTER (WHERE transcription_status = 'done') AS transcribed,
+       count(*) FILTER (WHERE transcription_status = 'pending') AS transcription_pending,
+       count(*) FILTER (WHERE transcription_status = 'failed') AS transcription_failed,
+       count(*) FILTER (WHERE classification_status = 'failed') AS classification_failed,
+       count(*) FILTER (WHERE message_kind = 'note') AS notes,
+       count(*) FILTER (WHERE message_kind = 'order') AS orders,
+       count(*) FILTER (WHERE message_kind = 'command') AS commands,
+       count(*) FILTER (WHERE message_kind = 'answer') AS answers,
+       min(created_at) AS first_message_at,
+       max(created_at) AS last_message_at
+FROM meeting_notes
+WHERE user_id = %(user_id)s;
+
+-- The user's bucket, and the buckets its messages are still being moved out of.
+-- name: user_buckets
+SELECT m.bucket_name, 'own' AS role, g.state, g.how, coalesce(g.created_at, m.bucket_created_at) AS since,
+       coalesce(b.attachments, 0) AS attachments, coalesce(b.bytes, 0) AS bytes, NULL::bigint AS moving
+FROM user_bucket_mapping m
+LEFT JOIN gcs_buckets g ON g.bucket_name = m.bucket_name
+LEFT JOIN bucket_storage_stats b ON b.bucket_name = m.bucket_name
+WHERE m.user_id = %(user_id)s
+UNION ALL
+SELECT n.rehome_from_bucket, 'moving out', NULL, NULL, min(n.updated_at), NULL, NULL, count(*)
+FROM meeting_notes n
+WHERE n.user_id = %(user_id)s AND n.rehome_from_bucket IS NOT NULL
+GROUP BY n.rehome_from_bucket;
+
+-- name: user_orders_by_status
+SELECT status, count(*) AS orders, max(created_at) AS last_at
+FROM orders
+WHERE user_id = %(user_id)s
+GROUP BY status
+ORDER BY status;
+
+-- The newest rows of the dead_letters view (migrations/0007), taken stage by stage from the small
+-- indexes of migrations/0011 (the view sorts all its rows first). A test checks that both agree.
+-- name: dead_letters_newest
+SELECT stage, id, chatwoot_account_id, chatwoot_conversation_id, attempts, error_details, updated_at
+FROM (
+    (SELECT 'archive'::text AS stage, id, chatwoot_account_id, chatwoot_conversation_id, attempts,
+            error_details, updated_at
+       FROM meeting_notes WHERE processing_status = 'error'
+      ORDER BY updated_at DESC LIMIT %(limit)s)
+    UNION ALL
+    (SELECT 'transcription', id, chatwoot_account_id, chatwoot_conversation_id, attempts, error_details,
+            updated_at
+       FROM meeting_notes WHERE transcription_status = 'failed'
+      ORDER BY updated_at DESC LIMIT %(limit)s)
+    UNION ALL
+    (SELECT 'classification', id, chatwoot_account_id, chatwoot_conversation_id, attempts, error_details,
+            updated_at
+       FROM meeting_notes WHERE classification_status = 'failed'
+      ORDER BY updated_at DESC LIMIT %(limit)s)
+    UNION ALL
+    (SELECT 'update', u.id, n.chatwoot_account_id, n.chatwoot_conversation_id, u.attempts, u.error_details,
+            u.updated_at
+       FROM message_updates u JOIN meeting_notes n ON n.id = u.meeting_note_id
+      WHERE u.processing_status = 'error'
+      ORDER BY u.updated_at DESC LIMIT %(limit)s)
+    UNION ALL
+    (SELECT 'outbox', id, chatwoot_account_id, chatwoot_conversation_id, requeue_attempts, error_details,
+            updated_at
+       FROM outbox WHERE status = 'failed'
+      ORDER BY updated_at DESC LIMIT %(limit)s)
+) AS newest
+ORDER BY updated_at DESC, stage, id
 LIMIT %(limit)s;

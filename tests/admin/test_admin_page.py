@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
+import builtins
+import io
 import re
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers.admin import ADMIN_TOKEN, add_note, add_user, assert_absent
+from tests.helpers.admin import ADMIN_TOKEN, AUTH, ROOT, add_note, add_user, assert_absent, csrf_of, sign_in
 
 pytestmark = pytest.mark.usefixtures("admin_env")
-
-
-def csrf_of(html: str) -> str:
-    found = re.search(r'name="csrf_token" value="([^"]+)"', html)
-    assert found, "the form carries a CSRF token"
-    return found.group(1)
-
-
-def sign_in(client: Any, token: str = ADMIN_TOKEN) -> Any:
-    form = client.get("/admin/login")
-    return client.post(
-        "/admin/login", data={"csrf_token": csrf_of(form.get_data(as_text=True)), "token": token}
-    )
 
 
 def session_cookie(response: Any) -> str:
@@ -159,3 +149,29 @@ def test_the_numbers_shown(client: Any) -> None:
     assert 'data-contact="1:960"' in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script>alert" not in html
     assert "http://" not in html.replace("http://www.w3.org/2000/svg", "")  # no external assets
+
+
+def test_the_page_never_reads_the_admins_sql_folder(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files of sql/ may be renamed or edited by admins: the page reads app/queries only."""
+    add_note(status="received")
+    folder = (ROOT / "sql").resolve()
+    real_open = builtins.open
+
+    def guarded_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(file, str | Path) and Path(file).resolve().is_relative_to(folder):
+            raise FileNotFoundError(f"{file} (sql/ renamed)")
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded_open)
+    monkeypatch.setattr(io, "open", guarded_open)
+    with pytest.raises(FileNotFoundError):
+        (ROOT / "sql" / "10_backlog_by_status_and_age.sql").read_text()
+    sign_in(client)
+    page = client.get("/admin/")
+    assert page.status_code == 200
+    assert re.search(
+        r'data-stage="archive"><td>archive</td><td class="num waiting">1<', page.get_data(as_text=True)
+    )
+    stats = client.get("/admin/stats", headers=AUTH)
+    assert stats.status_code == 200
+    assert {b["stage"]: b["waiting"] for b in stats.get_json()["backlog"]}["archive"] == 1

@@ -231,3 +231,73 @@ def test_a_wrong_token_in_the_browser(browser: Chromium, environ: dict[str, str]
         assert browser.evaluate("document.getElementById('error').textContent") == "Wrong admin token."
         browser.navigate(server.url + "/admin/")
         assert browser.evaluate("location.pathname") == "/admin/login"
+
+
+def click(browser: Chromium, selector: str) -> None:
+    """Click the element and wait for the page it leads to."""
+    browser.events.clear()
+    browser.evaluate(f"document.querySelector({json.dumps(selector)}).click()")
+    browser.wait_for("Page.loadEventFired")
+
+
+def colour(browser: Chromium, selector: str, prop: str) -> str:
+    return str(browser.evaluate(f"getComputedStyle(document.querySelector({json.dumps(selector)})).{prop}"))
+
+
+GREEN = "rgb(47, 133, 90)"
+NONE = "rgba(0, 0, 0, 0)"
+
+
+def test_colours_search_user_page_retry_and_link(browser: Chromium, environ: dict[str, str]) -> None:
+    add_user("u1")
+    for _ in range(3):
+        add_note(user_id="u1")
+    invoice = add_note(user_id="u1")
+    sql("UPDATE meeting_notes SET content = 'Please send the quarterly invoice' WHERE id = %s", (invoice,))
+    dead = add_note(status="error", error="gave up after 6 attempts: gcs unavailable")
+    add_note(contact_id=970, name="Stranger", phone="+5511900000001")
+
+    with Server(environ, workers=1) as server:
+        browser.navigate(server.url + "/admin/login")
+        browser.evaluate(f"document.getElementById('token').value = {json.dumps(ADMIN_TOKEN)}")
+        browser.click_and_wait("sign-in")
+        assert browser.evaluate("location.pathname") == "/admin/"
+
+        # Colours only on the chart and its legend: the table's cells stay unpainted.
+        for kind in ("stored", "errors", "waiting"):
+            assert colour(browser, f"#days td.{kind}", "backgroundColor") == NONE, kind
+        assert colour(browser, "#backlog td.waiting", "backgroundColor") == NONE
+        assert colour(browser, ".legend .swatch.stored", "backgroundColor") == GREEN
+        assert colour(browser, "rect.bar-stored", "fill") == GREEN
+
+        # Search by text, then follow the result to its user's page.
+        browser.evaluate("document.getElementById('search-by').value = 'text'")
+        browser.evaluate("document.getElementById('search-q').value = 'INVOICE'")
+        click(browser, "#search-go")
+        assert browser.evaluate("location.pathname") == "/admin/messages"
+        rows = browser.evaluate(
+            "Array.from(document.querySelectorAll('#results tr[data-id]')).map(tr => tr.dataset.id)"
+        )
+        assert rows == [str(invoice)]
+        click(browser, f'tr[data-id="{invoice}"] td.user a')
+        assert browser.evaluate("location.pathname") == "/admin/user/u1"
+        assert browser.evaluate("document.getElementById('count-messages').textContent") == "4"
+
+        # Retry the dead letter from the dashboard.
+        browser.navigate(server.url + "/admin/")
+        click(browser, f'tr[data-dead="archive:{dead}"] button.retry')
+        assert browser.evaluate("location.pathname") == "/admin/"
+        assert f"archive {dead}: queued again." in browser.evaluate(
+            "document.querySelector('.notice.ok').textContent"
+        )
+        assert sql("SELECT processing_status FROM meeting_notes WHERE id = %s", (dead,))[0][
+            "processing_status"
+        ] == ("received")
+
+        # Link the unmapped contact to u1.
+        form = 'tr[data-contact="1:970"] form'
+        browser.evaluate(f"document.querySelector({json.dumps(form + ' input[name=user_id]')}).value = 'u1'")
+        click(browser, form + " button")
+        assert browser.evaluate("location.pathname") == "/admin/user/u1"
+        assert browser.evaluate("document.querySelector('[data-link=\"1:contact_id:970\"]') !== null")
+    assert sql("SELECT user_id FROM contact_links WHERE link_value = '970'") == [{"user_id": "u1"}]

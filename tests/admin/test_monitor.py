@@ -15,7 +15,6 @@ from tests.helpers.admin import add_note, add_user, sql
 pytestmark = pytest.mark.usefixtures("admin_env")
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
-SEED_FILES = ("01_messages_per_day.sql", "02_stored_without_user.sql", "03_errors_last_24h.sql")
 
 
 def psql_binary() -> str | None:
@@ -126,14 +125,13 @@ def test_a_failing_query_is_reported_and_the_others_still_run(
     assert "two" in sections["03_ok"] and "1 query failed" in result.output
 
 
-def test_seed_guide_queries_are_unchanged() -> None:
-    texts = {name: (SQL_DIR / name).read_text() for name in SEED_FILES}
-    assert (
-        "WHERE source_type = 'whatsapp'\n  AND created_at >= now() - interval '30 days'"
-        in texts[SEED_FILES[0]]
-    )
-    assert "AND user_id IS NULL" in texts[SEED_FILES[1]]
-    assert "AND processing_status = 'error'" in texts[SEED_FILES[2]]
+def test_monitor_runs_another_folder_and_says_when_there_is_none(runner: Any, tmp_path: Path) -> None:
+    (tmp_path / "01_mine.sql").write_text("-- An admin's own query.\nSELECT 41 + 1 AS answer;\n")
+    result = runner.invoke(args=["monitor", "--dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert list(monitor_sections(result.output)) == ["01_mine"] and "42" in result.output
+    missing = runner.invoke(args=["monitor", "--dir", str(tmp_path / "gone")])
+    assert missing.exit_code == 1 and "--dir" in missing.output
 
 
 @pytest.mark.skipif(psql_binary() is None, reason="psql is not installed")

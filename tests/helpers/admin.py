@@ -219,3 +219,20 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+
+
+def csrf_of(html: str) -> str:
+    """The CSRF token a page's forms carry."""
+    import re
+
+    found = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert found, "the form carries a CSRF token"
+    return found.group(1)
+
+
+def sign_in(client: Any, token: str = ADMIN_TOKEN) -> Any:
+    """Sign in to the admin page with a Flask test client, as the sign-in form does."""
+    form = client.get("/admin/login")
+    return client.post(
+        "/admin/login", data={"csrf_token": csrf_of(form.get_data(as_text=True)), "token": token}
+    )
