@@ -101,6 +101,12 @@ class Settings:
     gcs_project_number: str = ""
     gcs_bucket_create_rate: str = "1 per 2 seconds"
     attachment_retry_seconds: int = 30
+    # The archive (app/archive): uploads in flight per worker process, the overall deadline of
+    # one attachment download, the hosts attachments are fetched from, soft delete of new buckets.
+    archive_concurrency: int = 16
+    attachment_download_seconds: int = 120
+    media_allowed_hosts: tuple[str, ...] = ("*.fbcdn.net", "*.cdninstagram.com", "*.fbsbx.com")
+    soft_delete_retention_seconds: int = 0
 
     # Chatwoot
     chatwoot_base_url: str = ""
@@ -293,6 +299,30 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         values["attachment_retry_seconds"] = _duration(
             "ATTACHMENT_RETRY_SECONDS", get("ATTACHMENT_RETRY_SECONDS")
         )
+
+    if get("ARCHIVE_CONCURRENCY"):
+        values["archive_concurrency"] = _int("ARCHIVE_CONCURRENCY", get("ARCHIVE_CONCURRENCY"), 1)
+    if get("ATTACHMENT_DOWNLOAD_SECONDS"):
+        values["attachment_download_seconds"] = max(
+            1, _duration("ATTACHMENT_DOWNLOAD_SECONDS", get("ATTACHMENT_DOWNLOAD_SECONDS"))
+        )
+    if "MEDIA_ALLOWED_HOSTS" in env:
+        hosts = tuple(
+            h.strip().lower().rstrip(".") for h in get("MEDIA_ALLOWED_HOSTS").split(",") if h.strip()
+        )
+        for host in hosts:
+            if not re.fullmatch(r"(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?", host):
+                raise ConfigError(
+                    f"MEDIA_ALLOWED_HOSTS: expected host names such as *.fbcdn.net, got {host!r}"
+                )
+        values["media_allowed_hosts"] = hosts
+    if get("SOFT_DELETE_RETENTION_SECONDS"):
+        retention = _duration("SOFT_DELETE_RETENTION_SECONDS", get("SOFT_DELETE_RETENTION_SECONDS"))
+        if retention and not 7 * 86400 <= retention <= 90 * 86400:
+            raise ConfigError(
+                "SOFT_DELETE_RETENTION_SECONDS: 0 (off) or between 7 and 90 days, as GCS allows"
+            )
+        values["soft_delete_retention_seconds"] = retention
 
     if get("CHATWOOT_BASE_URL"):
         values["chatwoot_base_url"] = _url("CHATWOOT_BASE_URL", get("CHATWOOT_BASE_URL"), ("http", "https"))

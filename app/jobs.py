@@ -50,7 +50,7 @@ class JobSpec:
     retry_intervals: tuple[int, ...] = ()
     """Seconds before each automatic retry of a failed run (RQ Retry); empty: no retry."""
     timeout: int | None = None
-    """Seconds a run may take (RQ's default, 180, when None)."""
+    """Seconds a run may take; None: JOB_TIMEOUT (see `timeout_of`)."""
 
 
 ARCHIVE_RETRY_INTERVALS = (5, 30, 120, 600, 1800)
@@ -60,6 +60,14 @@ ARCHIVE_MESSAGE = JobSpec(
 )
 ARCHIVE_UPDATE = JobSpec(
     ARCHIVE_QUEUE, "workers.archive.archive_update", "archive-update", retry_intervals=ARCHIVE_RETRY_INTERVALS
+)
+ATTACHMENT_RETRY_INTERVALS = (30, 120, 600)
+"""Seconds between the retries of an admin's retry of a message's unavailable attachments."""
+ARCHIVE_ATTACHMENTS = JobSpec(
+    ARCHIVE_QUEUE,
+    "workers.archive.archive_attachments",
+    "archive-attachments",
+    retry_intervals=ATTACHMENT_RETRY_INTERVALS,
 )
 TRANSCRIBE_TIMEOUT = 3600
 """Seconds a transcription may run: a long voice note on a CPU, or several pieces with retries."""
@@ -97,6 +105,13 @@ REHOME = JobSpec(
     retry_intervals=REHOME_RETRY_INTERVALS,
     timeout=REHOME_TIMEOUT,
 )
+
+
+def timeout_of(spec: JobSpec) -> int:
+    """Seconds a run of `spec` may take: its own limit, else JOB_TIMEOUT (never RQ's default)."""
+    from app import context
+
+    return spec.timeout if spec.timeout is not None else context.settings().job_timeout
 
 
 def job_id(spec: JobSpec, *ids: object) -> str:
@@ -147,10 +162,7 @@ def enqueue(
         "retry": retry,
         "at_front": at_front,
     }
-    if timeout is None:
-        timeout = spec.timeout
-    if timeout is not None:
-        options["job_timeout"] = timeout
+    options["job_timeout"] = timeout if timeout is not None else timeout_of(spec)
     try:
         if delay_seconds > 0:
             from datetime import timedelta
@@ -187,12 +199,13 @@ class _Template:
     serializer: Any
 
 
-_templates: dict[str, _Template] = {}
+_templates: dict[tuple[str, int], _Template] = {}
 
 
 def _template(spec: JobSpec, conn: Any) -> _Template:
     """RQ builds a job of `spec` (never saved) and says how it stores it: the template."""
-    found = _templates.get(spec.id_prefix)
+    timeout = timeout_of(spec)
+    found = _templates.get((spec.id_prefix, timeout))
     if found is None:
         from rq import Queue, Retry
         from rq.scripts import _build_hset_args
@@ -210,7 +223,7 @@ def _template(spec: JobSpec, conn: Any) -> _Template:
             result_ttl=RESULT_TTL,
             failure_ttl=FAILURE_TTL,
             retry=retry,
-            timeout=spec.timeout,
+            timeout=timeout,
         )
         queue._prepare_for_queue(job)
         fields = _build_hset_args(job)  # type: ignore[no-untyped-call]
@@ -219,7 +232,7 @@ def _template(spec: JobSpec, conn: Any) -> _Template:
         if missing:
             raise RuntimeError(f"RQ's job hash has no {sorted(missing)}: the template cannot be used")
         found = _Template(fields, positions, queue.key, job.serializer)
-        _templates[spec.id_prefix] = found
+        _templates[(spec.id_prefix, timeout)] = found
     return found
 
 
@@ -227,7 +240,16 @@ _PER_JOB_FIELDS = frozenset({"data", "description", "created_at", "enqueued_at"}
 """The fields of RQ's job hash that differ between two jobs of one JobSpec (besides the id)."""
 
 
-def _enqueue_from_template(spec: JobSpec, conn: Any, jid: str, args: tuple[Any, ...]) -> bool:
+def enqueue_many(items: Sequence[tuple[JobSpec, int]], connection: Any, pipeline: Any) -> None:
+    """Add an enqueue of each (spec, row id) to a pipeline of `connection` (the caller executes
+    it): one round trip for a batch's next steps. As `enqueue`, an existing job id is left as it is."""
+    for spec, row_id in items:
+        _enqueue_from_template(spec, connection, job_id(spec, row_id), (row_id,), client=pipeline)
+
+
+def _enqueue_from_template(
+    spec: JobSpec, conn: Any, jid: str, args: tuple[Any, ...], client: Any = None
+) -> bool:
     """What `Queue.enqueue(spec.func, *args, job_id=jid, unique=True, ...)` does, in a third of
     its CPU time: the job's hash is the template's with its own call, description and times,
     written by RQ's own atomic script (saved and queued unless a job with that id exists)."""
@@ -244,7 +266,11 @@ def _enqueue_from_template(spec: JobSpec, conn: Any, jid: str, args: tuple[Any, 
     fields[at["description"]] = get_call_string(spec.func, args, {})
     fields[at["created_at"]] = fields[at["enqueued_at"]] = utcformat(now())
     script = get_unique_enqueue_script(conn)  # type: ignore[no-untyped-call]
-    return bool(script(keys=[Job.key_for(jid), template.queue_key], args=[jid, "R", -1, *fields]))
+    return bool(
+        script(
+            keys=[Job.key_for(jid), template.queue_key], args=[jid, "R", -1, *fields], client=client or conn
+        )
+    )
 
 
 def queue_depths(connection: Any = None, queues: Sequence[str] = ALL_QUEUES) -> dict[str, int]:

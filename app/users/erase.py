@@ -105,10 +105,7 @@ def erase_user(user_id: str) -> ErasureReport:
             source, _ = storage.parse_gs_uri(note["gcs_storage_path"])
             if source == bucket:
                 continue
-            day = note["message_created_at"] or note["created_at"]
-            for name in storage.iter_message_objects(
-                source, storage.message_prefix(day, note["chatwoot_message_id"])
-            ):
+            for name in storage.iter_message_objects(source, storage.note_prefix(note)):
                 if storage.delete_object(source, name):
                     report.fallback_objects_deleted += 1
 
