@@ -242,35 +242,67 @@ _PER_JOB_FIELDS = frozenset({"data", "description", "created_at", "enqueued_at"}
 
 def enqueue_many(items: Sequence[tuple[JobSpec, int]], connection: Any, pipeline: Any) -> None:
     """Add an enqueue of each (spec, row id) to a pipeline of `connection` (the caller executes
-    it): one round trip for a batch's next steps. As `enqueue`, an existing job id is left as it is."""
+    it): one round trip for a batch's next steps. As `enqueue`, an existing job id is left as it is.
+
+    RQ's unique-enqueue script is loaded once per connection and called by its hash (a redis-py
+    Script in a pipeline asks Redis whether it knows the script on every execution); a Redis
+    that forgot it answers NoScriptError, and the caller runs the pipeline again.
+    """
+    from rq.job import Job
+    from rq.scripts import UNIQUE_ENQUEUE_SCRIPT
+
+    sha = _script_shas.get(id(connection))
+    if sha is None:
+        sha = str(connection.script_load(UNIQUE_ENQUEUE_SCRIPT))
+        _script_shas[id(connection)] = sha
     for spec, row_id in items:
-        _enqueue_from_template(spec, connection, job_id(spec, row_id), (row_id,), client=pipeline)
+        template = _template(spec, connection)
+        jid = job_id(spec, row_id)
+        pipeline.evalsha(
+            sha,
+            2,
+            Job.key_for(jid),
+            template.queue_key,
+            jid,
+            "R",
+            -1,
+            *_job_fields(template, spec, (row_id,)),
+        )
 
 
-def _enqueue_from_template(
-    spec: JobSpec, conn: Any, jid: str, args: tuple[Any, ...], client: Any = None
-) -> bool:
-    """What `Queue.enqueue(spec.func, *args, job_id=jid, unique=True, ...)` does, in a third of
-    its CPU time: the job's hash is the template's with its own call, description and times,
-    written by RQ's own atomic script (saved and queued unless a job with that id exists)."""
+def forget_scripts(connection: Any) -> None:
+    """After a NoScriptError: load the scripts again on the next `enqueue_many`."""
+    _script_shas.pop(id(connection), None)
+
+
+_script_shas: dict[int, str] = {}
+
+
+def _job_fields(template: _Template, spec: JobSpec, args: tuple[Any, ...]) -> list[Any]:
+    """The job hash of one call: the template's, with its own call, description and times."""
     import zlib
 
-    from rq.job import Job
-    from rq.scripts import get_unique_enqueue_script
     from rq.utils import get_call_string, now, utcformat
 
-    template = _template(spec, conn)
     fields = list(template.fields)
     at = template.positions
     fields[at["data"]] = zlib.compress(template.serializer.dumps((spec.func, None, args, {})))
     fields[at["description"]] = get_call_string(spec.func, args, {})
     fields[at["created_at"]] = fields[at["enqueued_at"]] = utcformat(now())
+    return fields
+
+
+def _enqueue_from_template(spec: JobSpec, conn: Any, jid: str, args: tuple[Any, ...]) -> bool:
+    """What `Queue.enqueue(spec.func, *args, job_id=jid, unique=True, ...)` does, in a third of
+    its CPU time: the job's hash is the template's with its own call, description and times,
+    written by RQ's own atomic script (saved and queued unless a job with that id exists)."""
+    from rq.job import Job
+    from rq.scripts import get_unique_enqueue_script
+
+    template = _template(spec, conn)
+    fields = _job_fields(template, spec, args)
     script = get_unique_enqueue_script(conn)  # type: ignore[no-untyped-call]
-    return bool(
-        script(
-            keys=[Job.key_for(jid), template.queue_key], args=[jid, "R", -1, *fields], client=client or conn
-        )
-    )
+    return bool(script(keys=[Job.key_for(jid), template.queue_key], args=[jid, "R", -1, *fields]))
 
 
 def queue_depths(connection: Any = None, queues: Sequence[str] = ALL_QUEUES) -> dict[str, int]:

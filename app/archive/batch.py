@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -50,6 +51,7 @@ from app.jobs import (
     JobSpec,
     QueueUnavailable,
     enqueue_many,
+    forget_scripts,
     timeout_of,
 )
 from app.metrics import JOB_DURATION, JOB_RUNS, JOBS
@@ -60,6 +62,8 @@ BATCH_SECONDS = 10.0
 """Seconds a leading job keeps claiming queued messages; then the worker returns to RQ's loop."""
 POLL_SECONDS = 0.2
 """Longest wait for a message to finish before the queue is looked at again."""
+SETTLE_SECONDS = 0.02
+"""Longest a finished message waits for others to be settled with (one UPDATE, one pipeline)."""
 
 _CLAIM = """
 local queue, limit, worker, now, ttl, prefix = KEYS[1], tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
@@ -172,8 +176,11 @@ def _stop_requests() -> Iterator[threading.Event]:
 class _Batch:
     """The messages one leading job has in hand, and what became of them."""
 
-    def __init__(self, leader: Claim):
+    def __init__(self, leader: Claim, size: int = 1):
         self.leader = leader
+        self.size = size
+        self.finished: list[tuple[Claim, stage.Archived]] = []
+        self.first_finished = 0.0
         self.pending: dict[Future[stage.Archived], Claim] = {}
         self.in_hand: dict[int, Claim] = {}
         self.taken: list[Claim] = []
@@ -212,9 +219,21 @@ class _Batch:
         self.settle(nothing)
 
     def collect(self, timeout: float) -> None:
-        """Wait for messages to finish (at most `timeout`), then settle those that did."""
+        """Wait for messages to finish (at most `timeout`); settle the finished ones together once
+        half the batch is done, nothing else is running, or the first has waited SETTLE_SECONDS."""
+        if self.finished:
+            timeout = min(timeout, max(0.0, self.first_finished + SETTLE_SECONDS - time.monotonic()))
         done, _ = wait(list(self.pending), timeout=timeout, return_when=FIRST_COMPLETED)
-        self.settle([(self.pending.pop(f), f.result()) for f in done])
+        if done and not self.finished:
+            self.first_finished = time.monotonic()
+        self.finished += [(self.pending.pop(f), f.result()) for f in done]
+        if self.finished and (
+            not self.pending
+            or len(self.finished) * 2 >= self.size
+            or time.monotonic() >= self.first_finished + SETTLE_SECONDS
+        ):
+            finished, self.finished = self.finished, []
+            self.settle(finished)
 
     def settle(self, finished: list[tuple[Claim, stage.Archived]]) -> None:
         """Mark the stored rows (one statement), queue their next steps and delete their jobs (one
@@ -249,11 +268,9 @@ class _Batch:
             counts[result.outcome] = counts.get(result.outcome, 0) + 1
             if claim is self.leader:
                 self.own = result
-                _count(result, claim, rq_run=True)
                 if result.outcome == "failed":
                     stage.record_failure(result, result.permanent or claim.attempt.final)
                 continue
-            _count(result, claim, rq_run=False)
             if result.outcome == "deferred":
                 try:
                     stage._defer(ARCHIVE_MESSAGE, claim.note_id, result.error)  # type: ignore[arg-type]
@@ -264,6 +281,7 @@ class _Batch:
             else:
                 done.append(claim.job_id)
         _finish_in_redis(steps, done)
+        _count(finished, self.leader)
         self.settled.update(c.job_id for c, _ in finished)
         log.info(
             "messages archived", extra={"outcomes": counts, "note_ids": [r.note_id for _, r in finished][:50]}
@@ -294,17 +312,25 @@ def lead(note_id: int, job: Any) -> str:
     size = settings.archive_concurrency
     window_end = time.monotonic() + min(BATCH_SECONDS, timeout_of(ARCHIVE_MESSAGE) / 4)
     pool = _pool(size)
-    batch = _Batch(Claim(str(job.id), note_id, stage.current_attempt()))
+    batch = _Batch(Claim(str(job.id), note_id, stage.current_attempt()), size)
     try:
         with _stop_requests() as stop:
             batch.start(pool, [batch.leader])
             while True:
                 room = size - len(batch.pending)
-                if room > 0 and worker and not stop.is_set() and time.monotonic() < window_end:
+                # Claim by halves of the pool: fewer, larger claims and loads.
+                if (
+                    (room * 2 >= size or not batch.pending)
+                    and worker
+                    and not stop.is_set()
+                    and time.monotonic() < window_end
+                ):
                     claims = _claim(conn, worker, room, ttl)
                     batch.taken += claims
                     batch.start(pool, claims)
                 if not batch.pending:
+                    finished, batch.finished = batch.finished, []
+                    batch.settle(finished)
                     break
                 batch.collect(POLL_SECONDS)
     finally:
@@ -329,6 +355,18 @@ def _load(note_ids: list[int]) -> list[dict[str, Any]]:
     return db.fetch_all("archive.load_notes", {"ids": note_ids})
 
 
+_scripts: dict[tuple[int, str], Any] = {}
+
+
+def _script(conn: Any, text: str) -> Any:
+    """A Lua script registered once per connection (redis-py loads it again if Redis forgot it)."""
+    key = (id(conn), text)
+    found = _scripts.get(key)
+    if found is None:
+        found = _scripts[key] = conn.register_script(text)
+    return found
+
+
 def _claim(conn: Any, worker: str, room: int, ttl: int) -> list[Claim]:
     """Claim up to `room` queued archive jobs for this worker (none when Redis does not answer)."""
     from rq.job import Job
@@ -336,7 +374,7 @@ def _claim(conn: Any, worker: str, room: int, ttl: int) -> list[Claim]:
     from rq.utils import now, utcformat
 
     try:
-        found = conn.register_script(_CLAIM)(
+        found = _script(conn, _CLAIM)(
             keys=[Queue(ARCHIVE_QUEUE, connection=conn).key],
             args=[room, worker, utcformat(now()), ttl, Job.redis_job_namespace_prefix],
         )
@@ -357,7 +395,7 @@ def _give_back(conn: Any, worker: str, job_ids: list[str]) -> None:
     from rq.queue import Queue
 
     try:
-        conn.register_script(_GIVE_BACK)(
+        _script(conn, _GIVE_BACK)(
             keys=[Queue(ARCHIVE_QUEUE, connection=conn).key],
             args=[worker, Job.redis_job_namespace_prefix, *job_ids],
         )
@@ -401,18 +439,26 @@ def _finish_in_redis(steps: list[tuple[JobSpec, int]], done: list[str]) -> None:
     """Queue the next steps and delete the finished claimed jobs, in one round trip."""
     if not steps and not done:
         return
+    from redis.exceptions import NoScriptError
     from rq.job import Job
 
     conn = context.redis()
-    try:
-        with conn.pipeline(transaction=False) as pipe:
-            enqueue_many(steps, conn, pipe)
-            for job_id in done:
-                pipe.delete(Job.key_for(job_id))
-            pipe.execute()
-    except (RedisError, OSError, QueueUnavailable):
-        # The rows are stored: the reconciler queues what follows; the claimed jobs expire.
-        log.warning("next steps not queued: Redis unavailable", extra={"messages": len(done)})
+    for attempt in (1, 2):
+        try:
+            with conn.pipeline(transaction=False) as pipe:
+                enqueue_many(steps, conn, pipe)
+                for job_id in done:
+                    pipe.delete(Job.key_for(job_id))
+                pipe.execute()
+            return
+        except NoScriptError:
+            forget_scripts(conn)  # Redis restarted: load the script again, run it all again
+            if attempt == 2:
+                break
+        except (RedisError, OSError, QueueUnavailable):
+            break
+    # The rows are stored: the reconciler queues what follows; the claimed jobs expire.
+    log.warning("next steps not queued: Redis unavailable", extra={"messages": len(done)})
 
 
 def _fail_claimed(claim: Claim, result: stage.Archived) -> None:
@@ -445,16 +491,30 @@ def _fail_claimed(claim: Claim, result: stage.Archived) -> None:
         )
 
 
-def _count(result: stage.Archived, claim: Claim, rq_run: bool) -> None:
-    """Metrics of one message: JOBS always; RQ's runs for claimed ones (RQ counts its own job)."""
+def _label(result: stage.Archived, claim: Claim) -> str:
     if result.outcome == "failed":
-        label = "error" if (result.permanent or claim.attempt.final) else "retry"
-    elif result.outcome == "deferred":
-        label = "retry"
-    else:
-        label = "ok"
-    if result.outcome != "deferred":  # _defer counts itself
-        JOBS.labels(job="archive_message", result=label).inc()
-    if not rq_run:
-        JOB_RUNS.labels("archive_message", label).inc()
-        JOB_DURATION.labels("archive_message").observe(result.seconds)
+        return "error" if (result.permanent or claim.attempt.final) else "retry"
+    return "retry" if result.outcome == "deferred" else "ok"
+
+
+def _count(finished: list[tuple[Claim, stage.Archived]], leader: Claim) -> None:
+    """Metrics of settled messages: JOBS for each (a deferral counts itself); RQ's run counts for
+    the claimed ones (RQ counts its own job's run)."""
+    jobs: dict[str, int] = {}
+    runs: dict[str, int] = {}
+    for claim, result in finished:
+        label = _label(result, claim)
+        if result.outcome != "deferred":
+            jobs[label] = jobs.get(label, 0) + 1
+        if claim is not leader:
+            runs[label] = runs.get(label, 0) + 1
+            _duration().observe(result.seconds)
+    for label, n in jobs.items():
+        JOBS.labels(job="archive_message", result=label).inc(n)
+    for label, n in runs.items():
+        JOB_RUNS.labels("archive_message", label).inc(n)
+
+
+@lru_cache(maxsize=1)
+def _duration() -> Any:
+    return JOB_DURATION.labels("archive_message")

@@ -229,9 +229,8 @@ def _write_message(row: dict[str, Any], bucket: Any) -> tuple[str, str]:
     """Write the message JSON; return (its gs:// URI, the prefix of its other objects)."""
     created = row["message_created_at"] or row["created_at"]
     account = int(row["chatwoot_account_id"])
-    payload = row["payload"]
-    data = storage.json_bytes(payload)
-    same = _same_message(payload)
+    data = row["payload_json"].encode()
+    same = _same_message(data, (row["payload_message_id"], row["payload_account_id"]))
     prefix = storage.message_prefix(created, row["chatwoot_message_id"], account)
     try:
         written = storage.write_bytes(bucket, storage.message_object(prefix), data, JSON_CONTENT_TYPE, same)
@@ -257,16 +256,19 @@ def _message_identity(doc: Any) -> tuple[str, str | None] | None:
     return str(doc["id"]), None if account_id is None else str(account_id)
 
 
-def _same_message(payload: Any) -> storage.Same:
-    """Whether an existing object is this message (so its 412 means: archived before)."""
-    mine = _message_identity(payload)
+def _same_message(data: bytes, mine: tuple[str | None, str | None]) -> storage.Same:
+    """Whether an existing object is this message (so its 412 means: archived before): the same
+    bytes, or a message document with the same message id and account id."""
 
     def same(existing: bytes) -> bool:
+        if existing == data:
+            return True
+        if mine[0] is None:
+            return False
         try:
-            theirs = _message_identity(json.loads(existing))
+            return _message_identity(json.loads(existing)) == mine
         except ValueError:
             return False
-        return theirs is not None and theirs == mine
 
     return same
 
@@ -276,7 +278,7 @@ def _archive_attachments(row: dict[str, Any], bucket: Any, prefix: str, attempt:
 
     Raises AttachmentsPending when some may still come (the others are kept; the job is retried).
     """
-    attachments = row["payload"].get("attachments") or []
+    attachments = row["attachments"] or []
     if not isinstance(attachments, list) or not attachments:
         return []
     done = {int(a["chatwoot_attachment_id"]): a for a in row["attachment_rows"] or []}

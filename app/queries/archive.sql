@@ -33,12 +33,19 @@ WHERE bucket_name = %(bucket_name)s AND bucket_created_at IS NULL;
 
 -- Everything the job needs in one round trip: the row, its attachments so far, and who owns it
 -- (the row's user, else the user its contact is linked to: contact_user(), migrations/0009).
+-- The payload comes as text, archived as it is (no parsing and writing again), with the few
+-- parts of it the job reads.
 -- Prepared once per connection (planning it costs more than running it); run with execute_load_note.
 -- name: prepare_load_note
 PREPARE archive_load_note (bigint) AS
 SELECT note.id, note.chatwoot_account_id, note.chatwoot_message_id, note.chatwoot_contact_id,
        note.user_id, note.message_type, note.processing_status, note.transcription_status,
-       note.classification_status, note.message_created_at, note.created_at, note.payload,
+       note.classification_status, note.message_created_at, note.created_at,
+       note.payload::text AS payload_json,
+       CASE WHEN jsonb_typeof(note.payload -> 'attachments') = 'array'
+            THEN note.payload -> 'attachments' END AS attachments,
+       note.payload ->> 'id' AS payload_message_id,
+       note.payload -> 'account' ->> 'id' AS payload_account_id,
        note.gcs_storage_path, note.error_details, note.contact_phone, note.contact_identifier,
        owner.bucket_name AS owner_bucket_name,
        link.user_id AS linked_user_id,
@@ -60,7 +67,12 @@ EXECUTE archive_load_note (%(note_id)s);
 -- name: load_notes
 SELECT note.id, note.chatwoot_account_id, note.chatwoot_message_id, note.chatwoot_contact_id,
        note.user_id, note.message_type, note.processing_status, note.transcription_status,
-       note.classification_status, note.message_created_at, note.created_at, note.payload,
+       note.classification_status, note.message_created_at, note.created_at,
+       note.payload::text AS payload_json,
+       CASE WHEN jsonb_typeof(note.payload -> 'attachments') = 'array'
+            THEN note.payload -> 'attachments' END AS attachments,
+       note.payload ->> 'id' AS payload_message_id,
+       note.payload -> 'account' ->> 'id' AS payload_account_id,
        note.gcs_storage_path, note.error_details, note.contact_phone, note.contact_identifier,
        owner.bucket_name AS owner_bucket_name,
        link.user_id AS linked_user_id,
