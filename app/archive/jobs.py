@@ -68,10 +68,6 @@ class AttachmentsPending(Exception):
     """Some attachment files could not be archived yet (transient); the job is retried."""
 
 
-class ArchiveRefused(Exception):
-    """Archiving cannot succeed without an operator."""
-
-
 @dataclass(frozen=True)
 class Owner:
     user_key: str
@@ -124,7 +120,7 @@ class Archived:
 
     @property
     def permanent(self) -> bool:
-        return isinstance(self.error, ArchiveRefused | storage.PermanentStorageError)
+        return isinstance(self.error, storage.PermanentStorageError)
 
 
 def _owner(row: dict[str, Any]) -> Owner:
@@ -145,7 +141,7 @@ def _short(text: str) -> str:
 
 def _reason(exc: BaseException) -> str:
     """A short, safe description of a failure (no URLs, no payloads)."""
-    if isinstance(exc, AttachmentsPending | ArchiveRefused | media.MediaError | storage.StorageError):
+    if isinstance(exc, AttachmentsPending | media.MediaError | storage.StorageError):
         return _short(str(exc))
     if isinstance(exc, DatabaseError):
         return "database unavailable"
