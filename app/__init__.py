@@ -20,6 +20,7 @@ def create_app(settings: Settings | None = None, test_config: Mapping[str, Any] 
     from app.admin import init_app as init_admin
     from app.admin import requeue
     from app.admin.metrics_http import init_app as init_metrics
+    from app.archive import cli as archive_cli
     from app.chatwoot import cli as chatwoot_cli
     from app.errors import register_error_handlers
     from app.health import bp as health_bp
@@ -51,7 +52,7 @@ def create_app(settings: Settings | None = None, test_config: Mapping[str, Any] 
     app.register_blueprint(orders_api_bp)
     init_metrics(app)
     init_admin(app)
-    for area in (app_cli, users_cli, chatwoot_cli, admin_cli, requeue, spool, backfill):
+    for area in (app_cli, users_cli, chatwoot_cli, admin_cli, archive_cli, requeue, spool, backfill):
         area.register(app)
     app.wsgi_app = WebhookRoute(app.wsgi_app)  # type: ignore[method-assign]
     return app

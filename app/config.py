@@ -146,6 +146,25 @@ def host_list(name: str, raw: str) -> tuple[str, ...]:
     return tuple(h.strip().lower() for h in raw.split(",") if h.strip())
 
 
+def host_patterns(name: str, raw: str) -> tuple[str, ...]:
+    """Host names, `*.x` for x's subdomains; `none` for none at all."""
+    if raw.strip().lower() == "none":
+        return ()
+    hosts = tuple(h.strip().lower().rstrip(".") for h in raw.split(",") if h.strip())
+    for host in hosts:
+        if not re.fullmatch(r"(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?", host):
+            raise ConfigError(f"{name}: expected host names such as *.fbcdn.net, got {host!r}")
+    return hosts
+
+
+def soft_delete_retention(name: str, raw: str) -> int:
+    """0 (off), or between 7 and 90 days, as GCS allows."""
+    retention = _duration(name, raw)
+    if retention and not 7 * 86400 <= retention <= 90 * 86400:
+        raise ConfigError(f"{name}: 0 (off) or between 7 and 90 days, as GCS allows")
+    return retention
+
+
 def private_key(name: str, raw: str) -> str:
     key = raw.strip().strip('"').replace("\\n", "\n")
     if "BEGIN" not in key or "PRIVATE KEY" not in key:
@@ -402,6 +421,37 @@ class Settings:
         "Bucket creations allowed across all workers (GCS allows about one every 2 s per project).",
         section=GCS,
         parse=rate,
+    )
+    archive_concurrency: int = setting(
+        "ARCHIVE_CONCURRENCY",
+        16,
+        "Messages archived at once by each worker process (uploads in flight).",
+        section=GCS,
+        parse=integer(1),
+    )
+    attachment_download_seconds: int = setting(
+        "ATTACHMENT_DOWNLOAD_SECONDS",
+        120,
+        "Longest one attachment download may take in all, however slowly the server sends (seconds, or 2m).",
+        section=GCS,
+        parse=duration(1),
+    )
+    media_allowed_hosts: tuple[str, ...] = setting(
+        "MEDIA_ALLOWED_HOSTS",
+        ("*.fbcdn.net", "*.cdninstagram.com", "*.fbsbx.com"),
+        "Hosts attachment URLs may point at besides the account's Chatwoot host (comma-separated; *.x: "
+        "x's subdomains; none: no other host); add the host of Chatwoot's FRONTEND_URL when it differs "
+        "from CHATWOOT_BASE_URL.",
+        section=GCS,
+        parse=host_patterns,
+        example="*.fbcdn.net,*.cdninstagram.com,*.fbsbx.com",
+    )
+    soft_delete_retention_seconds: int = setting(
+        "SOFT_DELETE_RETENTION_SECONDS",
+        0,
+        "Soft-delete retention of new buckets (0: off, so that an erasure leaves nothing to recover; else 7d to 90d).",
+        section=GCS,
+        parse=soft_delete_retention,
     )
     attachment_retry_seconds: int = setting(
         "ATTACHMENT_RETRY_SECONDS",

@@ -50,7 +50,7 @@ class JobSpec:
     retry_intervals: tuple[int, ...] = ()
     """Seconds before each automatic retry of a failed run (RQ Retry); empty: no retry."""
     timeout: int | None = None
-    """Seconds a run may take (RQ's default, 180, when None)."""
+    """Seconds a run may take; None: JOB_TIMEOUT (see `timeout_of`)."""
 
 
 ARCHIVE_RETRY_INTERVALS = (5, 30, 120, 600, 1800)
@@ -60,6 +60,14 @@ ARCHIVE_MESSAGE = JobSpec(
 )
 ARCHIVE_UPDATE = JobSpec(
     ARCHIVE_QUEUE, "workers.archive.archive_update", "archive-update", retry_intervals=ARCHIVE_RETRY_INTERVALS
+)
+ATTACHMENT_RETRY_INTERVALS = (30, 120, 600)
+"""Seconds between the retries of an admin's retry of a message's unavailable attachments."""
+ARCHIVE_ATTACHMENTS = JobSpec(
+    ARCHIVE_QUEUE,
+    "workers.archive.archive_attachments",
+    "archive-attachments",
+    retry_intervals=ATTACHMENT_RETRY_INTERVALS,
 )
 TRANSCRIBE_TIMEOUT = 3600
 """Seconds a transcription may run: a long voice note on a CPU, or several pieces with retries."""
@@ -104,6 +112,13 @@ REHOME = JobSpec(
     retry_intervals=REHOME_RETRY_INTERVALS,
     timeout=REHOME_TIMEOUT,
 )
+
+
+def timeout_of(spec: JobSpec) -> int:
+    """Seconds a run of `spec` may take: its own limit, else JOB_TIMEOUT (never RQ's default)."""
+    from app import context
+
+    return spec.timeout if spec.timeout is not None else context.settings().job_timeout
 
 
 def job_id(spec: JobSpec, *ids: object) -> str:
@@ -154,10 +169,7 @@ def enqueue(
         "retry": retry,
         "at_front": at_front,
     }
-    if timeout is None:
-        timeout = spec.timeout
-    if timeout is not None:
-        options["job_timeout"] = timeout
+    options["job_timeout"] = timeout if timeout is not None else timeout_of(spec)
     try:
         if delay_seconds > 0:
             from datetime import timedelta
@@ -194,12 +206,13 @@ class _Template:
     serializer: Any
 
 
-_templates: dict[str, _Template] = {}
+_templates: dict[tuple[str, int], _Template] = {}
 
 
 def _template(spec: JobSpec, conn: Any) -> _Template:
     """RQ builds a job of `spec` (never saved) and says how it stores it: the template."""
-    found = _templates.get(spec.id_prefix)
+    timeout = timeout_of(spec)
+    found = _templates.get((spec.id_prefix, timeout))
     if found is None:
         from rq import Queue, Retry
         from rq.scripts import _build_hset_args
@@ -217,7 +230,7 @@ def _template(spec: JobSpec, conn: Any) -> _Template:
             result_ttl=RESULT_TTL,
             failure_ttl=FAILURE_TTL,
             retry=retry,
-            timeout=spec.timeout,
+            timeout=timeout,
         )
         queue._prepare_for_queue(job)
         fields = _build_hset_args(job)  # type: ignore[no-untyped-call]
@@ -226,7 +239,7 @@ def _template(spec: JobSpec, conn: Any) -> _Template:
         if missing:
             raise RuntimeError(f"RQ's job hash has no {sorted(missing)}: the template cannot be used")
         found = _Template(fields, positions, queue.key, job.serializer)
-        _templates[spec.id_prefix] = found
+        _templates[(spec.id_prefix, timeout)] = found
     return found
 
 
@@ -234,22 +247,67 @@ _PER_JOB_FIELDS = frozenset({"data", "description", "created_at", "enqueued_at"}
 """The fields of RQ's job hash that differ between two jobs of one JobSpec (besides the id)."""
 
 
-def _enqueue_from_template(spec: JobSpec, conn: Any, jid: str, args: tuple[Any, ...]) -> bool:
-    """What `Queue.enqueue(spec.func, *args, job_id=jid, unique=True, ...)` does, in a third of
-    its CPU time: the job's hash is the template's with its own call, description and times,
-    written by RQ's own atomic script (saved and queued unless a job with that id exists)."""
+def enqueue_many(items: Sequence[tuple[JobSpec, int]], connection: Any, pipeline: Any) -> None:
+    """Add an enqueue of each (spec, row id) to a pipeline of `connection` (the caller executes
+    it): one round trip for a batch's next steps. As `enqueue`, an existing job id is left as it is.
+
+    RQ's unique-enqueue script is loaded once per connection and called by its hash (a redis-py
+    Script in a pipeline asks Redis whether it knows the script on every execution); a Redis
+    that forgot it answers NoScriptError, and the caller runs the pipeline again.
+    """
+    from rq.job import Job
+    from rq.scripts import UNIQUE_ENQUEUE_SCRIPT
+
+    sha = _script_shas.get(id(connection))
+    if sha is None:
+        sha = str(connection.script_load(UNIQUE_ENQUEUE_SCRIPT))
+        _script_shas[id(connection)] = sha
+    for spec, row_id in items:
+        template = _template(spec, connection)
+        jid = job_id(spec, row_id)
+        pipeline.evalsha(
+            sha,
+            2,
+            Job.key_for(jid),
+            template.queue_key,
+            jid,
+            "R",
+            -1,
+            *_job_fields(template, spec, (row_id,)),
+        )
+
+
+def forget_scripts(connection: Any) -> None:
+    """After a NoScriptError: load the scripts again on the next `enqueue_many`."""
+    _script_shas.pop(id(connection), None)
+
+
+_script_shas: dict[int, str] = {}
+
+
+def _job_fields(template: _Template, spec: JobSpec, args: tuple[Any, ...]) -> list[Any]:
+    """The job hash of one call: the template's, with its own call, description and times."""
     import zlib
 
-    from rq.job import Job
-    from rq.scripts import get_unique_enqueue_script
     from rq.utils import get_call_string, now, utcformat
 
-    template = _template(spec, conn)
     fields = list(template.fields)
     at = template.positions
     fields[at["data"]] = zlib.compress(template.serializer.dumps((spec.func, None, args, {})))
     fields[at["description"]] = get_call_string(spec.func, args, {})
     fields[at["created_at"]] = fields[at["enqueued_at"]] = utcformat(now())
+    return fields
+
+
+def _enqueue_from_template(spec: JobSpec, conn: Any, jid: str, args: tuple[Any, ...]) -> bool:
+    """What `Queue.enqueue(spec.func, *args, job_id=jid, unique=True, ...)` does, in a third of
+    its CPU time: the job's hash is the template's with its own call, description and times,
+    written by RQ's own atomic script (saved and queued unless a job with that id exists)."""
+    from rq.job import Job
+    from rq.scripts import get_unique_enqueue_script
+
+    template = _template(spec, conn)
+    fields = _job_fields(template, spec, args)
     script = get_unique_enqueue_script(conn)  # type: ignore[no-untyped-call]
     return bool(script(keys=[Job.key_for(jid), template.queue_key], args=[jid, "R", -1, *fields]))
 

@@ -17,3 +17,8 @@ def archive_message(note_id: int) -> str:
 def archive_update(update_id: int) -> str:
     """Archive message_updates row `update_id` beside its message; return what happened."""
     return stage.archive_update(update_id)
+
+
+def archive_attachments(note_id: int) -> str:
+    """Fetch again the attachments of a stored message that an admin asked to retry."""
+    return stage.archive_attachments(note_id)

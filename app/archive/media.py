@@ -1,29 +1,46 @@
-"""Attachment files from Chatwoot: checked hosts, redirects followed one by one, size capped,
-spooled to a temporary file (never wholly in memory) on their way to GCS.
+"""Attachment files: fetched only from allowed hosts, only from public addresses (checked on the
+address connected to), redirects followed one by one, size and time capped, spooled to a
+temporary file (never wholly in memory) on their way to GCS.
 
-`data_url` is a Chatwoot URL that redirects to the storage service. It needs no token, so the
-download session carries none (and ignores `.netrc` and proxies from the environment). The first
-URL must be on the account's Chatwoot host; a redirect may go to that host or to a public
-address, never to a loopback, private or link-local one unless the host is listed in
-CHATWOOT_ALLOWED_PRIVATE_HOSTS (a self-hosted Chatwoot with storage on its own network).
+Where a download may go:
+- `data_url` itself must be on the account's Chatwoot host (its base URL) or on a host of
+  MEDIA_ALLOWED_HOSTS (default: Meta's CDN, where Instagram and Facebook attachments live; add the
+  host of Chatwoot's FRONTEND_URL when it differs from CHATWOOT_BASE_URL);
+- a redirect may go anywhere public (storage services sign URLs on hosts of their own);
+- every connection, the first included, goes to a public address only, checked on the address
+  the socket is opened to (a name that resolves to a private address when we connect is refused,
+  whatever it resolved to before: DNS rebinding fails). IPv6 forms that embed an IPv4 address
+  (mapped, compatible, NAT64, 6to4, Teredo) are judged by that IPv4 address. The account's
+  Chatwoot host and CHATWOOT_ALLOWED_PRIVATE_HOSTS (a self-hosted Chatwoot with storage on its own
+  network) are the exceptions.
+
+No download carries a token or a cookie (Chatwoot's attachment URLs need none; our API token
+never leaves for a download), nor `.netrc` credentials or proxies from the environment. One
+download may take ATTACHMENT_DOWNLOAD_SECONDS in all, however slowly the server sends.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import ipaddress
 import logging
 import mimetypes
-import os
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3
+from requests.adapters import HTTPAdapter
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from app import context
 
@@ -31,7 +48,7 @@ log = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 5
 TIMEOUT = (5.0, 30.0)
-"""(connect, read) seconds of one download request."""
+"""(connect, read) seconds of one download request; ATTACHMENT_DOWNLOAD_SECONDS bounds it all."""
 CHUNK_BYTES = 256 * 1024
 SPOOL_MEMORY_BYTES = 1024 * 1024
 """Files up to this size stay in memory; larger ones go to a temporary file."""
@@ -106,7 +123,46 @@ class AttachmentTooLarge(MediaError):
 
 
 # ------------------------------------------------------------------------------------------
-# where requests may go
+# addresses
+
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+"""The NAT64 well-known prefix (RFC 6052): the last 32 bits are an IPv4 address."""
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+"""Local-use NAT64 prefixes (RFC 8215): a network's own translator, never public."""
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+"""Deprecated IPv4-compatible addresses (`::127.0.0.1`)."""
+_IPV4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")
+"""IPv4-translated addresses (RFC 2765)."""
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for, if it embeds one."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip.teredo is not None:
+        return ip.teredo[1]
+    for network in (_NAT64, _IPV4_COMPATIBLE, _IPV4_TRANSLATED):
+        if ip in network:
+            return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def is_public_address(address: str) -> bool:
+    """A globally routable unicast address; an IPv6 form embedding an IPv4 address is judged by it."""
+    try:
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _NAT64_LOCAL or ip.teredo is not None:
+            return False  # a translator or tunnel of some network of its own
+        inner = embedded_ipv4(ip)
+        if inner is not None:
+            ip = inner
+    return bool(ip.is_global) and not ip.is_multicast
 
 
 def system_resolve(host: str) -> list[str]:
@@ -119,17 +175,14 @@ def system_resolve(host: str) -> list[str]:
 
 
 resolve: Callable[[str], list[str]] = system_resolve
-"""The resolver used for redirect targets; tests replace it (requests is mocked there)."""
+"""The resolver of every download (checks and connections); tests replace it."""
 
 
-def is_public_address(address: str) -> bool:
+def _addresses(host: str) -> list[str]:
     try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
+        return [str(ipaddress.ip_address(host.strip("[]")))]
     except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return bool(ip.is_global) and not ip.is_multicast
+        return list(resolve(host))
 
 
 def _host_port(url: str) -> tuple[str, str, int]:
@@ -145,6 +198,17 @@ def _host_port(url: str) -> tuple[str, str, int]:
     return parts.scheme, parts.hostname.lower().rstrip("."), port
 
 
+def host_allowed(host: str, patterns: Iterable[str]) -> bool:
+    """`host` is one of `patterns`: a name as it is, or `*.name` for any subdomain of name."""
+    for pattern in patterns:
+        if pattern.startswith("*."):
+            if host.endswith(pattern[1:]) and fnmatch.fnmatchcase(host, pattern):
+                return True
+        elif host == pattern:
+            return True
+    return False
+
+
 @dataclass(frozen=True)
 class HostPolicy:
     """Where a download may go for one account."""
@@ -152,14 +216,17 @@ class HostPolicy:
     chatwoot: tuple[str, str, int] | None
     """(scheme, host, port) of the account's Chatwoot; None when no base URL is configured."""
     allowed_private: frozenset[str]
+    media_hosts: tuple[str, ...] = ()
+    """MEDIA_ALLOWED_HOSTS: where data_url may point besides the Chatwoot host."""
 
     @classmethod
     def for_account(cls, account_id: int) -> HostPolicy:
         from app.chatwoot.accounts import resolve as resolve_account
 
+        settings = context.settings()
         base_url = resolve_account(account_id).base_url
         chatwoot = _host_port(base_url) if base_url else None
-        return cls(chatwoot, frozenset(context.settings().chatwoot_allowed_private_hosts))
+        return cls(chatwoot, frozenset(settings.chatwoot_allowed_private_hosts), settings.media_allowed_hosts)
 
     def _is_chatwoot(self, url: str) -> bool:
         if self.chatwoot is None:
@@ -167,30 +234,152 @@ class HostPolicy:
         _, host, port = _host_port(url)
         return (host, port) == self.chatwoot[1:]
 
+    @property
+    def trusted_hosts(self) -> frozenset[str]:
+        """Hosts that may be on private addresses: the account's Chatwoot and the allowed private ones."""
+        return self.allowed_private | ({self.chatwoot[1]} if self.chatwoot else set())
+
     def check_first(self, url: str) -> None:
-        """data_url itself must be on the account's Chatwoot host."""
-        _host_port(url)
-        if self.chatwoot is None:
-            # No Chatwoot configured for this account: only public addresses are fetched.
-            self.check_redirect(url)
+        """data_url itself must be on the account's Chatwoot host or an allowed media host."""
+        _, host, _ = _host_port(url)
+        if self._is_chatwoot(url):
             return
-        if not self._is_chatwoot(url):
-            raise AttachmentRefused("data_url is not on the account's Chatwoot host")
+        if not host_allowed(host, self.media_hosts):
+            raise AttachmentRefused(f"data_url host {host} is not Chatwoot's nor an allowed media host")
+        self.check_redirect(url)
 
     def check_redirect(self, url: str) -> None:
-        """A redirect may go to the Chatwoot host, an allowed private host, or public addresses only."""
+        """A redirect may go to the Chatwoot host, an allowed private host, or public addresses only.
+
+        A check before the request, for a clear reason; the connection checks again (`_Guard`).
+        """
         _, host, _ = _host_port(url)
         if self._is_chatwoot(url) or host in self.allowed_private:
             return
-        try:
-            addresses: Iterable[str] = [str(ipaddress.ip_address(host.strip("[]")))]
-        except ValueError:
-            addresses = resolve(host)
-        addresses = list(addresses)
+        addresses = _addresses(host)
         if not addresses:
             raise AttachmentUnavailable(f"cannot resolve {host}")
         if not all(is_public_address(a) for a in addresses):
             raise AttachmentRefused(f"redirect to a non-public address ({host})")
+
+
+# ------------------------------------------------------------------------------------------
+# connections that check the address they open, within a deadline
+
+
+class AddressRefused(Exception):
+    """A connection would have gone to a non-public address (raised through requests as is)."""
+
+    def __init__(self, host: str):
+        super().__init__(f"connection to a non-public address ({host})")
+        self.host = host
+
+
+def open_socket(address: str, port: int, timeout: float | None, options: Any) -> socket.socket:
+    """A TCP connection to one address (tests watch this)."""
+    sock = socket.create_connection((address, port), timeout)
+    for option in options or ():
+        sock.setsockopt(*option)
+    return sock
+
+
+@dataclass
+class _Guard:
+    """The rules and the clock of one download: which hosts may be private, when it must end."""
+
+    trusted: frozenset[str]
+    deadline: float
+    """time.monotonic() by which the download must be over."""
+    sockets: list[socket.socket] = field(default_factory=list)
+    expired: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def connect(self, host: str, port: int, timeout: float | None, options: Any) -> socket.socket:
+        host = host.strip("[]").lower().rstrip(".")
+        addresses = _addresses(host)
+        trusted = host in self.trusted
+        if not addresses:
+            raise AttachmentUnavailable(f"cannot resolve {host}")
+        if not trusted and not all(is_public_address(a) for a in addresses):
+            raise AddressRefused(host)
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise AttachmentUnavailable("download deadline passed")
+        timeout = min(timeout, left) if timeout is not None else left
+        error: OSError | None = None
+        for address in addresses:
+            try:
+                sock = open_socket(address, port, timeout, options)
+            except OSError as exc:
+                error = exc
+                continue
+            if not trusted and not is_public_address(str(sock.getpeername()[0])):
+                sock.close()
+                raise AddressRefused(host)
+            with self._lock:
+                if self.expired:
+                    sock.close()
+                    raise AttachmentUnavailable("download deadline passed")
+                self.sockets.append(sock)
+            return sock
+        raise error or OSError(f"cannot connect to {host}")
+
+    def expire(self) -> None:
+        """The deadline passed: cut every connection of the download (a blocked read returns)."""
+        with self._lock:
+            self.expired = True
+            for sock in self.sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+
+class _CheckedConnection(HTTPConnection):
+    guard: _Guard
+
+    def _new_conn(self) -> socket.socket:
+        timeout = self.timeout if isinstance(self.timeout, int | float) else None
+        try:
+            return self.guard.connect(self._dns_host, self.port, timeout, self.socket_options)
+        except (AddressRefused, AttachmentUnavailable):
+            raise
+        except OSError as exc:
+            raise urllib3.exceptions.NewConnectionError(self, f"failed to connect: {exc}") from exc
+
+
+class _CheckedHTTPSConnection(HTTPSConnection):
+    guard: _Guard
+
+    def _new_conn(self) -> socket.socket:
+        return _CheckedConnection._new_conn(self)  # type: ignore[arg-type]
+
+
+class _CheckedAdapter(HTTPAdapter):
+    """requests' adapter whose connections go through a `_Guard`."""
+
+    def __init__(self, guard: _Guard):
+        self._guard = guard
+        super().__init__(max_retries=0)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        http_conn = type("GuardedHTTPConnection", (_CheckedConnection,), {"guard": self._guard})
+        https_conn = type("GuardedHTTPSConnection", (_CheckedHTTPSConnection,), {"guard": self._guard})
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": type("GuardedHTTPPool", (HTTPConnectionPool,), {"ConnectionCls": http_conn}),
+            "https": type("GuardedHTTPSPool", (HTTPSConnectionPool,), {"ConnectionCls": https_conn}),
+        }
+
+
+def _session(guard: _Guard) -> requests.Session:
+    """A session for one download: no token, cookie, .netrc or proxy; connections checked."""
+    http = requests.Session()
+    http.trust_env = False
+    http.headers.clear()
+    http.headers.update({"User-Agent": USER_AGENT, "Accept": "*/*", "Accept-Encoding": "identity"})
+    adapter = _CheckedAdapter(guard)
+    http.mount("http://", adapter)
+    http.mount("https://", adapter)
+    return http
 
 
 # ------------------------------------------------------------------------------------------
@@ -216,22 +405,6 @@ class Download:
         self.close()
 
 
-_sessions: dict[tuple[int, int], requests.Session] = {}
-
-
-def session() -> requests.Session:
-    """One HTTP session per process and thread: keeps connections open between downloads."""
-    key = (os.getpid(), threading.get_ident())
-    found = _sessions.get(key)
-    if found is None:
-        found = requests.Session()
-        found.trust_env = False  # no .netrc credentials, no proxy settings from the environment
-        found.headers.clear()
-        found.headers.update({"User-Agent": USER_AGENT, "Accept": "*/*", "Accept-Encoding": "identity"})
-        _sessions[key] = found
-    return found
-
-
 def content_type_of(response: requests.Response, url: str) -> str:
     raw = response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
     if raw and raw != "application/octet-stream":
@@ -246,18 +419,40 @@ def extension_for(content_type: str) -> str:
     return _EXTENSIONS.get(ctype) or mimetypes.guess_extension(ctype) or ".bin"
 
 
-def _fetch_once(url: str, policy: HostPolicy, max_bytes: int) -> Download:
-    http = session()
-    http.cookies.clear()
+def _fetch_once(url: str, policy: HostPolicy, max_bytes: int, deadline: float) -> Download:
+    guard = _Guard(policy.trusted_hosts, deadline)
+    timer = threading.Timer(max(0.0, deadline - time.monotonic()), guard.expire)
+    timer.daemon = True
+    timer.start()
+    http = _session(guard)
+    try:
+        return _follow(http, url, policy, max_bytes)
+    except AddressRefused as exc:
+        raise AttachmentRefused(str(exc)) from None
+    except MediaError:
+        if guard.expired:
+            raise AttachmentUnavailable(_too_slow()) from None
+        raise
+    except requests.RequestException as exc:
+        if guard.expired:
+            raise AttachmentUnavailable(_too_slow()) from None
+        if isinstance(exc, requests.Timeout):
+            raise AttachmentUnavailable("timed out") from None
+        raise AttachmentUnavailable(f"connection failed ({type(exc).__name__})") from None
+    finally:
+        timer.cancel()
+        http.close()
+
+
+def _too_slow() -> str:
+    return f"download took longer than {context.settings().attachment_download_seconds} s"
+
+
+def _follow(http: requests.Session, url: str, policy: HostPolicy, max_bytes: int) -> Download:
     policy.check_first(url)
     current = url
     for _hop in range(MAX_REDIRECTS + 1):
-        try:
-            response = http.get(current, stream=True, allow_redirects=False, timeout=TIMEOUT)
-        except requests.Timeout:
-            raise AttachmentUnavailable("timed out") from None
-        except requests.RequestException as exc:
-            raise AttachmentUnavailable(f"connection failed ({type(exc).__name__})") from None
+        response = http.get(current, stream=True, allow_redirects=False, timeout=TIMEOUT)
         if response.is_redirect:
             location = response.headers.get("Location", "")
             response.close()
@@ -276,7 +471,7 @@ def _read(response: requests.Response, url: str, max_bytes: int) -> Download:
     if status >= 400:
         raise AttachmentUnavailable(f"HTTP {status}")
     declared = response.headers.get("Content-Length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
+    if declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
         raise AttachmentTooLarge(f"{int(declared)} bytes, over the {max_bytes}-byte limit")
     ctype = content_type_of(response, url)
     spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)  # noqa: SIM115
@@ -300,18 +495,20 @@ def _read(response: requests.Response, url: str, max_bytes: int) -> Download:
 def download(
     data_url: str, account_id: int, max_bytes: int | None = None, retry_seconds: float | None = None
 ) -> Download:
-    """Download an attachment, retrying 404 with backoff for `retry_seconds` (ATTACHMENT_RETRY_SECONDS)."""
+    """Download an attachment within ATTACHMENT_DOWNLOAD_SECONDS, retrying 404 with backoff for
+    `retry_seconds` (ATTACHMENT_RETRY_SECONDS) of that time."""
     settings = context.settings()
     policy = HostPolicy.for_account(account_id)
     limit = settings.max_attachment_bytes if max_bytes is None else max_bytes
+    deadline = time.monotonic() + settings.attachment_download_seconds
     budget = settings.attachment_retry_seconds if retry_seconds is None else retry_seconds
     retrying = Retrying(
         retry=retry_if_exception_type(AttachmentNotReady),
         wait=wait_exponential(multiplier=0.25, max=8),
-        stop=stop_after_delay(budget),
+        stop=stop_after_delay(max(0.0, min(budget, deadline - time.monotonic()))),
         reraise=True,
     )
-    result: Download = retrying(_fetch_once, data_url, policy, limit)
+    result: Download = retrying(_fetch_once, data_url, policy, limit, deadline)
     return result
 
 

@@ -2,9 +2,23 @@
 
 Each user's archive lives in a bucket of its own, named by a keyed hash of the user key so that a
 bucket name says nothing about whom it belongs to. Buckets are created by the workers (never in
-the request path) in one call with their lifecycle and access settings, at the rate GCS allows,
-and remembered in `gcs_buckets` and in each process. Objects are written with
-`if_generation_match=0`: an object that is already there is success, never an overwrite.
+the request path) with their lifecycle, access and soft-delete settings, at the rate GCS allows,
+read back (and set again where the server dropped them), and remembered in `gcs_buckets` and in
+each process. `flask storage audit` finds buckets whose settings drifted and sets them again.
+
+Objects are written with `if_generation_match=0`: an object that is already there is never
+overwritten. It counts as written only when it holds the same thing (a retry of our own
+write); see `write_bytes`.
+
+Object names (the `whatsapp-messages/` prefix is the seed guide's and holds every channel):
+- a message of the default account (CHATWOOT_ACCOUNT_ID):
+  `whatsapp-messages/<YYYY-MM-DD>/<message id>.json`;
+- a message of any other account (or of every account when CHATWOOT_ACCOUNT_ID is unset):
+  `whatsapp-messages/accounts/<account id>/<YYYY-MM-DD>/<message id>.json`.
+The second segment is a date in the first form and `accounts` in the second, so the two never
+meet. Should the short name of a default-account message be taken by another message (the default
+account was changed, say), the message goes to its account-qualified name instead. Attachments,
+the transcript and updates live under the message's name without `.json`.
 """
 
 from __future__ import annotations
@@ -18,7 +32,7 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any
@@ -38,6 +52,8 @@ LIFECYCLE = ((30, "NEARLINE"), (90, "COLDLINE"), (365, "ARCHIVE"))
 """(age in days, storage class) transitions of every bucket."""
 MESSAGES_PREFIX = "whatsapp-messages"
 """The seed guide's object prefix; it holds the messages of every channel."""
+ACCOUNTS_SEGMENT = "accounts"
+"""`whatsapp-messages/accounts/<account id>/...`: the messages of accounts other than the default."""
 CALL_RETRY_SECONDS = 10.0
 """Seconds one GCS call retries transient errors before the job fails and RQ retries it later."""
 CALL_TIMEOUT = (5.0, 60.0)
@@ -49,6 +65,9 @@ WAITING_KEY = "meeting-notes:gcs:buckets-waiting"
 WAITING_TTL = 900
 """Seconds after which a waiting entry is forgotten (its job died or was erased)."""
 LIMIT_KEY = "gcs-bucket-create"
+"""Key of the shared bucket-creation rate (GCS_BUCKET_CREATE_RATE)."""
+UPDATE_LIMIT_KEY = "gcs-bucket-update"
+"""Key of the rate of bucket settings changes made by `flask storage audit --fix` (same rate)."""
 
 _BUCKET_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 _SAFE_ID_CHARS = "-_.~"
@@ -68,6 +87,10 @@ class ForeignBucket(PermanentStorageError):
 
 class BucketOwnershipUnknown(PermanentStorageError):
     """A bucket name exists and our project number could not be found to compare with."""
+
+
+class ObjectConflict(PermanentStorageError):
+    """An object of that name exists and holds something else (another message): never overwritten."""
 
 
 class BucketCreationThrottled(StorageError):
@@ -104,11 +127,38 @@ def valid_bucket_name(name: str) -> bool:
     )
 
 
-def message_prefix(created_at: datetime, message_id: str | int) -> str:
-    """`whatsapp-messages/<YYYY-MM-DD>/<chatwoot_message_id>` (the UTC day the message was created)."""
+def message_prefix(
+    created_at: datetime, message_id: str | int, account_id: int | None = None, *, qualified: bool = False
+) -> str:
+    """The name of a message's objects without `.json` (see the module's docstring).
+
+    `whatsapp-messages/<YYYY-MM-DD>/<message id>` (the UTC day the message was created) for the
+    default account; `whatsapp-messages/accounts/<account id>/<YYYY-MM-DD>/<message id>` for any
+    other account, or for any account with `qualified`.
+    """
     moment = created_at if created_at.tzinfo else created_at.replace(tzinfo=UTC)
     day = moment.astimezone(UTC).date().isoformat()
+    default = context.settings().chatwoot_account_id
+    if account_id is not None and (qualified or default is None or int(account_id) != default):
+        return f"{MESSAGES_PREFIX}/{ACCOUNTS_SEGMENT}/{int(account_id)}/{day}/{safe_id(message_id)}"
     return f"{MESSAGES_PREFIX}/{day}/{safe_id(message_id)}"
+
+
+def note_prefix(row: Any) -> str:
+    """The object name prefix of an archived meeting_notes row: its JSON's name without `.json`.
+
+    Taken from `gcs_storage_path` (where the message really is, whatever rule named it then);
+    from the row's account, day and message id when it has no path yet.
+    """
+    path = row.get("gcs_storage_path")
+    if path:
+        _, name = parse_gs_uri(str(path))
+        return name.removesuffix(".json")
+    return message_prefix(
+        row.get("message_created_at") or row["created_at"],
+        row["chatwoot_message_id"],
+        row.get("chatwoot_account_id"),
+    )
 
 
 def safe_id(value: str | int) -> str:
@@ -189,27 +239,58 @@ def forget_bucket(name: str) -> None:
 
 
 def configure_new_bucket(bucket: Bucket) -> Bucket:
-    """Set what every new bucket gets: lifecycle, uniform access, no public access, labels."""
-    bucket.clear_lifecycle_rules()
+    """Set what every bucket of ours gets: lifecycle, uniform access, no public access, the service's
+    labels and the soft-delete retention (SOFT_DELETE_RETENTION_SECONDS); nothing is sent yet."""
+    return apply_required_settings(bucket, keep_other_rules=False)
+
+
+def apply_required_settings(bucket: Bucket, keep_other_rules: bool = True) -> Bucket:
+    """Our settings on a bucket object (then `patch()` or `create()` sends them).
+
+    Storage-class transitions are replaced by ours; other lifecycle rules (a Delete rule an admin
+    added) are kept when `keep_other_rules`; labels of ours are set, others kept.
+    """
+    others = [
+        dict(rule)
+        for rule in (bucket.lifecycle_rules if keep_other_rules else [])
+        if rule.get("action", {}).get("type") != "SetStorageClass"
+    ]
+    bucket.lifecycle_rules = others
     for age, storage_class in LIFECYCLE:
         bucket.add_lifecycle_set_storage_class_rule(storage_class, age=age)
     bucket.iam_configuration.uniform_bucket_level_access_enabled = True
     bucket.iam_configuration.public_access_prevention = "enforced"
-    bucket.labels = dict(SERVICE_LABELS)
+    bucket.labels = {**(bucket.labels or {}), **SERVICE_LABELS}
+    bucket.soft_delete_policy.retention_duration_seconds = context.settings().soft_delete_retention_seconds
     return bucket
 
 
-def _has_our_settings(bucket: Bucket) -> bool:
-    rules = {
-        (r.get("action", {}).get("storageClass"), r.get("condition", {}).get("age"))
+def bucket_differences(bucket: Bucket) -> list[str]:
+    """How a bucket's settings (as read from the server) differ from what we require; [] when none."""
+    found: list[str] = []
+    transitions = sorted(
+        (int(r.get("condition", {}).get("age", -1)), str(r.get("action", {}).get("storageClass")))
         for r in bucket.lifecycle_rules
-    }
-    iam = bucket.iam_configuration
-    return (
-        all((cls, age) in rules for age, cls in LIFECYCLE)
-        and bool(iam.uniform_bucket_level_access_enabled)
-        and iam.public_access_prevention == "enforced"
+        if r.get("action", {}).get("type") == "SetStorageClass"
     )
+    if transitions != sorted(LIFECYCLE):
+        shown = ", ".join(f"{cls} {age}" for age, cls in transitions) or "none"
+        found.append(f"lifecycle transitions {shown} (want NEARLINE 30, COLDLINE 90, ARCHIVE 365)")
+    iam = bucket.iam_configuration
+    if not iam.uniform_bucket_level_access_enabled:
+        found.append("uniform bucket-level access off")
+    if iam.public_access_prevention != "enforced":
+        found.append(f"public access prevention {iam.public_access_prevention or 'unset'}")
+    labels = bucket.labels or {}
+    for key, value in SERVICE_LABELS.items():
+        if labels.get(key) != value:
+            found.append(f"label {key}={labels.get(key) or '(none)'} (want {value})")
+    want = context.settings().soft_delete_retention_seconds
+    retention = bucket.soft_delete_policy.retention_duration_seconds
+    # GCS leaves the policy out when soft delete is off.
+    if int(retention or 0) != want:
+        found.append(f"soft delete {int(retention or 0)} s (want {want} s)")
+    return found
 
 
 def _call_retry() -> Any:
@@ -230,15 +311,33 @@ def ensure_bucket(name: str) -> Bucket:
         return client.bucket(name)
     if not valid_bucket_name(name):
         raise PermanentStorageError(f"invalid bucket name {name!r}")
-    row = context.db().fetch_one("archive.bucket_get", {"bucket_name": name})
-    if row is not None:
-        if row["state"] == "foreign":
-            raise ForeignBucket(f"bucket {name} belongs to another project")
+    with _creation_lock(name):
+        if name in known:  # made by another thread meanwhile
+            return client.bucket(name)
+        row = context.db().fetch_one("archive.bucket_get", {"bucket_name": name})
+        if row is not None:
+            if row["state"] == "foreign":
+                raise ForeignBucket(f"bucket {name} belongs to another project")
+            known.add(name)
+            return client.bucket(name)
+        bucket = _create_unless_erased(client, name)
         known.add(name)
-        return client.bucket(name)
-    bucket = _create_unless_erased(client, name)
-    known.add(name)
-    return bucket
+        return bucket
+
+
+_creating: dict[str, threading.Lock] = {}
+
+
+def _creation_lock(name: str) -> threading.Lock:
+    """One lock per bucket name in this process: threads archiving messages of one new user wait
+    for the first to create the bucket, instead of each asking for a creation slot."""
+    with _known_lock:
+        found = _creating.get(name)
+        if found is None:
+            if len(_creating) > 10_000:
+                _creating.clear()
+            found = _creating[name] = threading.Lock()
+        return found
 
 
 def _create_or_adopt(client: Client, name: str) -> Bucket:
@@ -266,10 +365,27 @@ def _create_or_adopt(client: Client, name: str) -> Bucket:
         return _adopt(client, name)
     except gexc.TooManyRequests:
         raise BucketCreationThrottled(name, _slot_seconds()) from None
+    # The answer to the create is the bucket as the server made it: some servers (emulators)
+    # ignore settings given at creation. Set again what is missing, once.
+    if bucket_differences(bucket):
+        _patch_settings(bucket)
     project_number = str(bucket.project_number) if bucket.project_number is not None else None
     _record_bucket(name, "ready", "created", project_number)
     log.info("bucket created", extra={"bucket": name, "location": settings.gcs_location})
     return bucket
+
+
+def _patch_settings(bucket: Bucket) -> list[str]:
+    """Send our settings to an existing bucket; return what still differs after the answer."""
+    apply_required_settings(bucket)
+    bucket.patch(timeout=CALL_TIMEOUT, retry=_call_retry())
+    left = bucket_differences(bucket)
+    if left:
+        level = logging.DEBUG if context.settings().uses_gcs_emulator else logging.WARNING
+        log.log(
+            level, "bucket settings not kept by the server", extra={"bucket": bucket.name, "differs": left}
+        )
+    return left
 
 
 def _adopt(client: Client, name: str) -> Bucket:
@@ -294,9 +410,8 @@ def _adopt(client: Client, name: str) -> Bucket:
         ours = theirs  # an emulator serves a single project
     if theirs != ours:
         return _refuse(name, theirs, f"belongs to project number {theirs}, not ours")
-    if not _has_our_settings(existing) or existing.labels.get("service") != SERVICE_LABELS["service"]:
-        configure_new_bucket(existing)
-        existing.patch(timeout=CALL_TIMEOUT, retry=_call_retry())
+    if bucket_differences(existing):
+        _patch_settings(existing)
     _record_bucket(name, "ready", "adopted", theirs)
     log.warning("bucket already existed in our project: adopted", extra={"bucket": name})
     return existing
@@ -389,7 +504,7 @@ def _slot_seconds() -> float:
     return float(max(item.get_expiry() / item.amount for item in items))
 
 
-def _acquire_creation_slot(name: str) -> None:
+def _acquire_creation_slot(name: str, key: str = LIMIT_KEY, wait_seconds: float | None = None) -> None:
     """Take a bucket-creation slot, sleeping a little if one frees soon; else throttle.
 
     Waiting names queue in Redis by arrival, so deferred jobs come back one slot apart instead
@@ -397,24 +512,43 @@ def _acquire_creation_slot(name: str) -> None:
     """
     limiter, items = _limiter()
     redis = context.redis()
-    deadline = time.monotonic() + INLINE_WAIT_SECONDS
+    waiting = WAITING_KEY if key == LIMIT_KEY else f"{WAITING_KEY}:{key}"
+    deadline = time.monotonic() + (INLINE_WAIT_SECONDS if wait_seconds is None else wait_seconds)
     while True:
-        blocked = [item for item in items if not limiter.test(item, LIMIT_KEY)]
-        if not blocked and all(limiter.hit(item, LIMIT_KEY) for item in items):
-            redis.zrem(WAITING_KEY, name)
+        blocked = [item for item in items if not limiter.test(item, key)]
+        if not blocked and all(limiter.hit(item, key) for item in items):
+            redis.zrem(waiting, name)
             return
         now = time.time()
-        reset = max(limiter.get_window_stats(item, LIMIT_KEY).reset_time for item in items)
+        reset = max(limiter.get_window_stats(item, key).reset_time for item in items)
         wait = max(0.05, reset - now)
         pipe = redis.pipeline()
-        pipe.zremrangebyscore(WAITING_KEY, 0, now - WAITING_TTL)
-        pipe.zadd(WAITING_KEY, {name: now}, nx=True)
-        pipe.zrank(WAITING_KEY, name)
+        pipe.zremrangebyscore(waiting, 0, now - WAITING_TTL)
+        pipe.zadd(waiting, {name: now}, nx=True)
+        pipe.zrank(waiting, name)
         rank = int(pipe.execute()[2] or 0)
         if rank == 0 and time.monotonic() + wait <= deadline:
             time.sleep(wait)
             continue
         raise BucketCreationThrottled(name, wait + rank * _slot_seconds())
+
+
+def wait_for_update_slot(name: str, patience: float = 600.0) -> None:
+    """Block until a bucket settings change may be made (the shared rate), for a command line."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            _acquire_creation_slot(name, key=UPDATE_LIMIT_KEY, wait_seconds=0.0)
+            return
+        except BucketCreationThrottled as exc:
+            if time.monotonic() + exc.retry_after > deadline:
+                raise
+            time.sleep(min(exc.retry_after, 5.0))
+
+
+def set_required_settings(bucket: Bucket) -> list[str]:
+    """Send our settings to an existing bucket (`flask storage audit --fix`); return what still differs."""
+    return _patch_settings(bucket)
 
 
 def delete_bucket(name: str) -> int:
@@ -449,16 +583,26 @@ class Written:
     """False when the object was already there (an earlier run wrote it)."""
 
 
-def _write(bucket: Bucket, object_name: str, upload: Any) -> Written:
-    """Run an upload with if_generation_match=0; a 412 means it is already archived."""
+Same = Callable[[bytes], bool]
+"""Whether an existing object's content is what we meant to write (a retry of our own write)."""
+
+
+def _write(bucket: Bucket, object_name: str, upload: Any, same: Callable[[], bool] | None = None) -> Written:
+    """Run an upload with if_generation_match=0.
+
+    A 412 (the name is taken) is success when `same` is None or `same()` says the existing object
+    is ours; otherwise ObjectConflict, and nothing is overwritten.
+    """
     from google.api_core import exceptions as gexc
 
     for attempt in (1, 2):
         try:
-            upload(bucket.blob(object_name))
+            upload(bucket)
             return Written(gs_uri(bucket.name, object_name), True)
         except gexc.PreconditionFailed:
-            return Written(gs_uri(bucket.name, object_name), False)
+            if same is None or same():
+                return Written(gs_uri(bucket.name, object_name), False)
+            raise ObjectConflict(f"object {object_name} exists and holds another message") from None
         except gexc.NotFound:
             # The bucket vanished (deleted outside, or an emulator restarted): make it again once.
             if attempt == 2:
@@ -474,17 +618,17 @@ def put_bytes(bucket: Bucket, object_name: str, data: bytes, content_type: str) 
     return write_bytes(bucket, object_name, data, content_type).uri
 
 
-def write_bytes(bucket: Bucket, object_name: str, data: bytes, content_type: str) -> Written:
-    def upload(blob: Any) -> None:
-        blob.upload_from_string(
-            data,
-            content_type=content_type,
-            if_generation_match=0,
-            timeout=CALL_TIMEOUT,
-            retry=_call_retry(),
-        )
+def write_bytes(
+    bucket: Bucket, object_name: str, data: bytes, content_type: str, same: Same | None = None
+) -> Written:
+    """Write an object unless it exists, in one request (its CRC32C checked by GCS); an existing
+    object counts as written when `same(its content)`, or always without `same`."""
 
-    return _write(bucket, object_name, upload)
+    def upload(target: Bucket) -> None:
+        _call_retry()(_upload_media)(target.name, object_name, data, content_type)
+
+    check = None if same is None else (lambda: same(read_bytes(bucket.name, object_name)))
+    return _write(bucket, object_name, upload, check)
 
 
 def put_json(bucket: Bucket, object_name: str, obj: Any) -> str:
@@ -492,17 +636,21 @@ def put_json(bucket: Bucket, object_name: str, obj: Any) -> str:
     return write_json(bucket, object_name, obj).uri
 
 
-def write_json(bucket: Bucket, object_name: str, obj: Any) -> Written:
-    data = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str).encode()
-    return write_bytes(bucket, object_name, data, "application/json; charset=utf-8")
+def json_bytes(obj: Any) -> bytes:
+    """How the archive writes JSON: compact UTF-8."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str).encode()
+
+
+def write_json(bucket: Bucket, object_name: str, obj: Any, same: Same | None = None) -> Written:
+    return write_bytes(bucket, object_name, json_bytes(obj), "application/json; charset=utf-8", same)
 
 
 def put_file(bucket: Bucket, object_name: str, fileobj: IO[bytes], size: int, content_type: str) -> Written:
     """Stream a file to an object unless it exists (resumable upload above 8 MiB)."""
 
-    def upload(blob: Any) -> None:
+    def upload(target: Bucket) -> None:
         fileobj.seek(0)
-        blob.upload_from_file(
+        target.blob(object_name).upload_from_file(
             fileobj,
             size=size,
             content_type=content_type,
@@ -513,6 +661,108 @@ def put_file(bucket: Bucket, object_name: str, fileobj: IO[bytes], size: int, co
         )
 
     return _write(bucket, object_name, upload)
+
+
+# -- the upload connection of each thread ----------------------------------------------------
+
+_sessions = threading.local()
+
+
+def _session() -> tuple[str, Any]:
+    """(API base URL, HTTP client) of this thread, for the process's GCS client and settings.
+
+    One client per thread: archive jobs upload from a pool of threads. It is urllib3's, with the
+    client's credentials (google-auth's AuthorizedHttp): a `requests` session costs about twice
+    the CPU per upload. With proxy variables set, a `requests` session honours them.
+    """
+    client = context.gcs()
+    found = getattr(_sessions, "current", None)
+    if found is not None and found[0] is client:
+        return found[1], found[2]
+    import certifi
+    import urllib3
+    from google.auth.credentials import AnonymousCredentials
+
+    credentials = client._credentials
+    http: Any
+    if any(os.environ.get(v) for v in _PROXY_VARIABLES):
+        import requests
+        from google.auth.transport.requests import AuthorizedSession
+
+        http = (
+            requests.Session()
+            if isinstance(credentials, AnonymousCredentials)
+            else AuthorizedSession(credentials)  # type: ignore[no-untyped-call]
+        )
+    else:
+        pool = urllib3.PoolManager(num_pools=4, maxsize=2, retries=False, ca_certs=certifi.where())
+        if isinstance(credentials, AnonymousCredentials):
+            http = pool
+        else:
+            from google.auth.transport.urllib3 import AuthorizedHttp
+
+            http = AuthorizedHttp(credentials, http=pool)  # type: ignore[no-untyped-call]
+    base = client._connection.get_api_base_url_for_mtls().rstrip("/")
+    _sessions.current = (client, base, http)
+    return base, http
+
+
+def _post(http: Any, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    """POST with either kind of client of `_session`; connection failures as ConnectionError."""
+    import urllib3
+
+    if hasattr(http, "post"):  # a requests session (proxies)
+        response = http.post(url, data=body, headers=headers, timeout=CALL_TIMEOUT)
+        return int(response.status_code), bytes(response.content)
+    try:
+        answer = http.request(
+            "POST",
+            url,
+            body=body,
+            headers=headers,
+            timeout=urllib3.Timeout(connect=CALL_TIMEOUT[0], read=CALL_TIMEOUT[1]),
+            retries=False,
+        )
+    except urllib3.exceptions.HTTPError as exc:
+        raise ConnectionError(f"GCS request failed ({type(exc).__name__})") from exc
+    return int(answer.status), bytes(answer.data)
+
+
+def _upload_media(bucket_name_: str, object_name: str, data: bytes, content_type: str) -> None:
+    """One multipart upload (metadata and content in one request) with if_generation_match=0,
+    its CRC32C given for GCS to check; errors as google.api_core exceptions."""
+    import base64
+
+    import google_crc32c
+    from google.api_core import exceptions as gexc
+
+    base, http = _session()
+    crc = base64.b64encode(google_crc32c.Checksum(data).digest()).decode()  # type: ignore[no-untyped-call]
+    metadata = json.dumps({"name": object_name, "contentType": content_type, "crc32c": crc}).encode()
+    boundary = os.urandom(12).hex()
+    while boundary.encode() in data:
+        boundary = os.urandom(12).hex()
+    sep = f"--{boundary}\r\n".encode()
+    body = b"".join(
+        (
+            sep,
+            b"Content-Type: application/json; charset=UTF-8\r\n\r\n",
+            metadata,
+            b"\r\n",
+            sep,
+            f"Content-Type: {content_type}\r\n\r\n".encode(),
+            data,
+            f"\r\n--{boundary}--\r\n".encode(),
+        )
+    )
+    url = f"{base}/upload/storage/v1/b/{quote(bucket_name_, safe='')}/o?uploadType=multipart&ifGenerationMatch=0"
+    status, answer = _post(http, url, body, {"Content-Type": f'multipart/related; boundary="{boundary}"'})
+    if status >= 400:
+        try:
+            message = json.loads(answer)["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = f"upload of {object_name} answered {status}"
+        raise gexc.from_http_status(status, str(message))  # type: ignore[no-untyped-call]
 
 
 def list_objects(bucket_name_: str, prefix: str) -> list[str]:

@@ -33,13 +33,19 @@ WHERE bucket_name = %(bucket_name)s AND bucket_created_at IS NULL;
 
 -- Everything the job needs in one round trip: the row, its attachments so far, and who owns it
 -- (the row's user, else the user its contact is linked to: contact_user(), migrations/0009).
+-- The payload comes as text, archived as it is (no parsing and writing again), with the few
+-- parts of it the job reads.
 -- Prepared once per connection (planning it costs more than running it); run with execute_load_note.
 -- name: prepare_load_note
 PREPARE archive_load_note (bigint) AS
 SELECT note.id, note.chatwoot_account_id, note.chatwoot_message_id, note.chatwoot_contact_id,
        note.user_id, note.message_type, note.processing_status, note.transcription_status,
        note.classification_status, note.message_created_at, note.created_at,
-       COALESCE(note.archive_payload, note.payload) AS payload,
+       COALESCE(note.archive_payload, note.payload)::text AS payload_json,
+       CASE WHEN jsonb_typeof(note.payload -> 'attachments') = 'array'
+            THEN note.payload -> 'attachments' END AS attachments,
+       note.payload ->> 'id' AS payload_message_id,
+       note.payload -> 'account' ->> 'id' AS payload_account_id,
        note.gcs_storage_path, note.error_details, note.contact_phone, note.contact_identifier,
        owner.bucket_name AS owner_bucket_name,
        link.user_id AS linked_user_id,
@@ -56,6 +62,31 @@ LEFT JOIN LATERAL contact_user(
 WHERE note.id = $1;
 -- name: execute_load_note
 EXECUTE archive_load_note (%(note_id)s);
+
+-- The same for the messages a batch took (app/archive/batch.py).
+-- name: load_notes
+SELECT note.id, note.chatwoot_account_id, note.chatwoot_message_id, note.chatwoot_contact_id,
+       note.user_id, note.message_type, note.processing_status, note.transcription_status,
+       note.classification_status, note.message_created_at, note.created_at,
+       note.payload::text AS payload_json,
+       CASE WHEN jsonb_typeof(note.payload -> 'attachments') = 'array'
+            THEN note.payload -> 'attachments' END AS attachments,
+       note.payload ->> 'id' AS payload_message_id,
+       note.payload -> 'account' ->> 'id' AS payload_account_id,
+       note.gcs_storage_path, note.error_details, note.contact_phone, note.contact_identifier,
+       owner.bucket_name AS owner_bucket_name,
+       link.user_id AS linked_user_id,
+       link.bucket_name AS linked_bucket_name,
+       COALESCE(
+           (SELECT jsonb_agg(to_jsonb(a)) FROM message_attachments a WHERE a.meeting_note_id = note.id),
+           '[]'::jsonb
+       ) AS attachment_rows
+FROM meeting_notes note
+LEFT JOIN user_bucket_mapping owner ON owner.user_id = note.user_id
+LEFT JOIN LATERAL contact_user(
+    note.chatwoot_account_id, note.chatwoot_contact_id::text, note.contact_identifier, note.contact_phone
+) link ON true
+WHERE note.id = ANY(%(ids)s::bigint[]);
 
 -- An attachment's outcome; a stored attachment is never changed again.
 -- name: attachment_save
@@ -101,8 +132,26 @@ RETURNING n.transcription_status, n.classification_status,
 -- name: execute_mark_stored
 EXECUTE archive_mark_stored (%(note_id)s, %(user_id)s, %(path)s, %(error_details)s);
 
--- Final failure. The JSON may be archived already (an attachment stayed unavailable): then the
--- row says where, and whose it is.
+-- The same for several messages at once (one statement, one commit).
+-- name: mark_stored_many
+UPDATE meeting_notes n
+SET processing_status = 'stored',
+    user_id = v.user_id,
+    gcs_storage_path = v.path,
+    stored_at = COALESCE(n.stored_at, now()),
+    error_details = v.error_details,
+    archive_payload = NULL,
+    updated_at = now()
+FROM unnest(%(ids)s::bigint[], %(user_ids)s::text[], %(paths)s::text[], %(errors)s::text[])
+     AS v(id, user_id, path, error_details)
+WHERE n.id = v.id AND n.processing_status IN ('received', 'error')
+RETURNING n.id, n.transcription_status, n.classification_status,
+          ARRAY(SELECT u.id FROM message_updates u
+                WHERE u.meeting_note_id = n.id AND u.processing_status = 'received'
+                ORDER BY u.id) AS waiting_updates;
+
+-- Final failure (GCS, the database, a bucket of another project). The JSON may be archived
+-- already: then the row says where, and whose it is.
 -- name: mark_error
 UPDATE meeting_notes
 SET processing_status = 'error',
@@ -112,10 +161,41 @@ SET processing_status = 'error',
     updated_at = now()
 WHERE id = %(note_id)s AND processing_status IN ('received', 'error');
 
--- name: attachments_missing
+-- name: attachments_unavailable
 UPDATE message_attachments
-SET status = 'missing', updated_at = now()
+SET status = 'unavailable', updated_at = now()
 WHERE meeting_note_id = %(note_id)s AND status = 'pending';
+
+-- An admin's retry of the attachments that could not be fetched (all, or one): back to pending.
+-- name: attachments_retry
+UPDATE message_attachments a
+SET status = 'pending', error_details = NULL, updated_at = now()
+FROM meeting_notes n
+WHERE n.id = a.meeting_note_id AND a.meeting_note_id = %(note_id)s
+  AND a.status = 'unavailable'
+  AND (%(attachment_id)s::bigint IS NULL OR a.chatwoot_attachment_id = %(attachment_id)s::bigint)
+RETURNING a.chatwoot_attachment_id;
+
+-- The message and the attachments a retry job fetches.
+-- name: attachments_pending
+SELECT n.id, n.chatwoot_account_id, n.chatwoot_message_id, n.processing_status,
+       n.transcription_status, n.payload, n.gcs_storage_path,
+       COALESCE(
+           (SELECT jsonb_agg(to_jsonb(a)) FROM message_attachments a WHERE a.meeting_note_id = n.id),
+           '[]'::jsonb
+       ) AS attachment_rows
+FROM meeting_notes n
+WHERE n.id = %(note_id)s;
+
+-- name: note_exists
+SELECT id, processing_status FROM meeting_notes WHERE id = %(note_id)s;
+
+-- An audio attachment archived after a transcription that had none: transcribe again.
+-- name: transcription_again
+UPDATE meeting_notes
+SET transcription_status = 'pending', attempts = 0, attempt_stage = NULL, next_attempt_at = NULL,
+    error_details = NULL, updated_at = now()
+WHERE id = %(note_id)s AND processing_status = 'stored' AND transcription_status = 'failed';
 
 -- A failed run that RQ will retry: the row stays 'received' and says why.
 -- name: note_retrying

@@ -18,7 +18,6 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from google.api_core.exceptions import GoogleAPIError
@@ -118,8 +117,7 @@ class _Objects:
 
 
 def _prefix(row: dict[str, Any]) -> str:
-    day: datetime = row["message_created_at"] or row["created_at"]
-    return storage.message_prefix(day, row["chatwoot_message_id"])
+    return storage.note_prefix(row)
 
 
 def erase_user(user_id: str) -> ErasureReport:

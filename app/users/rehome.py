@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from app import context
@@ -37,11 +36,6 @@ class RehomeResult:
     """Messages now recorded in the user's bucket."""
     objects_copied: int = 0
     objects_deleted: int = 0
-
-
-def _message_day(row: Mapping[str, Any]) -> datetime:
-    moment: datetime = row["message_created_at"] or row["created_at"]
-    return moment
 
 
 def _belongs_to(row: Mapping[str, Any], account_id: int, user_id: str, links: set[tuple[str, str]]) -> bool:
@@ -122,7 +116,7 @@ def rehome_messages(account_id: int, user_id: str) -> RehomeResult:
 
 def _move_one(row: Mapping[str, Any], user_id: str, target: Any, result: RehomeResult) -> None:
     source, json_name = storage.parse_gs_uri(row["gcs_storage_path"])
-    prefix = storage.message_prefix(_message_day(row), row["chatwoot_message_id"])
+    prefix = storage.note_prefix(row)
     if source == target.name:
         names: list[str] = []
     else:
@@ -152,7 +146,7 @@ def _move_one(row: Mapping[str, Any], user_id: str, target: Any, result: RehomeR
 
 def _finish_one(row: Mapping[str, Any], source: str, target: Any, result: RehomeResult) -> None:
     """Delete the old copies of a message whose move is recorded (copying any late arrival first)."""
-    prefix = storage.message_prefix(_message_day(row), row["chatwoot_message_id"])
+    prefix = storage.note_prefix(row)
     for name in storage.iter_message_objects(source, prefix):
         if storage.copy_object(source, name, target).created:
             result.objects_copied += 1

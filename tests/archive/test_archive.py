@@ -40,7 +40,8 @@ def bucket_of(user_key: str) -> str:
 # text messages
 
 
-def test_seed_guide_message_is_archived_in_the_account_bucket(run_jobs: Any) -> None:
+def test_seed_guide_message_is_archived_in_the_account_bucket(run_jobs: Any, use_settings: Any) -> None:
+    use_settings(chatwoot_account_id=789)  # the seed guide's account is the installation's
     note_id = ingest(load_fixture("seed_guide_test_message"))
     run_archive(run_jobs)
     row = note(note_id)
@@ -104,16 +105,22 @@ def test_a_job_run_twice_writes_one_object(gcs: Any) -> None:
 
 
 def test_a_rerun_after_a_crash_between_upload_and_commit_finishes(gcs: Any, db: Any) -> None:
-    """The object is there (412 on the second write) and the row still says received."""
+    """The object is there (412 on the second write: the same message) and the row still says received."""
     from app.archive import storage
     from app.archive.jobs import archive_message
 
-    note_id = ingest(text_message(5002), enqueue=False)
+    payload = text_message(5002)
+    note_id = ingest(payload, enqueue=False)
     bucket = storage.ensure_bucket(bucket_of("account_1"))
-    storage.put_json(bucket, "whatsapp-messages/2026-11-20/5002.json", {"written": "before the crash"})
+    earlier = storage.write_json(bucket, "whatsapp-messages/2026-11-20/5002.json", note(note_id)["payload"])
+    generation = gcs.bucket(bucket.name).get_blob("whatsapp-messages/2026-11-20/5002.json").generation
+    assert earlier.created
     assert archive_message(note_id) == "stored"
-    assert note(note_id)["processing_status"] == "stored"
-    assert read_json(bucket.name, "whatsapp-messages/2026-11-20/5002.json") == {"written": "before the crash"}
+    row = note(note_id)
+    assert row["processing_status"] == "stored"
+    assert row["gcs_storage_path"] == f"gs://{bucket.name}/whatsapp-messages/2026-11-20/5002.json"
+    assert gcs.bucket(bucket.name).get_blob("whatsapp-messages/2026-11-20/5002.json").generation == generation
+    assert list(objects(bucket.name)) == ["whatsapp-messages/2026-11-20/5002.json"]
 
 
 def test_a_missing_row_is_nothing_to_do() -> None:
@@ -280,9 +287,10 @@ def test_large_attachment_is_streamed_through_a_temporary_file(
     assert blob.download_as_bytes() == big
 
 
-def test_attachment_that_stays_unavailable_ends_in_error_with_the_json_archived(
+def test_attachment_that_stays_unavailable_never_strands_its_message(
     http: responses.RequestsMock, public_resolver: Any, use_settings: Any, run_jobs: Any
 ) -> None:
+    """After its last attempt the attachment is `unavailable`; the message is stored and goes on."""
     from rq import Retry
 
     from app.jobs import ARCHIVE_MESSAGE, enqueue
@@ -293,13 +301,14 @@ def test_attachment_that_stays_unavailable_ends_in_error_with_the_json_archived(
     enqueue(ARCHIVE_MESSAGE, note_id, retry=Retry(max=1))  # one immediate retry, then final
     run_archive(run_jobs)
     row = note(note_id)
-    assert row["processing_status"] == "error"
+    assert row["processing_status"] == "stored"
     assert row["error_details"] == "attachment 5521 unavailable: not found (404)"
     assert row["gcs_storage_path"] == f"gs://{bucket_of('account_1')}/whatsapp-messages/2026-11-20/9877.json"
     [att] = attachments(note_id)
-    assert att["status"] == "missing" and att["error_details"] == "not found (404)"
+    assert att["status"] == "unavailable" and att["error_details"] == "not found (404)"
     assert list(objects(bucket_of("account_1"))) == ["whatsapp-messages/2026-11-20/9877.json"]
-    assert queued("transcribe") == [] and queued("classify") == []
+    # The voice note goes on: transcription finds no audio and says why, then classification.
+    assert queued("transcribe") == [f"transcribe_{note_id}"]
 
 
 def test_a_failed_attempt_leaves_the_row_retryable(
@@ -318,16 +327,21 @@ def test_a_failed_attempt_leaves_the_row_retryable(
     assert f"archive_{note_id}" in ScheduledJobRegistry("archive", connection=redis_conn).get_job_ids()
 
 
-def test_data_url_off_the_chatwoot_host_is_refused(http: responses.RequestsMock, run_jobs: Any) -> None:
+def test_data_url_off_the_allowed_hosts_is_refused_and_the_message_goes_on(
+    http: responses.RequestsMock, run_jobs: Any
+) -> None:
     payload = voice_note()
     payload["attachments"][0]["data_url"] = "https://attacker.example.net/file.ogg"
     note_id = ingest(payload)
     run_archive(run_jobs)
     row = note(note_id)
-    assert row["processing_status"] == "error"
-    assert row["error_details"] == "attachment 5521 refused: data_url is not on the account's Chatwoot host"
-    assert attachments(note_id)[0]["status"] == "missing"
+    assert row["processing_status"] == "stored"
+    reason = "data_url host attacker.example.net is not Chatwoot's nor an allowed media host"
+    assert row["error_details"] == f"attachment 5521 unavailable: {reason}"
+    [att] = attachments(note_id)
+    assert att["status"] == "unavailable" and att["error_details"] == reason
     assert len(http.calls) == 0
+    assert queued("transcribe") == [f"transcribe_{note_id}"]
 
 
 def test_redirect_to_a_private_address_is_refused(
@@ -338,8 +352,9 @@ def test_redirect_to_a_private_address_is_refused(
     note_id = ingest(voice_note())
     run_archive(run_jobs)
     row = note(note_id)
-    assert row["processing_status"] == "error"
+    assert row["processing_status"] == "stored"
     assert "non-public address" in row["error_details"]
+    assert attachments(note_id)[0]["status"] == "unavailable"
     assert len(http.calls) == 1  # the storage host was never asked
 
 
@@ -422,6 +437,9 @@ def test_webhook_to_archive(
         assert f"whatsapp-messages/{payload['created_at'][:10]}/{payload['id']}.json" in account_1
     assert "whatsapp-messages/2026-11-20/9877/5521.ogg" in account_1
     assert any(n.endswith("/5530.jpg") for n in account_1)
-    assert list(objects(bucket_of("account_789"))) == ["whatsapp-messages/2025-01-30/test-message-123.json"]
+    # Account 789 is not the installation's (CHATWOOT_ACCOUNT_ID=1): its account id is in the name.
+    assert list(objects(bucket_of("account_789"))) == [
+        "whatsapp-messages/accounts/789/2025-01-30/test-message-123.json"
+    ]
     # One object per message and attachment, whatever was delivered twice.
     assert len(account_1) == len([p for p in messages if p["account"]["id"] == 1]) + 2

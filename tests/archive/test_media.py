@@ -101,7 +101,7 @@ def test_data_url_must_be_on_the_accounts_chatwoot(
         "http://chat.example.com/rails/active_storage/blobs/redirect/x/a.ogg",  # not the configured scheme/port
         "https://chat.example.com:8443/rails/active_storage/blobs/redirect/x/a.ogg",
     ):
-        with pytest.raises(media.AttachmentRefused, match="Chatwoot host"):
+        with pytest.raises(media.AttachmentRefused, match="not Chatwoot's nor an allowed media host"):
             media.download(url, 1)
     # An account with its own Chatwoot: its host, not the environment's.
     accounts.upsert(7, name="Other", base_url="https://support.example.org")
@@ -113,19 +113,20 @@ def test_data_url_must_be_on_the_accounts_chatwoot(
     assert len(http.calls) == 1
 
 
-def test_without_a_chatwoot_base_url_only_public_hosts(
+def test_without_a_chatwoot_base_url_only_the_allowed_media_hosts(
     http: responses.RequestsMock, public_resolver: Any, use_settings: Any
 ) -> None:
     from app.archive import media
     from app.chatwoot import accounts
 
-    use_settings(chatwoot_base_url="")
+    use_settings(chatwoot_base_url="", media_allowed_hosts=("*.example-cdn.com",))
     accounts.forget_cached()
     http.add(responses.GET, storage_url(1, "a.ogg"), body=OGG, content_type="audio/ogg")
     with media.download(storage_url(1, "a.ogg"), 1) as file:
         assert file.size == len(OGG)
-    with pytest.raises(media.AttachmentRefused):
-        media.download("http://127.0.0.1:5000/x.ogg", 1)
+    for refused in ("http://127.0.0.1:5000/x.ogg", "https://elsewhere.example.org/x.ogg"):
+        with pytest.raises(media.AttachmentRefused):
+            media.download(refused, 1)
 
 
 def test_too_many_redirects(http: responses.RequestsMock) -> None:

@@ -385,7 +385,10 @@ def soft_delete_gcs(use_settings: Any) -> Iterator[Any]:
     server = create_server("127.0.0.1", port, in_memory=True)
     server.start()
     try:
-        yield use_settings(storage_emulator_host=f"http://127.0.0.1:{port}")
+        # Buckets made with soft delete on (an older version, or the operator's choice).
+        yield use_settings(
+            storage_emulator_host=f"http://127.0.0.1:{port}", soft_delete_retention_seconds=7 * 86400
+        )
     finally:
         context.gcs()._http.close()  # its keep-alive connections would hold the server's shutdown
         server.stop()
