@@ -65,6 +65,10 @@ OWN_ACCOUNT = 7
 OWN_SECRET = "account-seven-fault-test-secret"
 FORGED = 40
 """Deliveries for account 7 signed with the environment's secret: never to be stored."""
+MESSAGE_JSON = re.compile(r"whatsapp-messages/(?:accounts/\d+/)?\d{4}-\d{2}-\d{2}/[^/]+\.json$")
+"""A message's JSON object, for the default account or (under accounts/<id>/) another one."""
+MESSAGE_FILE = re.compile(r"whatsapp-messages/(?:accounts/\d+/)?\d{4}-\d{2}-\d{2}/[^/]+/[^/]+$")
+"""A file beside a message's JSON (an attachment here: no transcript or update in this test)."""
 IMAGE_BYTES = b"\xff\xd8\xff\xe0" + b"fault-test-image" * 64
 
 
@@ -612,9 +616,9 @@ def test_nothing_lost_nothing_twice_under_faults(  # noqa: PLR0917 (fixtures)
             for blob in client.list_blobs(bucket.name, prefix="whatsapp-messages/")
         ]
         json_objects = Counter(
-            name.rsplit("/", 1)[1].removesuffix(".json") for _, name in objects if name.count("/") == 2
+            name.rsplit("/", 1)[1].removesuffix(".json") for _, name in objects if MESSAGE_JSON.match(name)
         )
-        file_objects = [name for _, name in objects if name.count("/") == 3]
+        file_objects = [name for _, name in objects if MESSAGE_FILE.match(name)]
 
         expected_ids = {str(p["id"]) for p in payloads}
         stored_ids = {r[0] for r in rows}

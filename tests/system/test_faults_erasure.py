@@ -31,6 +31,7 @@ import requests
 from tests.helpers.admin import AUTH
 from tests.helpers.common import WEBHOOK_SECRET, base_environ, sign
 from tests.system.test_faults import (  # noqa: F401 (private_gcs is a fixture)
+    MESSAGE_JSON,
     ChatwootStub,
     Processes,
     Sent,
@@ -293,7 +294,7 @@ def test_an_erased_user_stays_erased_while_writing(
                 dsn, "SELECT chatwoot_message_id FROM meeting_notes WHERE processing_status = 'stored'"
             )
         }
-        json_ids = {_message_id(n) for _, n in objects if n.count("/") == 2}
+        json_ids = {_message_id(n) for _, n in objects if MESSAGE_JSON.match(n)}
         lost = sorted(others - (stored_ids & json_ids))
         resurrected = len(rows) + len(theirs) + int(buckets[ERASED_USER] in all_buckets)
         tombstoned = [s for s in sent.statuses if s.startswith("200 ignored")]
