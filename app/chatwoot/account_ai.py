@@ -316,6 +316,8 @@ def save(account_id: int, data: dict[str, Any]) -> dict[str, Any]:
 
     Raises ValidationError (each message naming its field) or accounts.SecretsKeyMissing."""
     body: dict[str, Any] = AIBody().load(data)
+    if not body:
+        raise ValidationError({"_schema": ["give at least one setting (null clears one)"]})
     database = context.db()
     stored = database.fetch_one("account_ai.ai_settings_get", {"account_id": account_id})
     _check_together(body, stored, context.settings())

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from app.chatwoot import account_ai
 from tests.helpers.admin import AUTH, assert_absent, sql
@@ -181,6 +183,9 @@ def test_not_json_and_out_of_range_accounts(client: Any, keyed: Any) -> None:
         client.put("/admin/accounts/7/ai", data="x", headers=AUTH, content_type="text/plain").status_code
         == 415
     )
+    assert put(client, 7, {}).get_json()["detail"] == {
+        "_schema": ["give at least one setting (null clears one)"]
+    }
     assert put(client, 2**31, {"reply_language": "pt"}).status_code == 404
     assert put(client, 0, {"reply_language": "pt"}).status_code == 404
 
@@ -264,3 +269,26 @@ def test_cli_sets_shows_clears_and_deletes_without_printing_keys(runner: Any, ke
     assert json.loads(result.output.split("in force:", 1)[1])["transcription"]["provider"] == "none"
     for output in outputs:
         assert_absent(output, KEY, WRITE_KEY, keyed.secrets_encryption_key)
+
+
+_values = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**40), 2**40)
+    | st.text(max_size=40)
+    | st.lists(st.integers(), max_size=2)
+)
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(body=st.dictionaries(st.sampled_from([*account_ai.COLUMNS, "extra"]), _values, max_size=4))
+def test_no_body_gets_a_5xx(client: Any, keyed: Any, body: dict[str, Any]) -> None:
+    answer = put(client, 7, body)
+    assert answer.status_code in (200, 400, 422), (answer.status_code, answer.get_data()[:300])
+    if answer.status_code != 200:
+        assert answer.get_json()["error"] in ("invalid", "bad_request")
