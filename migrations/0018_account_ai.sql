@@ -30,12 +30,14 @@ CREATE TABLE IF NOT EXISTS account_ai_settings (
 -- What each transcription was, by account: the budget and the cost per account read these.
 -- skip_reason: none (no provider), budget (the month's minutes were spent), english_only (the
 -- model understands English only and the note is in another language). avg_logprob and
--- no_speech_prob are the model's confidence (local provider), low_confidence when under
--- Whisper's own thresholds.
+-- no_speech_prob are the model's confidence (local provider), decode_temperature the highest
+-- sampling temperature its decoder fell back to (0: its first reading passed Whisper's own
+-- thresholds), low_confidence when any of them says the transcript is doubtful.
 ALTER TABLE transcriptions ADD COLUMN IF NOT EXISTS chatwoot_account_id integer;
 ALTER TABLE transcriptions ADD COLUMN IF NOT EXISTS skip_reason text;
 ALTER TABLE transcriptions ADD COLUMN IF NOT EXISTS avg_logprob numeric(8, 4);
 ALTER TABLE transcriptions ADD COLUMN IF NOT EXISTS no_speech_prob numeric(6, 4);
+ALTER TABLE transcriptions ADD COLUMN IF NOT EXISTS decode_temperature numeric(4, 2);
 ALTER TABLE transcriptions ADD COLUMN IF NOT EXISTS low_confidence boolean NOT NULL DEFAULT false;
 
 UPDATE transcriptions t

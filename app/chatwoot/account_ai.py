@@ -66,6 +66,11 @@ OPENAI_ORIGIN = "https://api.openai.com"
 SET = "(set)"
 
 
+class KeysUnreadable(Exception):
+    """The account's stored keys cannot be decrypted: SECRETS_ENCRYPTION_KEY lost the key they
+    were written with (keep the old key after the new one while rotating it)."""
+
+
 def _column(name: str) -> str:
     return f"{name}_enc" if name in KEY_FIELDS else name
 
@@ -119,7 +124,12 @@ def resolve(account_id: int, row: dict[str, Any] | None, env: Settings) -> Accou
             reply_language=env.default_language,
             budget_minutes=env.transcription_monthly_minutes,
         )
-    keys = {p: decrypt(row.get(f"{p}_api_key_enc"), env) for p in PURPOSES}
+    try:
+        keys = {p: decrypt(row.get(f"{p}_api_key_enc"), env) for p in PURPOSES}
+    except (InvalidToken, SecretsKeyMissing):
+        raise KeysUnreadable(
+            f"the AI keys of account {account_id} cannot be decrypted with SECRETS_ENCRYPTION_KEY"
+        ) from None
     budget = row.get("transcription_budget_minutes")
     return AccountAI(
         account_id=account_id,
@@ -367,8 +377,8 @@ def in_force(account_id: int, row: dict[str, Any] | None) -> dict[str, Any]:
     env = context.settings()
     try:
         ai = resolve(account_id, row, env)
-    except (InvalidToken, SecretsKeyMissing):
-        return {"error": "the stored keys cannot be decrypted with SECRETS_ENCRYPTION_KEY"}
+    except KeysUnreadable as exc:
+        return {"error": str(exc)}
     t, c, g = ai.transcription, ai.classification, ai.generation
     provider = t.effective_transcription_provider
     transcription: dict[str, Any] = {"provider": provider}

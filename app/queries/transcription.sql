@@ -89,16 +89,16 @@ WHERE id = %(id)s AND transcription_status = 'pending';
 INSERT INTO transcriptions (meeting_note_id, chatwoot_account_id, status, provider, model, language,
                             audio_seconds, provider_seconds, pieces, provider_calls, cost_per_minute,
                             estimated_cost, gcs_storage_path, error_details, skip_reason, avg_logprob,
-                            no_speech_prob, low_confidence)
+                            no_speech_prob, decode_temperature, low_confidence)
 VALUES (%(id)s, %(account_id)s, %(status)s, %(provider)s, %(model)s, %(language)s, %(audio_seconds)s,
         %(provider_seconds)s, %(pieces)s, %(provider_calls)s, %(cost_per_minute)s,
         %(estimated_cost)s, %(gcs_storage_path)s, %(error_details)s, %(skip_reason)s,
-        %(avg_logprob)s, %(no_speech_prob)s, %(low_confidence)s)
+        %(avg_logprob)s, %(no_speech_prob)s, %(decode_temperature)s, %(low_confidence)s)
 ON CONFLICT (meeting_note_id) DO UPDATE
 SET status = EXCLUDED.status, provider = EXCLUDED.provider, model = EXCLUDED.model,
     chatwoot_account_id = EXCLUDED.chatwoot_account_id, skip_reason = EXCLUDED.skip_reason,
     avg_logprob = EXCLUDED.avg_logprob, no_speech_prob = EXCLUDED.no_speech_prob,
-    low_confidence = EXCLUDED.low_confidence,
+    decode_temperature = EXCLUDED.decode_temperature, low_confidence = EXCLUDED.low_confidence,
     language = EXCLUDED.language, audio_seconds = EXCLUDED.audio_seconds,
     provider_seconds = EXCLUDED.provider_seconds, pieces = EXCLUDED.pieces,
     provider_calls = transcriptions.provider_calls + EXCLUDED.provider_calls,
@@ -110,7 +110,7 @@ WHERE transcriptions.status <> 'done';
 -- name: get_record
 SELECT meeting_note_id, status, provider, model, language, audio_seconds, provider_seconds, pieces,
        provider_calls, cost_per_minute, estimated_cost, gcs_storage_path, error_details, skip_reason,
-       avg_logprob, no_speech_prob, low_confidence, created_at
+       avg_logprob, no_speech_prob, decode_temperature, low_confidence, created_at
 FROM transcriptions
 WHERE meeting_note_id = %(id)s;
 

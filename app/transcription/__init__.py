@@ -47,6 +47,9 @@ class TranscriptionResult:
     no_speech_prob: float | None = None
     """The model's belief that the audio holds no speech, in the segment where it is highest
     (local provider; doubtful above 0.6)."""
+    temperature: float | None = None
+    """The highest sampling temperature the decoder fell back to: above 0, its first, greedy
+    reading failed Whisper's own checks and the words kept are a random draw (local provider)."""
 
 
 class TranscriptionError(Exception):

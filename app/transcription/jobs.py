@@ -90,6 +90,7 @@ class Outcome:
     """Why a note was skipped: none (no provider), budget, english_only."""
     avg_logprob: float | None = None
     no_speech_prob: float | None = None
+    temperature: float | None = None
 
 
 def transcribe_message(note_id: int) -> str:
@@ -185,7 +186,10 @@ def _chatwoot_transcript(note: dict[str, Any]) -> Outcome | None:
 
 
 def _transcribe_audio(note: dict[str, Any]) -> Outcome | None:
-    ai = account_ai.for_account(int(note["chatwoot_account_id"]))
+    try:
+        ai = account_ai.for_account(int(note["chatwoot_account_id"]))
+    except account_ai.KeysUnreadable as exc:
+        return _failed(Outcome(status="failed", provider="unknown"), str(exc))
     try:
         provider = get_provider(ai.transcription)
     except TranscriptionError as exc:
@@ -224,7 +228,7 @@ def _transcribe_audio(note: dict[str, Any]) -> Outcome | None:
     outcome = Outcome(status="done", provider=provider.name, model=provider.model)
     texts: list[str] = []
     seconds: list[float] = []
-    sureness: list[tuple[float, float]] = []
+    sureness: list[tuple[float, float, float]] = []
     try:
         with tempfile.TemporaryDirectory(prefix="transcribe-") as tmp:
             workdir = Path(tmp)
@@ -247,7 +251,9 @@ def _transcribe_audio(note: dict[str, Any]) -> Outcome | None:
                     if result.audio_seconds:
                         piece_seconds.append(result.audio_seconds)
                     if result.avg_logprob is not None and result.no_speech_prob is not None:
-                        sureness.append((result.avg_logprob, result.no_speech_prob))
+                        sureness.append(
+                            (result.avg_logprob, result.no_speech_prob, result.temperature or 0.0)
+                        )
                 texts.append(" ".join(t for t in piece_texts if t))
                 whole = sum(piece_seconds) if len(pieces) == len(piece_seconds) else audio.duration(local)
                 if whole:
@@ -261,8 +267,9 @@ def _transcribe_audio(note: dict[str, Any]) -> Outcome | None:
     outcome.text = "\n\n".join(t for t in texts if t)
     outcome.audio_seconds = round(sum(seconds), 3) if seconds else None
     if sureness:  # the weakest piece speaks for the note
-        outcome.avg_logprob = min(p for p, _ in sureness)
-        outcome.no_speech_prob = max(q for _, q in sureness)
+        outcome.avg_logprob = min(p for p, _, _ in sureness)
+        outcome.no_speech_prob = max(q for _, q, _ in sureness)
+        outcome.temperature = max(t for _, _, t in sureness)
     return outcome
 
 
@@ -436,7 +443,10 @@ def _finish(note: dict[str, Any], outcome: Outcome) -> bool:
                 "skip_reason": outcome.skip_reason,
                 "avg_logprob": outcome.avg_logprob,
                 "no_speech_prob": outcome.no_speech_prob,
-                "low_confidence": confidence.low(outcome.avg_logprob, outcome.no_speech_prob),
+                "decode_temperature": outcome.temperature,
+                "low_confidence": confidence.low(
+                    outcome.avg_logprob, outcome.no_speech_prob, outcome.temperature
+                ),
                 "status": outcome.status,
                 "provider": outcome.provider,
                 "model": outcome.model,

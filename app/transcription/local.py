@@ -104,14 +104,15 @@ class LocalProvider:
 
 
 def confidence(segments: list[Any]) -> dict[str, float | None]:
-    """How sure the model was, from its weakest part: the lowest avg_logprob and the highest
-    no_speech_prob of its segments (a note half in a language the model does not know scores
-    well on the half it knows)."""
+    """How sure the model was, from its weakest part: the lowest avg_logprob, the highest
+    no_speech_prob and the highest fallback temperature of its segments (a note half in a
+    language the model does not know scores well on the half it knows)."""
     if not segments:
-        return {"avg_logprob": None, "no_speech_prob": None}
+        return {"avg_logprob": None, "no_speech_prob": None, "temperature": None}
     return {
         "avg_logprob": round(min(float(s.avg_logprob) for s in segments), 4),
         "no_speech_prob": round(max(float(s.no_speech_prob) for s in segments), 4),
+        "temperature": max(float(s.temperature or 0.0) for s in segments),
     }
 
 
