@@ -23,6 +23,8 @@ from app.chatwoot import templates
 ENVIRONMENTS = ("development", "production")
 TRANSCRIPTION_PROVIDERS = ("openai", "local", "none")
 GENERATION_PROVIDERS = ("openai", "external")
+REPLY_LANGUAGES = ("en", "pt", "es")
+"""Languages the service writes its replies in (app.orders.i18n holds the texts)."""
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEFAULT_BUCKET_HASH_SECRET = "dev-bucket-hash-secret"  # noqa: S105 (refused in production)
 DEFAULT_SECRET_KEY = "dev-secret-key"  # noqa: S105 (refused in production)
@@ -182,6 +184,14 @@ def model_directory(name: str, raw: str) -> str:
     if not Path(raw).is_dir():
         raise ConfigError(f"{name}: no such model directory {raw!r}")
     return raw
+
+
+def language_code(name: str, raw: str) -> str:
+    """An ISO 639-1 language code such as `pt` (Whisper's language hint)."""
+    value = raw.strip().lower()
+    if not re.fullmatch(r"[a-z]{2}", value):
+        raise ConfigError(f"{name}: expected a two-letter language code such as en, pt or es, got {raw!r}")
+    return value
 
 
 def digits(name: str, raw: str) -> str:
@@ -679,6 +689,21 @@ class Settings:
         section=OPENAI,
         parse=integer(1024),
     )
+    transcription_language: str = setting(
+        "TRANSCRIPTION_LANGUAGE",
+        "",
+        "Language voice notes are spoken in when the user's is unknown (pt, es...); an English-only local model skips notes in another.",
+        section=OPENAI,
+        parse=language_code,
+        example="pt",
+    )
+    transcription_monthly_minutes: int = setting(
+        "TRANSCRIPTION_MONTHLY_MINUTES",
+        0,
+        "Audio minutes transcribed per account and calendar month (UTC) before voice notes are kept untranscribed; 0: no limit.",
+        section=OPENAI,
+        parse=integer(0),
+    )
 
     # --- Orders
     classifier_model: str = setting(
@@ -714,6 +739,13 @@ class Settings:
         "A message that may be a request for content gets one yes/no question; false keeps it as a note.",
         section=ORDERS,
         parse=boolean,
+    )
+    default_language: str = setting(
+        "DEFAULT_LANGUAGE",
+        "en",
+        "Language of replies when the user's is not known: en, pt or es.",
+        section=ORDERS,
+        parse=choice(REPLY_LANGUAGES),
     )
 
     # --- Tokens of the main app's API and the admin API
@@ -758,6 +790,13 @@ class Settings:
         "Empty folder where every web and worker process writes its metrics, added up by /metrics (make dev sets .dev/prometheus).",
         section=APIS,
         example="/run/meeting-notes/metrics",
+    )
+    metrics_top_accounts: int = setting(
+        "METRICS_TOP_ACCOUNTS",
+        20,
+        'Accounts that get a label of their own in the per-account metrics (the busiest); the rest add up as account="other".',
+        section=APIS,
+        parse=integer(1),
     )
 
     # --- Workers

@@ -6,7 +6,12 @@ writes its samples there and `/metrics` adds them up; without it, each process c
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 from prometheus_client import Counter, Histogram
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 WEBHOOKS = Counter(
     "meeting_notes_webhooks_total",
@@ -43,6 +48,20 @@ TRANSCRIPTION_PROVIDER_SECONDS = Histogram(
     buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
 
+ACCOUNT_AUDIO_SECONDS = Counter(
+    "meeting_notes_account_audio_seconds_total",
+    "Seconds of audio transcribed, by Chatwoot account and provider (the busiest accounts by"
+    " name, the rest as account=other).",
+    ["account", "provider"],
+)
+
+ACCOUNT_PROVIDER_CALLS = Counter(
+    "meeting_notes_account_provider_calls_total",
+    "Calls to AI providers, by Chatwoot account, purpose (transcription, classification,"
+    " generation) and provider (the busiest accounts by name, the rest as account=other).",
+    ["account", "purpose", "provider"],
+)
+
 NOTICES = Counter(
     "meeting_notes_notices_total",
     "Messages sent to users through Chatwoot, by kind and result (sent, failed, not_sent).",
@@ -69,3 +88,55 @@ SECURITY_ALERTS = Counter(
 )
 LINK_CODE_ALERTS = SECURITY_ALERTS.labels("link_codes")
 ADMIN_SIGN_IN_ALERTS = SECURITY_ALERTS.labels("admin_sign_in")
+
+
+# ---------------------------------------------------------------------------------------------
+# per-account series, bounded when scraped
+
+ACCOUNT_FAMILIES = frozenset({"meeting_notes_account_audio_seconds", "meeting_notes_account_provider_calls"})
+"""Families labelled by account: each process counts every account it serves; a scrape keeps the
+busiest by name and adds up the rest as `other` (AccountsBounded)."""
+OTHER = "other"
+
+
+def account_label(account_id: Any) -> str:
+    return str(int(account_id)) if account_id is not None else OTHER
+
+
+class AccountsBounded(Collector):
+    """Another collector's metrics, with at most `top` account labels per per-account family.
+
+    An account's rank is its total in that family since the processes started (the sum over
+    every other label), so a busy account keeps its own series; when a newcomer overtakes one,
+    `other` loses what the newcomer brings with it (Prometheus reads that as a counter reset)."""
+
+    def __init__(self, inner: Collector, top: int):
+        self.inner = inner
+        self.top = max(1, top)
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.inner.collect():
+            yield bounded(family, self.top) if family.name in ACCOUNT_FAMILIES else family
+
+
+def bounded(family: Metric, top: int) -> Metric:
+    totals: dict[str, float] = {}
+    for sample in family.samples:
+        if sample.name.endswith("_total"):
+            account = sample.labels.get("account", OTHER)
+            totals[account] = totals.get(account, 0.0) + sample.value
+    ranked = sorted((a for a in totals if a != OTHER), key=lambda a: (-totals[a], a))
+    kept = set(ranked[:top])
+    merged: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for sample in family.samples:
+        account = sample.labels.get("account", OTHER)
+        if account not in kept:
+            if not sample.name.endswith("_total"):
+                continue  # `_created` of an account folded into `other`: no single time
+            account = OTHER
+        labels = tuple(sorted({**sample.labels, "account": account}.items()))
+        merged[(sample.name, labels)] = merged.get((sample.name, labels), 0.0) + sample.value
+    out = Metric(family.name, family.documentation, family.type, family.unit)
+    for (name, labels), value in sorted(merged.items()):
+        out.add_sample(name, dict(labels), value)
+    return out

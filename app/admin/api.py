@@ -384,3 +384,52 @@ def users_reconsent(user_id: str) -> Any:
         raise NotFound(f"no erasure holds for user {user_id!r}")
     log.info("erasure lifted by re-consent", extra={"contacts_released": lifted["contacts_released"]})
     return jsonify(lifted)
+
+
+# ----------------------------------------------------------------------------------------------
+# each account's own AI (app/chatwoot/account_ai.py): keys are write-only, shown as "(set)"
+
+
+@bp.get("/accounts/ai")
+def accounts_ai_index() -> Any:
+    from app.chatwoot import account_ai
+
+    return jsonify(accounts=account_ai.list_views())
+
+
+@bp.get("/accounts/<int:account_id>/ai")
+def accounts_ai_show(account_id: int) -> Any:
+    from app.chatwoot import account_ai
+
+    view = account_ai.get_view(account_id) if 1 <= account_id <= INT32_MAX else None
+    if view is None:
+        raise NotFound(f"account {account_id} has no AI settings of its own (it uses the environment's)")
+    return jsonify(view)
+
+
+@bp.put("/accounts/<int:account_id>/ai")
+def accounts_ai_set(account_id: int) -> Any:
+    """Some of an account's AI settings: a field left out keeps its value, null clears it."""
+    from app.chatwoot import account_ai, accounts
+
+    if not 1 <= account_id <= INT32_MAX:
+        raise NotFound(f"no account {account_id}")
+    body = json_body()
+    try:
+        view = account_ai.save(account_id, body)
+    except accounts.SecretsKeyMissing:
+        return error_response(
+            409, "secrets_key_missing", "set SECRETS_ENCRYPTION_KEY before storing an account's keys"
+        )
+    log.info("account AI settings saved", extra={"account_id": account_id, "fields": sorted(body)})
+    return jsonify(view)
+
+
+@bp.delete("/accounts/<int:account_id>/ai")
+def accounts_ai_delete(account_id: int) -> Any:
+    from app.chatwoot import account_ai
+
+    if not (1 <= account_id <= INT32_MAX and account_ai.delete(account_id)):
+        raise NotFound(f"account {account_id} has no AI settings of its own")
+    log.info("account AI settings deleted", extra={"account_id": account_id})
+    return jsonify(chatwoot_account_id=account_id, deleted=True)

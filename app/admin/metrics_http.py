@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 
 from app import context
 from app.errors import error_response
-from app.metrics import REQUEST_LATENCY
+from app.metrics import REQUEST_LATENCY, AccountsBounded
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +84,15 @@ def multiprocess_dir() -> str | None:
 def scrape() -> bytes:
     """Every metric of the service, in the text format."""
     registry = CollectorRegistry(auto_describe=False)
+    samples: Collector
     if multiprocess_dir():
         from prometheus_client import multiprocess
 
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        samples = multiprocess.MultiProcessCollector(None)  # type: ignore[no-untyped-call]
     else:
-        registry.register(_ProcessRegistry())
+        samples = _ProcessRegistry()
+    # Per-account series: the busiest accounts by name, the rest as account="other".
+    registry.register(AccountsBounded(samples, context.settings().metrics_top_accounts))
     registry.register(QueueDepthCollector())
     return generate_latest(registry)
 

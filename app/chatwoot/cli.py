@@ -12,7 +12,7 @@ from flask import Flask
 from flask.cli import AppGroup
 from marshmallow import ValidationError
 
-from app.chatwoot import accounts
+from app.chatwoot import account_ai, accounts
 from app.cli import fail, print_table
 
 accounts_cli = AppGroup(
@@ -199,6 +199,106 @@ def chatwoot_check(account_ids: tuple[int, ...]) -> None:
         failed = failed or result.state == check.FAIL
     if failed:
         raise fail("Chatwoot is not wired for sending: see above")
+
+
+# ---------------------------------------------------------------------------------------------
+# `flask accounts ai ...`: each account's own AI (app/chatwoot/account_ai.py)
+
+ai_cli = AppGroup("ai", help="An account's own AI: providers, servers, keys, models, languages, budget.")
+accounts_cli.add_command(ai_cli)
+
+_AI_OPTIONS = (
+    ("transcription_provider", "openai, local or none."),
+    ("transcription_base_url", "OpenAI-compatible server for transcription (Groq, speaches...)."),
+    ("transcription_model", "Transcription model of the openai provider (whisper-1, whisper-large-v3...)."),
+    ("transcription_language", "Language the account's voice notes are spoken in (pt, es...)."),
+    ("local_whisper_model", "faster-whisper model directory of the local provider (absolute path)."),
+    ("classification_provider", "openai or rules."),
+    ("classification_base_url", "OpenAI-compatible server for the classifier model."),
+    ("classification_model", "Chat model that classifies messages."),
+    ("generation_provider", "openai or external."),
+    ("generation_base_url", "OpenAI-compatible server for drafting."),
+    ("generation_model", "Chat model that drafts content."),
+    ("reply_language", "Language of replies when the user's is not known: en, pt or es."),
+)
+
+
+def _ai_options(command: Any) -> Any:
+    for name, text in reversed(_AI_OPTIONS):
+        command = click.option(f"--{name.replace('_', '-')}", name, help=text)(command)
+    return command
+
+
+@ai_cli.command("show")
+@click.argument("account_id", type=click.IntRange(1, 2**31 - 1), required=False)
+def ai_show(account_id: int | None) -> None:
+    """The AI settings of one account (with what is in force), or of every account that has
+    some; keys are shown only as (set)."""
+    if account_id is None:
+        rows = [{k: v for k, v in view.items() if k != "in_force"} for view in account_ai.list_views()]
+        click.echo(print_table(rows))
+        return
+    view = account_ai.get_view(account_id)
+    if view is None:
+        click.echo(f"account {account_id} has no AI settings of its own; in force:")
+        click.echo(json.dumps(account_ai.in_force(account_id, None), indent=2))
+        return
+    click.echo(json.dumps(view, indent=2, default=str))
+
+
+@ai_cli.command("set")
+@click.argument("account_id", type=click.IntRange(1, 2**31 - 1))
+@_ai_options
+@click.option(
+    "--transcription-budget-minutes",
+    "transcription_budget_minutes",
+    type=click.IntRange(0, 10_000_000),
+    help="Audio minutes transcribed per calendar month (UTC); 0: no limit.",
+)
+@click.option(
+    "--transcription-api-key", "ask_transcription_key", is_flag=True, help="Read the transcription key."
+)
+@click.option(
+    "--classification-api-key", "ask_classification_key", is_flag=True, help="Read the classifier's key."
+)
+@click.option("--generation-api-key", "ask_generation_key", is_flag=True, help="Read the drafting key.")
+@click.option(
+    "--clear",
+    "clear",
+    multiple=True,
+    metavar="FIELD",
+    help="Go back to the environment's setting for FIELD (repeatable), such as transcription_api_key.",
+)
+def ai_set(*, account_id: int, clear: tuple[str, ...], **options: Any) -> None:
+    """Set some of an account's AI settings; the others keep their value. Keys are read from
+    stdin (one line each, in the order transcription, classification, generation) or a hidden
+    prompt, never from the command line."""
+    body: dict[str, Any] = {k: v for k, v in options.items() if v is not None and not k.startswith("ask_")}
+    for purpose in account_ai.PURPOSES:
+        if options[f"ask_{purpose}_key"]:
+            body[f"{purpose}_api_key"] = _secret(f"{purpose.capitalize()} API key")
+    for name in clear:
+        if name not in account_ai.COLUMNS:
+            raise click.UsageError(f"--clear {name}: not a setting; one of {', '.join(account_ai.COLUMNS)}")
+        body[name] = None
+    if not body:
+        raise click.UsageError("nothing to set: give an option, or --clear FIELD")
+    try:
+        view = account_ai.save(account_id, body)
+    except ValidationError as exc:
+        raise fail(json.dumps(exc.messages)) from None
+    except accounts.SecretsKeyMissing:
+        raise fail("set SECRETS_ENCRYPTION_KEY before storing an account's keys") from None
+    click.echo(json.dumps(view, indent=2, default=str))
+
+
+@ai_cli.command("delete")
+@click.argument("account_id", type=click.IntRange(1, 2**31 - 1))
+def ai_delete(account_id: int) -> None:
+    """Forget an account's AI settings: its next jobs use the environment's."""
+    if not account_ai.delete(account_id):
+        raise fail(f"account {account_id} has no AI settings of its own")
+    click.echo(f"account {account_id}: AI settings deleted; it now uses the environment's")
 
 
 def register(app: Flask) -> None:

@@ -18,12 +18,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from app import context
-from app.chatwoot import accounts, outbox, payloads
+from app.chatwoot import account_ai, accounts, outbox, payloads
 from app.chatwoot import client as chatwoot
 from app.db import DatabaseUnavailable, queries
-from app.metrics import JOBS
+from app.metrics import ACCOUNT_PROVIDER_CALLS, JOBS, account_label
 from app.orders import clarify as orders
 from app.orders import commands, confirm, i18n, rules
+from app.transcription import confidence
 from app.users import contacts as users
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,8 @@ def _give_up(note_id: int, reason: str) -> None:
         return
     text = _text(note)
     if text and commands.parse(text) is None and rules.looks_like_order(text):
-        language = i18n.language_or_default(i18n.detect_language(text))
+        account_language = account_ai.for_account(int(note["chatwoot_account_id"])).reply_language
+        language = i18n.language_or_default(i18n.detect_language(text) or account_language)
         outbox.record_and_enqueue(
             int(note["chatwoot_account_id"]),
             int(note["chatwoot_conversation_id"]),
@@ -135,8 +137,9 @@ def _text(note: dict[str, Any]) -> str:
     return content or transcript
 
 
-def build_turn(note: dict[str, Any]) -> orders.Turn:
-    """The message with its conversation (recorded or refreshed) and the language to answer in."""
+def build_turn(note: dict[str, Any], default_language: str | None = None) -> orders.Turn:
+    """The message with its conversation (recorded or refreshed) and the language to answer in
+    (the account's default when nothing tells the user's)."""
     database = context.db()
     message = _message(note)
     account_id = int(note["chatwoot_account_id"])
@@ -165,7 +168,9 @@ def build_turn(note: dict[str, Any]) -> orders.Turn:
     )
     assert conv is not None
     mapping = database.fetch_one("users.user_get", {"user_id": user_id}) if user_id else None
-    language = i18n.language_or_default((mapping or {}).get("language") or detected or conv.get("language"))
+    language = i18n.language_or_default(
+        (mapping or {}).get("language") or detected or conv.get("language") or default_language
+    )
     return orders.Turn(
         note_id=int(note["id"]),
         account_id=account_id,
@@ -196,7 +201,8 @@ def handle(note_id: int) -> str | None:
     if not _processable(note) or note["chatwoot_conversation_id"] is None:
         database.fetch_one("orders.note_classified", {"id": note_id, "status": "not_needed", "kind": None})
         return None
-    turn = build_turn(note)
+    ai = account_ai.for_account(int(note["chatwoot_account_id"]))  # the account's own AI, once
+    turn = build_turn(note, ai.reply_language)
     # A question the contact never saw is not waiting for this message.
     orders.hold_if_undelivered(turn)
     command = commands.parse(turn.text)
@@ -205,7 +211,16 @@ def handle(note_id: int) -> str | None:
     reply = confirm.as_reply(turn) if command is None and answer is None else None
     found = None
     if command is None and answer is None and reply is None:
-        found = rules.classify_text(turn.text) if turn.text else rules.Classification("note")
+        if turn.text and ai.classifier_model_on:
+            ACCOUNT_PROVIDER_CALLS.labels(account_label(ai.account_id), "classification", "openai").inc()
+        found = (
+            rules.classify_text(turn.text, ai.classification) if turn.text else rules.Classification("note")
+        )
+        if found.kind == "order" and confidence.doubtful(note):
+            # A transcript the speech model was unsure of never makes an order without asking.
+            found = rules.Classification(
+                "note", found.fields, found.subject, via=found.via, unsure=True, reason="doubtful transcript"
+            )
     unsure = found is not None and confirm.should_ask(turn, found, _message(note).can_reply)
 
     effects = orders.Effects()

@@ -12,11 +12,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app import context
+from app.chatwoot import account_ai, outbox
 from app.chatwoot import client as chatwoot
-from app.chatwoot import outbox
 from app.chatwoot.payloads import Contact
+from app.config import Settings
+from app.db import DatabaseUnavailable
 from app.jobs import DELIVER_RETRY_INTERVALS as _DELIVER_INTERVALS
 from app.jobs import GENERATE_RETRY_INTERVALS as _GENERATE_INTERVALS
+from app.metrics import ACCOUNT_PROVIDER_CALLS, account_label
 from app.orders import i18n
 from app.users import contacts as users
 
@@ -45,8 +48,11 @@ class GenerationError(Exception):
     """The provider could not draft the content (worth retrying)."""
 
 
-def provider_name() -> str:
-    return context.settings().effective_generation_provider
+def provider_name(account_id: int | None = None) -> str:
+    """The drafting provider of an account (its own, else the environment's)."""
+    if account_id is None:
+        return context.settings().effective_generation_provider
+    return account_ai.for_account(account_id).generation_provider
 
 
 def _retry(intervals: tuple[int, ...]) -> Any:
@@ -57,8 +63,12 @@ def _retry(intervals: tuple[int, ...]) -> Any:
 
 def schedule(order_id: int) -> None:
     """Start drafting a queued order (openai provider); the external provider waits for the main app."""
-    if provider_name() != "openai":
-        return
+    try:
+        order = context.db().fetch_one("orders.order_get", {"id": order_id})
+        if order is None or provider_name(int(order["chatwoot_account_id"])) != "openai":
+            return
+    except DatabaseUnavailable:
+        pass  # enqueued all the same: the job reads the account's provider again
     from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
     from app.jobs import GENERATE_ORDER, QueueUnavailable, enqueue
@@ -238,11 +248,16 @@ def draft_prompt(order: dict[str, Any], request_text: str | None, notes: list[st
     return [{"role": "system", "content": instructions}, {"role": "user", "content": user}]
 
 
-def draft(order: dict[str, Any], request_text: str | None, notes: list[str]) -> str:
-    """The openai provider: a chat model drafts the content."""
-    settings = context.settings()
+def draft(
+    order: dict[str, Any], request_text: str | None, notes: list[str], settings: Settings | None = None
+) -> str:
+    """The openai provider: a chat model drafts the content (with the order's account's
+    settings when given, else the environment's)."""
+    settings = settings or context.settings()
     if not settings.openai_api_key:
         raise GenerationError("OPENAI_API_KEY is not set")
+    account = account_label(order.get("chatwoot_account_id"))
+    ACCOUNT_PROVIDER_CALLS.labels(account, "generation", "openai").inc()
     try:
         from app.orders.openai_client import chat_client
 
@@ -267,15 +282,20 @@ def requeue_undelivered(older_than: int = 300, limit: int = 200) -> int:
 
 
 def requeue_stalled(older_than: int = 1800, limit: int = 200) -> int:
-    """For the reconciler: orders the openai provider should be drafting but nothing is."""
-    if provider_name() != "openai":
-        return 0
+    """For the reconciler: orders the openai provider should be drafting but nothing is (the
+    provider of each order's account: its own, else the environment's)."""
     from app.jobs import GENERATE_ORDER, QueueUnavailable, enqueue
 
     count = 0
+    providers: dict[int, str] = {}
     for row in context.db().fetch_all(
         "orders.orders_stalled_queued", {"older_than": older_than, "limit": limit}
     ):
+        account_id = int(row["chatwoot_account_id"])
+        if account_id not in providers:
+            providers[account_id] = provider_name(account_id)
+        if providers[account_id] != "openai":
+            continue
         try:
             count += enqueue(GENERATE_ORDER, int(row["id"]), retry=_retry(GENERATE_RETRY_INTERVALS))
         except QueueUnavailable:

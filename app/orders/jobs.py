@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from app import context
+from app.chatwoot import account_ai
 from app.metrics import JOBS
 from app.orders import generation
 
@@ -28,6 +29,9 @@ def generate_order(order_id: int) -> str:
     order = database.fetch_one("orders.order_with_request", {"id": order_id})
     if order is None:
         return "missing"
+    ai = account_ai.for_account(int(order["chatwoot_account_id"]))  # the account's own AI, once
+    if ai.generation_provider != "openai" and order["status"] == "queued":
+        return "external"  # the account's content comes from the main app now
     if order["status"] == "queued":
         moved = database.fetch_one(
             "orders.order_move", {"id": order_id, "to": "generating", "from": ["queued"], "reason": None}
@@ -44,7 +48,9 @@ def generate_order(order_id: int) -> str:
     except Exception as exc:
         return _retry_or_fail(order_id, f"the user's bucket could not be set up ({type(exc).__name__})")
     try:
-        content = generation.draft(order, order.get("request_text"), generation.recent_notes(order))
+        content = generation.draft(
+            order, order.get("request_text"), generation.recent_notes(order), ai.generation
+        )
     except generation.GenerationError as exc:
         return _retry_or_fail(order_id, str(exc))
     if generation.complete(order_id, content, None, "openai") is None:

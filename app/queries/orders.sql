@@ -149,7 +149,7 @@ LIMIT %(limit)s;
 
 -- name: orders_stalled_queued
 -- Orders the openai provider should be drafting but no job is working on.
-SELECT id FROM orders
+SELECT id, chatwoot_account_id FROM orders
 WHERE status IN ('queued', 'generating') AND updated_at < now() - make_interval(secs => %(older_than)s)
 ORDER BY id
 LIMIT %(limit)s;

@@ -78,20 +78,27 @@ SET transcription_status = 'failed', error_details = %(error_details)s, updated_
 WHERE id = %(id)s AND transcription_status = 'pending';
 
 -- name: mark_skipped
+-- With the reason when there is one (budget spent, English-only model); none: no reason.
 UPDATE meeting_notes
-SET transcription_status = 'skipped', updated_at = now()
+SET transcription_status = 'skipped', error_details = coalesce(%(error_details)s, error_details),
+    updated_at = now()
 WHERE id = %(id)s AND transcription_status = 'pending';
 
 -- name: record
 -- What one transcription was and cost. A done row is never replaced.
-INSERT INTO transcriptions (meeting_note_id, status, provider, model, language, audio_seconds,
-                            provider_seconds, pieces, provider_calls, cost_per_minute, estimated_cost,
-                            gcs_storage_path, error_details)
-VALUES (%(id)s, %(status)s, %(provider)s, %(model)s, %(language)s, %(audio_seconds)s,
+INSERT INTO transcriptions (meeting_note_id, chatwoot_account_id, status, provider, model, language,
+                            audio_seconds, provider_seconds, pieces, provider_calls, cost_per_minute,
+                            estimated_cost, gcs_storage_path, error_details, skip_reason, avg_logprob,
+                            no_speech_prob, decode_temperature, low_confidence)
+VALUES (%(id)s, %(account_id)s, %(status)s, %(provider)s, %(model)s, %(language)s, %(audio_seconds)s,
         %(provider_seconds)s, %(pieces)s, %(provider_calls)s, %(cost_per_minute)s,
-        %(estimated_cost)s, %(gcs_storage_path)s, %(error_details)s)
+        %(estimated_cost)s, %(gcs_storage_path)s, %(error_details)s, %(skip_reason)s,
+        %(avg_logprob)s, %(no_speech_prob)s, %(decode_temperature)s, %(low_confidence)s)
 ON CONFLICT (meeting_note_id) DO UPDATE
 SET status = EXCLUDED.status, provider = EXCLUDED.provider, model = EXCLUDED.model,
+    chatwoot_account_id = EXCLUDED.chatwoot_account_id, skip_reason = EXCLUDED.skip_reason,
+    avg_logprob = EXCLUDED.avg_logprob, no_speech_prob = EXCLUDED.no_speech_prob,
+    decode_temperature = EXCLUDED.decode_temperature, low_confidence = EXCLUDED.low_confidence,
     language = EXCLUDED.language, audio_seconds = EXCLUDED.audio_seconds,
     provider_seconds = EXCLUDED.provider_seconds, pieces = EXCLUDED.pieces,
     provider_calls = transcriptions.provider_calls + EXCLUDED.provider_calls,
@@ -102,10 +109,21 @@ WHERE transcriptions.status <> 'done';
 
 -- name: get_record
 SELECT meeting_note_id, status, provider, model, language, audio_seconds, provider_seconds, pieces,
-       provider_calls, cost_per_minute, estimated_cost, gcs_storage_path, error_details, created_at
+       provider_calls, cost_per_minute, estimated_cost, gcs_storage_path, error_details, skip_reason,
+       avg_logprob, no_speech_prob, decode_temperature, low_confidence, created_at
 FROM transcriptions
 WHERE meeting_note_id = %(id)s;
 
 -- name: set_object
 UPDATE transcriptions SET gcs_storage_path = %(path)s, updated_at = now()
 WHERE meeting_note_id = %(id)s;
+
+-- name: account_audio_this_month
+-- Seconds of audio the providers transcribed for one account since the month began (UTC): what
+-- its monthly budget is spent on (Chatwoot's own transcripts cost nothing and do not count).
+SELECT coalesce(sum(audio_seconds), 0) AS audio_seconds
+FROM transcriptions
+WHERE chatwoot_account_id = %(account_id)s
+  AND created_at >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+  AND status = 'done'
+  AND provider <> 'chatwoot';

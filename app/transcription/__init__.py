@@ -5,6 +5,10 @@
 raises `TranscriptionError` (final: retrying cannot help) or `TransientTranscriptionError`
 (rate limited, provider unavailable, timeout: worth another try after a wait).
 
+Each account may have a provider of its own (app/chatwoot/account_ai.py): a worker process keeps
+one provider (and its HTTP client, or its loaded model) per distinct configuration, the
+`PROVIDER_CACHE_SIZE` most recently used, so a thousand accounts do not mean a thousand clients.
+
 Provider modules are imported only when chosen: a web process or an install without
 faster-whisper never imports it.
 """
@@ -12,6 +16,7 @@ faster-whisper never imports it.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -21,6 +26,9 @@ if TYPE_CHECKING:
 
 CHATWOOT = "chatwoot"
 """Provider name recorded when Chatwoot's own transcript is used."""
+PROVIDER_CACHE_SIZE = 32
+"""Providers (one per distinct configuration: server, key, model) a process keeps; the least
+recently used is dropped beyond that."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,15 @@ class TranscriptionResult:
     model: str | None
     provider_seconds: float
     """Time the provider itself took (model load included the first time, for `local`)."""
+    avg_logprob: float | None = None
+    """The model's confidence in its words: the mean log probability of the tokens of its weakest
+    segment (local provider; Whisper's own threshold for a doubtful segment is -1)."""
+    no_speech_prob: float | None = None
+    """The model's belief that the audio holds no speech, in the segment where it is highest
+    (local provider; doubtful above 0.6)."""
+    temperature: float | None = None
+    """The highest sampling temperature the decoder fell back to: above 0, its first, greedy
+    reading failed Whisper's own checks and the words kept are a random draw (local provider)."""
 
 
 class TranscriptionError(Exception):
@@ -58,13 +75,19 @@ class Provider(Protocol):
 
     def transcribe(self, audio_path: Path, *, language: str | None) -> TranscriptionResult: ...
 
+    def english_only(self) -> bool:
+        """Whether the model understands English only (it ignores any other language hint)."""
+        ...
 
-_providers: dict[tuple[object, ...], Provider] = {}
+
+_providers: OrderedDict[tuple[object, ...], Provider] = OrderedDict()
 _lock = threading.Lock()
 
 
 def get_provider(settings: Settings) -> Provider | None:
-    """The provider in force, built once per process and configuration; None for `none`."""
+    """The provider in force, built once per process and configuration (the most recently used
+    PROVIDER_CACHE_SIZE kept); None for `none`. Raises TranscriptionError when it cannot be
+    built (the openai provider without a key)."""
     name = settings.effective_transcription_provider
     if name == "none":
         return None
@@ -86,12 +109,20 @@ def get_provider(settings: Settings) -> Provider | None:
         if found is None:
             found = _build(name, settings)
             _providers[key] = found
+            while len(_providers) > PROVIDER_CACHE_SIZE:
+                _providers.popitem(last=False)
+        else:
+            _providers.move_to_end(key)
         return found
 
 
 def _build(name: str, settings: Settings) -> Provider:
     if name == "openai":
         from app.transcription.openai_provider import OpenAIProvider
+
+        if not settings.openai_api_key:
+            where = settings.openai_base_url or "api.openai.com"
+            raise TranscriptionError(f"the openai provider has no API key for {where}")
 
         return OpenAIProvider(
             api_key=settings.openai_api_key,

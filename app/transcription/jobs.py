@@ -4,8 +4,12 @@
 1. takes the note's transcription lock (a PostgreSQL advisory lock: two runs of the job never
    transcribe the same note at once) and reloads the row; anything but `pending` is finished work;
 2. uses Chatwoot's own transcript when one has arrived (`transcribed_text` in the message or an
-   update of it: provider `chatwoot`, no Whisper call), else the provider in force (`none`:
-   `skipped`); audio over the provider's limit is split into ordered pieces, or refused;
+   update of it: provider `chatwoot`, no Whisper call), else the provider in force for the
+   note's account (its own settings, read once per job, else the environment's; `none`:
+   `skipped`). A note is also `skipped`, with the reason, when the account's monthly budget of
+   audio minutes is spent, or when the model understands English only and the note's language
+   is known to be another; audio over the provider's limit is split into ordered pieces, or
+   refused;
 3. retries 429, 5xx and timeouts with backoff (TRANSCRIPTION_MAX_ATTEMPTS calls per piece, in
    this process: the transcription worker is the only consumer of the provider, so waiting
    here is the back-pressure a rate limit asks for); a 400 or unreadable audio is final;
@@ -36,9 +40,17 @@ from typing import Any
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
 from app import context
+from app.chatwoot import account_ai
 from app.db import DatabaseError, queries
 from app.jobs import CLASSIFY_MESSAGE, QueueUnavailable, enqueue
-from app.metrics import JOBS, TRANSCRIPTION_AUDIO_SECONDS, TRANSCRIPTION_PROVIDER_SECONDS
+from app.metrics import (
+    ACCOUNT_AUDIO_SECONDS,
+    ACCOUNT_PROVIDER_CALLS,
+    JOBS,
+    TRANSCRIPTION_AUDIO_SECONDS,
+    TRANSCRIPTION_PROVIDER_SECONDS,
+    account_label,
+)
 from app.transcription import (
     CHATWOOT,
     Provider,
@@ -46,6 +58,7 @@ from app.transcription import (
     TranscriptionResult,
     TransientTranscriptionError,
     audio,
+    confidence,
     get_provider,
 )
 
@@ -73,6 +86,11 @@ class Outcome:
     provider_calls: int = 0
     error_details: str | None = None
     attachment_ids: list[int] = field(default_factory=list)
+    skip_reason: str | None = None
+    """Why a note was skipped: none (no provider), budget, english_only."""
+    avg_logprob: float | None = None
+    no_speech_prob: float | None = None
+    temperature: float | None = None
 
 
 def transcribe_message(note_id: int) -> str:
@@ -168,10 +186,17 @@ def _chatwoot_transcript(note: dict[str, Any]) -> Outcome | None:
 
 
 def _transcribe_audio(note: dict[str, Any]) -> Outcome | None:
-    settings = context.settings()
-    provider = get_provider(settings)
+    try:
+        ai = account_ai.for_account(int(note["chatwoot_account_id"]))
+    except account_ai.KeysUnreadable as exc:
+        return _failed(Outcome(status="failed", provider="unknown"), str(exc))
+    try:
+        provider = get_provider(ai.transcription)
+    except TranscriptionError as exc:
+        name = ai.transcription.effective_transcription_provider
+        return _failed(Outcome(status="failed", provider=name), str(exc))
     if provider is None:
-        return Outcome(status="skipped", provider="none")
+        return Outcome(status="skipped", provider="none", skip_reason="none")
     attachments: list[dict[str, Any]] = note["audio_attachments"]
     stored = [a for a in attachments if a["status"] == "stored" and a["bucket_name"] and a["object_name"]]
     if not stored:
@@ -191,9 +216,19 @@ def _transcribe_audio(note: dict[str, Any]) -> Outcome | None:
             status="failed", provider=provider.name, model=provider.model, error_details=reason[:500]
         )
 
+    # The user's own language first, then the conversation's, then the account's declared one.
+    language = note["language"] or ai.transcription_language or None
+    try:
+        skipped = _english_only(provider, ai, language) or _over_budget(note, ai, provider)
+    except TranscriptionError as exc:
+        return _failed(Outcome(status="failed", provider=provider.name, model=provider.model), str(exc))
+    if skipped is not None:
+        return skipped
+
     outcome = Outcome(status="done", provider=provider.name, model=provider.model)
     texts: list[str] = []
     seconds: list[float] = []
+    sureness: list[tuple[float, float, float]] = []
     try:
         with tempfile.TemporaryDirectory(prefix="transcribe-") as tmp:
             workdir = Path(tmp)
@@ -210,11 +245,15 @@ def _transcribe_audio(note: dict[str, Any]) -> Outcome | None:
                 piece_texts: list[str] = []
                 piece_seconds: list[float] = []
                 for piece in pieces:
-                    result = _call(provider, piece, note["language"], outcome)
+                    result = _call(provider, piece, language, outcome)
                     piece_texts.append(result.text)
                     outcome.language = outcome.language or result.language
                     if result.audio_seconds:
                         piece_seconds.append(result.audio_seconds)
+                    if result.avg_logprob is not None and result.no_speech_prob is not None:
+                        sureness.append(
+                            (result.avg_logprob, result.no_speech_prob, result.temperature or 0.0)
+                        )
                 texts.append(" ".join(t for t in piece_texts if t))
                 whole = sum(piece_seconds) if len(pieces) == len(piece_seconds) else audio.duration(local)
                 if whole:
@@ -227,7 +266,62 @@ def _transcribe_audio(note: dict[str, Any]) -> Outcome | None:
         return _failed(outcome, str(exc))
     outcome.text = "\n\n".join(t for t in texts if t)
     outcome.audio_seconds = round(sum(seconds), 3) if seconds else None
+    if sureness:  # the weakest piece speaks for the note
+        outcome.avg_logprob = min(p for p, _, _ in sureness)
+        outcome.no_speech_prob = max(q for _, q, _ in sureness)
+        outcome.temperature = max(t for _, _, t in sureness)
     return outcome
+
+
+def _english_only(provider: Provider, ai: account_ai.AccountAI, language: str | None) -> Outcome | None:
+    """Skipped: the note's language is known (the account declares one) and is not English, and
+    the model understands English only; what it would write is nothing or English gibberish."""
+    if not (ai.transcription_language and language and language != "en"):
+        return None
+    if not provider.english_only():
+        return None
+    where = "the account's local_whisper_model" if ai.own else "LOCAL_WHISPER_MODEL"
+    fix = (
+        f"install a multilingual faster-whisper model and set {where} to it"
+        if provider.name == "local"
+        else "set a multilingual transcription model"
+    )
+    reason = (
+        f"transcription skipped: the model {provider.model} understands English only and this "
+        f"voice note is in {language!r}; {fix} (flask accounts ai set {ai.account_id} ...)"
+    )
+    return Outcome(
+        status="skipped",
+        provider=provider.name,
+        model=provider.model,
+        language=language,
+        error_details=reason[:500],
+        skip_reason="english_only",
+    )
+
+
+def _over_budget(note: dict[str, Any], ai: account_ai.AccountAI, provider: Provider) -> Outcome | None:
+    """Skipped: the account's monthly budget of audio minutes is spent (the note is kept)."""
+    if not ai.budget_minutes:
+        return None
+    row = context.db().fetch_one(
+        "transcription.account_audio_this_month", {"account_id": note["chatwoot_account_id"]}
+    )
+    used = float((row or {}).get("audio_seconds") or 0) / 60
+    if used < ai.budget_minutes:
+        return None
+    reason = (
+        f"transcription skipped: account {ai.account_id} has used {used:.1f} of its "
+        f"{ai.budget_minutes} audio minutes this month; raise transcription_budget_minutes "
+        f"(flask accounts ai set {ai.account_id} --transcription-budget-minutes N)"
+    )
+    return Outcome(
+        status="skipped",
+        provider=provider.name,
+        model=provider.model,
+        error_details=reason[:500],
+        skip_reason="budget",
+    )
 
 
 def _failed(outcome: Outcome, reason: str) -> Outcome:
@@ -345,6 +439,14 @@ def _finish(note: dict[str, Any], outcome: Outcome) -> bool:
             queries["transcription.record"],
             {
                 "id": note["id"],
+                "account_id": note["chatwoot_account_id"],
+                "skip_reason": outcome.skip_reason,
+                "avg_logprob": outcome.avg_logprob,
+                "no_speech_prob": outcome.no_speech_prob,
+                "decode_temperature": outcome.temperature,
+                "low_confidence": confidence.low(
+                    outcome.avg_logprob, outcome.no_speech_prob, outcome.temperature
+                ),
                 "status": outcome.status,
                 "provider": outcome.provider,
                 "model": outcome.model,
@@ -359,10 +461,13 @@ def _finish(note: dict[str, Any], outcome: Outcome) -> bool:
                 "error_details": outcome.error_details,
             },
         )
+    account = account_label(note["chatwoot_account_id"])
     if outcome.provider_calls:
         TRANSCRIPTION_PROVIDER_SECONDS.labels(outcome.provider).observe(outcome.provider_seconds)
+        ACCOUNT_PROVIDER_CALLS.labels(account, "transcription", outcome.provider).inc(outcome.provider_calls)
     if outcome.status == "done" and outcome.audio_seconds:
         TRANSCRIPTION_AUDIO_SECONDS.labels(outcome.provider).inc(outcome.audio_seconds)
+        ACCOUNT_AUDIO_SECONDS.labels(account, outcome.provider).inc(outcome.audio_seconds)
     return True
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +20,21 @@ from app.transcription import TranscriptionError, TranscriptionResult
 COMPUTE_TYPE = "int8"
 """CTranslate2 weights type on the CPU: int8 is the fastest with a negligible loss for Whisper."""
 
-_models: dict[str, Any] = {}
+MODEL_CACHE_SIZE = 2
+"""Models (directories) a process keeps loaded; accounts with models of their own share these,
+the least recently used being unloaded (a large model takes gigabytes of memory)."""
+
+_models: OrderedDict[str, Any] = OrderedDict()
 _lock = threading.Lock()
 
 
 def load_model(model_dir: str) -> Any:
-    """The WhisperModel of `model_dir`, loaded once per process."""
+    """The WhisperModel of `model_dir`, loaded once per process (MODEL_CACHE_SIZE kept)."""
     with _lock:
         model = _models.get(model_dir)
-        if model is None:
+        if model is not None:
+            _models.move_to_end(model_dir)
+        else:
             # A local directory needs no model hub; make sure nothing tries to reach one.
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             try:
@@ -43,6 +50,8 @@ def load_model(model_dir: str) -> Any:
                     f"could not load the local Whisper model in LOCAL_WHISPER_MODEL: {type(exc).__name__}"
                 ) from None
             _models[model_dir] = model
+            while len(_models) > MODEL_CACHE_SIZE:
+                _models.popitem(last=False)
         return model
 
 
@@ -61,12 +70,18 @@ class LocalProvider:
         self.model_dir = model_dir
         self.model = model_label(model_dir)
 
+    def english_only(self) -> bool:
+        """What the model itself says (faster-whisper's `is_multilingual`): tiny.en, base.en...
+        understand English only and ignore a hint of another language."""
+        return not bool(load_model(self.model_dir).model.is_multilingual)
+
     def transcribe(self, audio_path: Path, *, language: str | None) -> TranscriptionResult:
         started = time.perf_counter()
         model = load_model(self.model_dir)
         try:
-            segments, info = model.transcribe(str(audio_path), language=language or None)
+            found, info = model.transcribe(str(audio_path), language=language or None)
             # Segments are produced lazily: the decoding happens while they are read.
+            segments = list(found)
             text = " ".join(segment.text.strip() for segment in segments).strip()
         except (RuntimeError, ValueError, OSError) as exc:
             raise TranscriptionError(
@@ -84,7 +99,21 @@ class LocalProvider:
             provider=self.name,
             model=self.model,
             provider_seconds=time.perf_counter() - started,
+            **confidence(segments),
         )
+
+
+def confidence(segments: list[Any]) -> dict[str, float | None]:
+    """How sure the model was, from its weakest part: the lowest avg_logprob, the highest
+    no_speech_prob and the highest fallback temperature of its segments (a note half in a
+    language the model does not know scores well on the half it knows)."""
+    if not segments:
+        return {"avg_logprob": None, "no_speech_prob": None, "temperature": None}
+    return {
+        "avg_logprob": round(min(float(s.avg_logprob) for s in segments), 4),
+        "no_speech_prob": round(max(float(s.no_speech_prob) for s in segments), 4),
+        "temperature": max(float(s.temperature or 0.0) for s in segments),
+    }
 
 
 def _reason(exc: BaseException, audio_path: Path) -> str:

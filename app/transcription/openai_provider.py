@@ -42,6 +42,12 @@ class OpenAIProvider:
         self.model = model
         self.max_upload_bytes = max_upload_bytes
         self.client = OpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0)
+        self._api_key = api_key
+
+    def english_only(self) -> bool:
+        """Models named `*.en` (faster-whisper's and distil-whisper's English-only models, served
+        by speaches or LocalAI) understand English only; OpenAI's and Groq's are multilingual."""
+        return self.model.lower().endswith(".en")
 
     def transcribe(self, audio_path: Path, *, language: str | None) -> TranscriptionResult:
         import openai
@@ -59,7 +65,7 @@ class OpenAIProvider:
         except openai.APIConnectionError:
             raise TransientTranscriptionError("could not connect to the transcription server") from None
         except openai.APIStatusError as exc:
-            raise _status_error(exc) from None
+            raise _status_error(exc, self._api_key) from None
         except openai.APIResponseValidationError:
             raise TranscriptionError("the transcription server's answer could not be read") from None
         elapsed = time.perf_counter() - started
@@ -76,13 +82,16 @@ class OpenAIProvider:
         )
 
 
-def _status_error(exc: Any) -> TranscriptionError:
+def _status_error(exc: Any, api_key: str = "") -> TranscriptionError:
     status = int(exc.status_code)
-    message = f"HTTP {status}: {_error_message(exc)}"
+    reason = _error_message(exc)
+    if api_key and len(api_key) >= 4:
+        reason = reason.replace(api_key, "***")  # a server that echoes the key it refused
+    message = f"HTTP {status}: {reason}"
     if status in _TRANSIENT_STATUSES or status >= 500:
         return TransientTranscriptionError(message, retry_after=_retry_after(exc))
     if status in (401, 403):
-        message += " (check OPENAI_API_KEY and OPENAI_BASE_URL)"
+        message += " (check the key and server: OPENAI_API_KEY and OPENAI_BASE_URL, or the account's own)"
     return TranscriptionError(message)
 
 

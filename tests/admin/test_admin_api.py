@@ -45,6 +45,10 @@ ENDPOINTS = [
     ("PUT", "/admin/accounts/7/inboxes/12/secret"),
     ("POST", "/admin/accounts/7/inboxes/12/finish-rotation"),
     ("DELETE", "/admin/accounts/7/inboxes/12/secret"),
+    ("GET", "/admin/accounts/ai"),
+    ("GET", "/admin/accounts/7/ai"),
+    ("PUT", "/admin/accounts/7/ai"),
+    ("DELETE", "/admin/accounts/7/ai"),
 ]
 
 

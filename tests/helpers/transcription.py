@@ -48,11 +48,14 @@ def require_audio_tools() -> None:
 _speech_cache: dict[tuple[str, str], bytes] = {}
 
 
-def speech(text: str, suffix: str = ".ogg", pause_seconds: float = 0.0) -> bytes:
+def speech(
+    text: str, suffix: str = ".ogg", pause_seconds: float = 0.0, voice: str | tuple[str, ...] = "en-us"
+) -> bytes:
     """`text` spoken by espeak-ng (several sentences joined by `|` get a pause between them),
-    encoded as `suffix`: Ogg/Opus for `.ogg`, as ffmpeg guesses from the name otherwise."""
+    encoded as `suffix`: Ogg/Opus for `.ogg`, as ffmpeg guesses from the name otherwise.
+    `voice` is espeak-ng's (`pt-br`, `es`...), or one per sentence."""
     require_audio_tools()
-    key = (text + f"|{pause_seconds}", suffix)
+    key = (text + f"|{pause_seconds}|{voice}", suffix)
     if key in _speech_cache:
         return _speech_cache[key]
     import tempfile
@@ -60,10 +63,12 @@ def speech(text: str, suffix: str = ".ogg", pause_seconds: float = 0.0) -> bytes
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         parts = []
-        for i, sentence in enumerate(text.split("|")):
+        sentences = text.split("|")
+        voices = (voice,) * len(sentences) if isinstance(voice, str) else voice
+        for i, (sentence, spoken_by) in enumerate(zip(sentences, voices, strict=True)):
             wav = folder / f"part{i}.wav"
             subprocess.run(
-                ["espeak-ng", "-v", "en-us", "-s", "140", "-w", str(wav), sentence.strip()], check=True
+                ["espeak-ng", "-v", spoken_by, "-s", "140", "-w", str(wav), sentence.strip()], check=True
             )
             parts.append(wav)
         inputs: list[str] = []
