@@ -23,7 +23,10 @@ DELIVERY_HEADER = "X-Chatwoot-Delivery"
 SIGNATURE_PREFIX = "sha256="
 MAX_TIMESTAMP_LENGTH = 20
 """Characters of a unix-seconds timestamp header worth parsing."""
-SIGNING_HELP = "see the README, section 'Signatures' (how Chatwoot signs a delivery and where the secret is)"
+SIGNING_HELP = (
+    "see the README, 'Connecting real services' (where the webhook's secret is), and docs/ingestion.md, "
+    "'Authentication' (how a delivery is signed)"
+)
 
 
 def compute(secret: str, timestamp: str, body: bytes) -> str:

@@ -51,8 +51,8 @@ delivery that fails authentication never costs more memory than this."""
 MAX_DELIVERY_ID_LENGTH = 128
 HELP = {
     "signature": signatures.SIGNING_HELP,
-    "content_type": "see the README, section 'Webhook ingestion'",
-    "size": "see the README, section 'Webhook ingestion' (MAX_WEBHOOK_BYTES)",
+    "content_type": "see docs/ingestion.md, 'The pipeline'",
+    "size": "see docs/ingestion.md, 'The pipeline' (MAX_WEBHOOK_BYTES)",
 }
 _ACCOUNT_IN_PREFIX = re.compile(rb'"account"\s*:\s*\{[^{}]{0,400}?"id"\s*:\s*([0-9]{1,10})\b')
 """Chatwoot's message payloads name their account first (`Message#webhook_data`)."""
