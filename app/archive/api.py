@@ -12,6 +12,7 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
+from app import http_input
 from app.admin.api import require_token
 from app.archive import jobs
 from app.db import DatabaseUnavailable
@@ -19,6 +20,7 @@ from app.errors import error_response
 
 bp = Blueprint("admin_archive", __name__, url_prefix="/admin")
 bp.before_request(require_token)
+bp.before_request(http_input.check_request)
 
 INT64_MAX = 2**63 - 1
 
@@ -34,7 +36,7 @@ class RetryBody(Schema):
 
 @bp.post("/messages/<int:note_id>/attachments/retry")
 def retry_attachments(note_id: int) -> Any:
-    raw = request.get_json(silent=True) if request.get_data() else {}
+    raw = http_input.parsed_json() if request.get_data() else {}
     if not isinstance(raw, dict):
         return error_response(400, "bad_request", "the body must be a JSON object (or empty)")
     try:

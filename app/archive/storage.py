@@ -558,12 +558,7 @@ def delete_bucket(name: str) -> int:
     client = context.gcs()
     deleted = 0
     try:
-        for blob in client.list_blobs(name, timeout=CALL_TIMEOUT, retry=_call_retry()):
-            try:
-                blob.delete(timeout=CALL_TIMEOUT, retry=_call_retry())
-                deleted += 1
-            except gexc.NotFound:
-                pass
+        deleted = _delete_live(client, name)
         client.bucket(name).delete(timeout=CALL_TIMEOUT, retry=_call_retry())
     except gexc.NotFound:
         pass
