@@ -83,6 +83,15 @@ def duration(at_least: int = 0) -> Parser:
     return lambda name, raw: max(at_least, _duration(name, raw))
 
 
+def seconds(name: str, raw: str) -> float:
+    """Seconds, fractions allowed: `1`, `1.5`, `1.5s` or `800ms`."""
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s)?\s*", raw)
+    if not match or float(match.group(1)) <= 0:
+        raise ConfigError(f"{name}: expected a positive number of seconds such as 1.5 or 800ms, got {raw!r}")
+    value = float(match.group(1))
+    return value / 1000 if match.group(2) == "ms" else value
+
+
 def _url(name: str, raw: str, schemes: tuple[str, ...]) -> str:
     parsed = urlparse(raw.strip())
     if parsed.scheme not in schemes or not (parsed.hostname or parsed.path):
@@ -305,6 +314,23 @@ class Settings:
         required="such as redis://127.0.0.1:6379/0",
         example="redis://127.0.0.1:6379/0",
         listed=True,
+    )
+
+    db_statement_timeout: float = setting(
+        "DB_STATEMENT_TIMEOUT",
+        30.0,
+        "Longest a database statement may run in jobs, the admin API and the CLI (seconds); a server that does not answer at all is given up 5 s later.",
+        section=STORES,
+        parse=seconds,
+        example="30",
+    )
+    webhook_db_timeout: float = setting(
+        "WEBHOOK_DB_TIMEOUT",
+        1.0,
+        "Time a webhook delivery may spend on the database, connecting included (seconds); past it the delivery is spooled and answered 200.",
+        section=STORES,
+        parse=seconds,
+        example="1",
     )
 
     # --- Google Cloud Storage

@@ -51,7 +51,8 @@ def db() -> Database:
     key = _per_process("db")
     found = _cache.get(key)
     if not isinstance(found, Database):
-        found = Database(settings().database_url)
+        current = settings()
+        found = Database(current.database_url, statement_timeout=current.db_statement_timeout)
         _cache[key] = found
     return found
 

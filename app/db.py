@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import select
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import date, datetime
@@ -31,6 +34,10 @@ class DatabaseUnavailable(DatabaseError):
     """PostgreSQL cannot be reached (down, restarting, connection lost)."""
 
 
+class StatementTimeout(DatabaseUnavailable):
+    """A statement ran past its timeout (the budget's, or the statement timeout of the process)."""
+
+
 class UniqueViolation(DatabaseError):
     """A unique constraint refused the row."""
 
@@ -55,39 +62,185 @@ queries: dict[str, str] = load_queries()
 _prepared_on: set[tuple[int, int, str, str]] = set()
 """(connection object id, backend pid, module, statement) where a statement is prepared."""
 
+DEFAULT_STATEMENT_TIMEOUT = 30.0
+"""Seconds a statement may run (PostgreSQL's statement_timeout), unless a budget says less."""
+SILENCE_MARGIN = 5.0
+"""Seconds past the statement timeout that the client waits for a server that does not answer
+at all (paused, or its host stalled) before it closes the connection."""
+
+
+class _Local(threading.local):
+    budget: float | None = None
+    """Seconds left to the database calls of the current budget (see `budget()`)."""
+    deadline: float | None = None
+    """time.monotonic() by which the current budget ends, set by its first call."""
+
+
+_local = _Local()
+
+
+class DeadlineExceeded(psycopg2.OperationalError):  # type: ignore[misc]
+    """The server did not answer within the time allowed (raised by the wait callback; psycopg2
+    then closes the connection)."""
+
+
+class _Connection(psycopg2.extensions.connection):  # type: ignore[misc]
+    """A connection that knows how long to wait for its server and its session's timeout."""
+
+    silence_limit: float | None = None
+    """Seconds the client waits for any answer to one request."""
+    statement_timeout_ms: int = 0
+    """The session's statement_timeout, as last set."""
+
+
+def _wait(conn: psycopg2.extensions.connection, timeout: float | None = None) -> None:
+    """psycopg2's wait callback: wait for the socket as libpq asks, never past the budget's
+    deadline nor, on our connections, past their silence limit.
+
+    With a wait callback installed psycopg2 drives every connection without blocking, so a server
+    that accepts connections but never answers (paused, or a stalled host, where its own
+    statement_timeout cannot fire) costs a bounded wait instead of a hung request.
+    """
+    if _local.deadline is None and _local.budget is not None:
+        _local.deadline = time.monotonic() + _local.budget
+    ends = _local.deadline
+    limit = getattr(conn, "silence_limit", None)
+    if limit is not None:
+        silence_ends = time.monotonic() + limit
+        ends = silence_ends if ends is None else min(ends, silence_ends)
+    poller = select.poll()
+    registered = -1
+    while True:
+        try:
+            state = conn.poll()
+        except KeyboardInterrupt:
+            conn.cancel()  # what psycopg2.extras.wait_select does: end the query, keep the session
+            continue
+        if state == psycopg2.extensions.POLL_OK:
+            return
+        events = select.POLLIN if state == psycopg2.extensions.POLL_READ else select.POLLOUT
+        if state not in (psycopg2.extensions.POLL_READ, psycopg2.extensions.POLL_WRITE):
+            raise psycopg2.OperationalError(f"unexpected poll state {state}")
+        if registered != events:
+            poller.register(conn.fileno(), events)
+            registered = events
+        if ends is None:
+            poller.poll()
+            continue
+        remaining = ends - time.monotonic()
+        answered = remaining > 0 and poller.poll(max(1, int(remaining * 1000)))
+        if not answered and time.monotonic() >= ends:
+            raise DeadlineExceeded("PostgreSQL did not answer in time")
+
+
+psycopg2.extensions.set_wait_callback(_wait)
+
+
+@contextmanager
+def budget(seconds: float) -> Iterator[None]:
+    """Every database call inside (connecting included) shares `seconds`, counted from the first
+    one; past it they raise DatabaseUnavailable at once. Nested budgets keep the shorter end."""
+    saved = (_local.budget, _local.deadline)
+    if _local.deadline is not None:
+        _local.deadline = min(_local.deadline, time.monotonic() + seconds)
+    elif _local.budget is not None:
+        _local.budget = min(_local.budget, seconds)
+    else:
+        _local.budget = seconds
+    try:
+        yield
+    finally:
+        _local.budget, _local.deadline = saved
+
+
+def _start_budget() -> float | None:
+    """Seconds left in the current budget (starting its clock), or None without one."""
+    if _local.budget is None and _local.deadline is None:
+        return None
+    if _local.deadline is None:
+        _local.deadline = time.monotonic() + (_local.budget or 0.0)
+    left = _local.deadline - time.monotonic()
+    if left <= 0:
+        raise DatabaseUnavailable("the time allowed for the database has passed")
+    return left
+
 
 class Database:
     """A lazily opened connection, reopened after a fork or a lost connection.
 
     Sync gunicorn workers and non-forking RQ workers handle one thing at a time, so one
     connection per process (and per thread, for the few threaded callers) is all they need.
+    A connection the server has closed meanwhile (a restart) is noticed before it is used, and
+    replaced, so the first call after a restart succeeds.
     """
 
-    def __init__(self, url: str, connect_timeout: int = 3, application_name: str = "meeting-notes"):
+    def __init__(
+        self,
+        url: str,
+        connect_timeout: int = 3,
+        application_name: str = "meeting-notes",
+        statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT,
+    ):
         self.url = url
         self.connect_timeout = connect_timeout
         self.application_name = application_name
+        self.statement_timeout = statement_timeout
         self._local = threading.local()
 
-    def _connection(self) -> psycopg2.extensions.connection:
-        conn = getattr(self._local, "conn", None)
+    def budget(self, seconds: float) -> Any:
+        """See the module's `budget()`: calls inside share `seconds`."""
+        return budget(seconds)
+
+    def _connection(self) -> _Connection:
+        """This thread's connection, opened (or replaced, when the server has closed it) on demand."""
+        left = _start_budget()
+        conn: _Connection | None = getattr(self._local, "conn", None)
         pid = getattr(self._local, "pid", None)
-        if conn is not None and (conn.closed or pid != os.getpid()):
+        if conn is not None and (conn.closed or pid != os.getpid() or _closed_by_server(conn)):
+            if pid == os.getpid():
+                self._discard(conn)
             conn = None
         if conn is None:
+            timeout = self.connect_timeout if left is None else min(self.connect_timeout, left)
             try:
-                conn = psycopg2.connect(
-                    self.url,
-                    connect_timeout=self.connect_timeout,
-                    application_name=self.application_name,
-                    keepalives=1,
-                    keepalives_idle=30,
-                )
+                with budget(timeout):
+                    conn = psycopg2.connect(
+                        self.url,
+                        connection_factory=_Connection,
+                        application_name=self.application_name,
+                        keepalives=1,
+                        keepalives_idle=30,
+                        options=f"-c statement_timeout={_ms(self.statement_timeout)}",
+                    )
             except psycopg2.OperationalError as exc:
                 raise DatabaseUnavailable(_short(exc)) from None
+            conn.silence_limit = self.statement_timeout + SILENCE_MARGIN
+            conn.statement_timeout_ms = _ms(self.statement_timeout)
             self._local.conn = conn
             self._local.pid = os.getpid()
         return conn
+
+    def _session(self) -> _Connection:
+        """The connection, its statement_timeout switched to the current budget's (or back)."""
+        conn = self._connection()
+        in_budget = _local.budget is not None or _local.deadline is not None
+        wanted = _ms(min(self.statement_timeout, _budget_total()) if in_budget else self.statement_timeout)
+        idle = conn.info.transaction_status == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+        if conn.statement_timeout_ms != wanted and idle:
+            self._set_statement_timeout(conn, wanted)
+        return conn
+
+    def _set_statement_timeout(self, conn: _Connection, ms: int) -> None:
+        """Switch the session's statement_timeout (a budget's calls run under the budget's)."""
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("SET statement_timeout = %s", (ms,))
+            conn.autocommit = False
+        except psycopg2.Error as exc:
+            self._discard(conn)
+            raise DatabaseUnavailable(_short(exc)) from None
+        conn.statement_timeout_ms = ms
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -98,7 +251,7 @@ class Database:
     @contextmanager
     def transaction(self) -> Iterator[psycopg2.extras.RealDictCursor]:
         """A cursor inside one transaction: commit on success, roll back on error."""
-        conn = self._connection()
+        conn = self._session()
         try:
             with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
                 yield cur
@@ -106,6 +259,9 @@ class Database:
         except psycopg2.errors.UniqueViolation as exc:
             self._rollback(conn)
             raise UniqueViolation(_short(exc)) from None
+        except psycopg2.errors.QueryCanceled as exc:
+            self._rollback(conn)
+            raise StatementTimeout(_short(exc)) from None
         except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
             self._discard(conn)
             raise DatabaseUnavailable(_short(exc)) from None
@@ -162,7 +318,7 @@ class Database:
         # In autocommit there is no transaction to roll back: the errors of transaction() are
         # translated here without its context manager and dictionary cursor (the webhook's
         # statement runs on every delivery).
-        conn = self._connection()
+        conn = self._session()
         key = (id(conn), conn.get_backend_pid(), module, base)
         if prepare is None:
             prepare = key not in _prepared_on
@@ -177,6 +333,8 @@ class Database:
                 names = [column.name for column in cur.description or ()]
         except psycopg2.errors.UniqueViolation as exc:
             raise UniqueViolation(_short(exc)) from None
+        except psycopg2.errors.QueryCanceled as exc:
+            raise StatementTimeout(_short(exc)) from None
         except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
             self._discard(conn)
             raise DatabaseUnavailable(_short(exc)) from None
@@ -190,6 +348,31 @@ class Database:
     def ping(self) -> None:
         with self.transaction() as cur:
             cur.execute("SELECT 1")
+
+
+def _budget_total() -> float:
+    """The whole of the current budget, in seconds (its statements' server-side timeout)."""
+    if _local.deadline is None:
+        return _local.budget or 0.0
+    return _local.budget if _local.budget is not None else max(0.0, _local.deadline - time.monotonic())
+
+
+def _ms(seconds: float) -> int:
+    return max(1, math.ceil(seconds * 1000))
+
+
+def _closed_by_server(conn: psycopg2.extensions.connection) -> bool:
+    """True when the server has most likely ended an idle connection (a restart, an
+    administrator's pg_terminate_backend): its socket is readable while no query is in flight.
+    The server then sends its goodbye and closes; psycopg2 would only notice on the next query.
+    (An idle session gets nothing else unsolicited here: the service uses no LISTEN.) Costs one
+    poll() system call, no round trip."""
+    try:
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+    except (psycopg2.Error, OSError, ValueError):
+        return True
 
 
 def _short(exc: BaseException) -> str:
