@@ -50,6 +50,9 @@ LIVE_STATUSES = frozenset({"queued", "started", "scheduled", "deferred", "create
 """RQ job states in which the job will still run."""
 QUEUE_SCAN_LIMIT = 20_000
 """A queue longer than this is not listed to confirm that a 'queued' job is really in it."""
+SCHEDULED_GRACE = 60
+"""Seconds a scheduled job (a retry, a delayed run) may stay past its time before it counts as
+stuck: RQ's scheduler moves due jobs every second or two when one runs."""
 
 
 @dataclass(frozen=True)
@@ -172,9 +175,20 @@ class JobInspector:
             return "stale", "job lost from its queue"
         if status == "started" and worker_name and not _worker_alive(self.conn, worker_name.decode()):
             return "stale", "worker died during the job"
+        if status == "scheduled" and self._overdue(spec.queue, jid):
+            return "stale", "scheduled run overdue (no RQ scheduler moved it)"
         if status in LIVE_STATUSES:
             return "live", ""
         return "stale", _last_error(exc_info)
+
+    def _overdue(self, queue_name: str, jid: str) -> bool:
+        """True when the job is not in its queue's scheduled registry, or is due since more than
+        SCHEDULED_GRACE seconds (no scheduler is moving that queue's jobs)."""
+        from rq.registry import ScheduledJobRegistry
+
+        registry = ScheduledJobRegistry(queue_name, connection=self.conn)  # type: ignore[no-untyped-call]
+        due = self.conn.zscore(registry.key, jid)
+        return due is None or float(due) < time.time() - SCHEDULED_GRACE
 
     def remove(self, spec: JobSpec, row_id: int) -> None:
         """Delete a job that will never run again, so that its id is free for a new enqueue."""
