@@ -95,7 +95,7 @@ class Processes:
         self.procs[name] = proc
         return proc
 
-    def web(self, port: int, workers: int = 2) -> subprocess.Popen[bytes]:
+    def web(self, port: int, workers: int = 2, *options: str) -> subprocess.Popen[bytes]:
         return self.start(
             "web",
             [
@@ -108,6 +108,7 @@ class Processes:
                 "--config",
                 str(devstack.ROOT / "gunicorn.conf.py"),
                 "--no-control-socket",
+                *options,
             ],
         )
 
