@@ -907,3 +907,19 @@ def env_example() -> str:
         assignment = f"{variable.env}={_example_value(default, variable)}"
         lines += [f"# {variable.doc}", assignment if variable.listed else f"# {assignment}"]
     return "\n".join(lines) + "\n"
+
+
+_NO_EXAMPLE = Variable("", text, "", "")
+
+
+def settings_table() -> str:
+    """Every variable as a Markdown table (for the README): name, default, what it does."""
+    lines = ["| variable | default | what it does |", "|---|---|---|"]
+    for f, variable in declared():
+        default = "" if f.default is MISSING or variable.secret else _example_value(f.default, _NO_EXAMPLE)
+        if variable.required:
+            default = "(required)"
+        shown = f"`{default}`" if default else ""
+        doc = variable.doc.replace("|", "\\|")
+        lines.append(f"| `{variable.env}` | {shown} | {doc} |")
+    return "\n".join(lines) + "\n"
