@@ -93,6 +93,10 @@ class _Connection(psycopg2.extensions.connection):  # type: ignore[misc]
     """The session's statement_timeout, as last set."""
 
 
+_POLL_OK = psycopg2.extensions.POLL_OK
+_EVENTS = {psycopg2.extensions.POLL_READ: select.POLLIN, psycopg2.extensions.POLL_WRITE: select.POLLOUT}
+
+
 def _wait(conn: psycopg2.extensions.connection, timeout: float | None = None) -> None:
     """psycopg2's wait callback: wait for the socket as libpq asks, never past the budget's
     deadline nor, on our connections, past their silence limit.
@@ -101,6 +105,13 @@ def _wait(conn: psycopg2.extensions.connection, timeout: float | None = None) ->
     that accepts connections but never answers (paused, or a stalled host, where its own
     statement_timeout cannot fire) costs a bounded wait instead of a hung request.
     """
+    try:
+        state = conn.poll()
+    except KeyboardInterrupt:
+        conn.cancel()  # what psycopg2.extras.wait_select does: end the query, keep the session
+        state = -1
+    if state == _POLL_OK:
+        return
     if _local.deadline is None and _local.budget is not None:
         _local.deadline = time.monotonic() + _local.budget
     ends = _local.deadline
@@ -109,48 +120,55 @@ def _wait(conn: psycopg2.extensions.connection, timeout: float | None = None) ->
         silence_ends = time.monotonic() + limit
         ends = silence_ends if ends is None else min(ends, silence_ends)
     poller = select.poll()
-    registered = -1
+    fd = conn.fileno()
     while True:
+        if state != -1:
+            events = _EVENTS.get(state)
+            if events is None:
+                raise psycopg2.OperationalError(f"unexpected poll state {state}")
+            poller.register(fd, events)  # again: changes the events waited for
+            if ends is None:
+                poller.poll()
+            else:
+                remaining = ends - time.monotonic()
+                if (remaining <= 0 or not poller.poll(max(1, int(remaining * 1000)))) and (
+                    time.monotonic() >= ends
+                ):
+                    raise DeadlineExceeded("PostgreSQL did not answer in time")
         try:
             state = conn.poll()
         except KeyboardInterrupt:
-            conn.cancel()  # what psycopg2.extras.wait_select does: end the query, keep the session
-            continue
-        if state == psycopg2.extensions.POLL_OK:
+            conn.cancel()
+            state = -1
+        if state == _POLL_OK:
             return
-        events = select.POLLIN if state == psycopg2.extensions.POLL_READ else select.POLLOUT
-        if state not in (psycopg2.extensions.POLL_READ, psycopg2.extensions.POLL_WRITE):
-            raise psycopg2.OperationalError(f"unexpected poll state {state}")
-        if registered != events:
-            poller.register(conn.fileno(), events)
-            registered = events
-        if ends is None:
-            poller.poll()
-            continue
-        remaining = ends - time.monotonic()
-        answered = remaining > 0 and poller.poll(max(1, int(remaining * 1000)))
-        if not answered and time.monotonic() >= ends:
-            raise DeadlineExceeded("PostgreSQL did not answer in time")
 
 
 psycopg2.extensions.set_wait_callback(_wait)
 
 
-@contextmanager
-def budget(seconds: float) -> Iterator[None]:
+class budget:
     """Every database call inside (connecting included) shares `seconds`, counted from the first
-    one; past it they raise DatabaseUnavailable at once. Nested budgets keep the shorter end."""
-    saved = (_local.budget, _local.deadline)
-    if _local.deadline is not None:
-        _local.deadline = min(_local.deadline, time.monotonic() + seconds)
-    elif _local.budget is not None:
-        _local.budget = min(_local.budget, seconds)
-    else:
-        _local.budget = seconds
-    try:
-        yield
-    finally:
-        _local.budget, _local.deadline = saved
+    one; past it they raise DatabaseUnavailable at once. Nested budgets keep the shorter end.
+    (A class rather than a generator: the webhook enters one per delivery.)"""
+
+    __slots__ = ("saved", "seconds")
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.saved: tuple[float | None, float | None] = (None, None)
+
+    def __enter__(self) -> None:
+        self.saved = (_local.budget, _local.deadline)
+        if _local.deadline is not None:
+            _local.deadline = min(_local.deadline, time.monotonic() + self.seconds)
+        elif _local.budget is not None:
+            _local.budget = min(_local.budget, self.seconds)
+        else:
+            _local.budget = self.seconds
+
+    def __exit__(self, *exc: object) -> None:
+        _local.budget, _local.deadline = self.saved
 
 
 def _start_budget() -> float | None:
@@ -187,8 +205,8 @@ class Database:
         self.statement_timeout = statement_timeout
         self._local = threading.local()
 
-    def budget(self, seconds: float) -> Any:
-        """See the module's `budget()`: calls inside share `seconds`."""
+    def budget(self, seconds: float) -> budget:
+        """See the module's `budget`: calls inside share `seconds`."""
         return budget(seconds)
 
     def _connection(self) -> _Connection:
@@ -225,8 +243,7 @@ class Database:
         conn = self._connection()
         in_budget = _local.budget is not None or _local.deadline is not None
         wanted = _ms(min(self.statement_timeout, _budget_total()) if in_budget else self.statement_timeout)
-        idle = conn.info.transaction_status == psycopg2.extensions.TRANSACTION_STATUS_IDLE
-        if conn.statement_timeout_ms != wanted and idle:
+        if conn.statement_timeout_ms != wanted and conn.status == psycopg2.extensions.STATUS_READY:
             self._set_statement_timeout(conn, wanted)
         return conn
 
