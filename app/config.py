@@ -18,6 +18,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from cryptography.fernet import Fernet
+from dotenv import load_dotenv
+from limits import parse_many
+
 ENVIRONMENTS = ("development", "production")
 TRANSCRIPTION_PROVIDERS = ("openai", "local", "none")
 GENERATION_PROVIDERS = ("openai", "external")
@@ -121,8 +125,6 @@ def choice(choices: tuple[str, ...], *, upper: bool = False) -> Parser:
 
 def rate(name: str, raw: str) -> str:
     """A rate such as `1 per 2 seconds` or `30/minute` (the `limits` library's notation)."""
-    from limits import parse_many
-
     try:
         parse_many(raw)
     except ValueError:
@@ -178,8 +180,6 @@ def price(name: str, raw: str) -> str:
 
 
 def fernet_keys(name: str, raw: str) -> str:
-    from cryptography.fernet import Fernet
-
     for part in raw.split(","):
         try:
             Fernet(part.strip())
@@ -811,8 +811,6 @@ def redact_url(value: str) -> str:
 def load_dotenv_file(path: str | os.PathLike[str] = ".env") -> None:
     """Read `.env` into the environment; variables already set win."""
     if Path(path).is_file():
-        from dotenv import load_dotenv
-
         load_dotenv(path, override=False)
 
 

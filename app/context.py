@@ -10,12 +10,13 @@ import os
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
+from redis import Redis
+
 from app.config import Settings, load_dotenv_file, load_settings
 from app.db import Database
 
 if TYPE_CHECKING:
     from google.cloud import storage
-    from redis import Redis
 
 _overrides: dict[str, object] = {}
 
@@ -58,12 +59,10 @@ def db() -> Database:
 
 
 def redis() -> Redis:
-    from redis import Redis as RedisClient
-
     key = _per_process("redis")
     found = _cache.get(key)
     if found is None:
-        found = RedisClient.from_url(
+        found = Redis.from_url(
             settings().redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
         )
         _cache[key] = found
@@ -71,6 +70,8 @@ def redis() -> Redis:
 
 
 def gcs() -> storage.Client:
+    # Imported on first use: google-cloud-storage takes long to import, and only the processes
+    # that store objects (and /readyz) need it.
     from app.archive.gcs_client import make_client
 
     key = _per_process("gcs")

@@ -12,17 +12,17 @@ from __future__ import annotations
 import logging
 import os
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flask import Blueprint, jsonify
+from redis import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from rq import Worker
+from rq.scheduler import RQScheduler
 
 from app import context
 from app.jobs import ALL_QUEUES, CRON_LEADER_KEY
-
-if TYPE_CHECKING:
-    from redis import Redis
 
 bp = Blueprint("health", __name__)
 log = logging.getLogger(__name__)
@@ -74,12 +74,10 @@ def _pool() -> ThreadPoolExecutor:
 
 def _probe_redis(seconds: float) -> Redis:
     """A client of its own: the shared one waits 5 s per command and retries; a probe must not."""
-    from redis import Redis as RedisClient
-
     url = context.settings().redis_url
     client: Redis = _per_process(
         f"redis:{url}",
-        lambda: RedisClient.from_url(
+        lambda: Redis.from_url(
             url,
             socket_connect_timeout=seconds,
             socket_timeout=seconds,
@@ -92,9 +90,6 @@ def _probe_redis(seconds: float) -> Redis:
 def worker_status(conn: Any = None) -> dict[str, Any]:
     """Live RQ workers by queue, whether an RQ scheduler and the cron process hold their locks,
     and a warning line for each that is missing."""
-    from rq import Worker
-    from rq.scheduler import RQScheduler
-
     conn = conn if conn is not None else context.redis()
     workers = Worker.all(connection=conn)
     by_queue = {q: sum(1 for w in workers if q in w.queue_names()) for q in ALL_QUEUES}

@@ -15,15 +15,22 @@ import logging
 import os
 import socket
 import time
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import LockError, RedisError, WatchError
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+from rq.registry import ScheduledJobRegistry, StartedJobRegistry
+from rq.worker import Worker
 
 from app import context
 from app.config import Settings
 from app.db import DatabaseUnavailable
+from app.ingest import spool
 from app.jobs import (
     ALL_QUEUES,
     ARCHIVE_MESSAGE,
@@ -37,6 +44,9 @@ from app.jobs import (
     enqueue,
     job_id,
 )
+from app.logs import redact, settings_secrets
+from app.metrics import JOBS
+from app.orders.clarify import expire_clarifications as expire
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +134,6 @@ def backoff_seconds(attempt: int, settings: Settings) -> int:
 
 def _worker_alive(conn: Any, worker_name: str) -> bool:
     """False when the worker is gone: its key expired, or it ran on this host and its pid is dead."""
-    from rq.worker import Worker
-
     raw = conn.hmget(Worker.redis_worker_namespace_prefix + worker_name, "hostname", "pid")
     hostname, pid = (v.decode() if isinstance(v, bytes) else v for v in raw)
     if not hostname and not pid:
@@ -149,8 +157,6 @@ class JobInspector:
 
     def _in_queue(self, queue_name: str, jid: str) -> bool:
         if queue_name not in self._queued:
-            from rq import Queue
-
             queue = Queue(queue_name, connection=self.conn)
             if self.conn.llen(queue.key) > QUEUE_SCAN_LIMIT:
                 self._queued[queue_name] = None
@@ -163,8 +169,6 @@ class JobInspector:
 
     def state(self, spec: JobSpec, row_id: int) -> tuple[str, str]:
         """(live | stale | absent, last error of a failed job)."""
-        from rq.job import Job
-
         jid = job_id(spec, row_id)
         status, worker_name, exc_info = self.conn.hmget(Job.key_for(jid), "status", "worker_name", "exc_info")
         if status is None:
@@ -184,17 +188,12 @@ class JobInspector:
     def _overdue(self, queue_name: str, jid: str) -> bool:
         """True when the job is not in its queue's scheduled registry, or is due since more than
         SCHEDULED_GRACE seconds (no scheduler is moving that queue's jobs)."""
-        from rq.registry import ScheduledJobRegistry
-
         registry = ScheduledJobRegistry(queue_name, connection=self.conn)  # type: ignore[no-untyped-call]
         due = self.conn.zscore(registry.key, jid)
         return due is None or float(due) < time.time() - SCHEDULED_GRACE
 
     def remove(self, spec: JobSpec, row_id: int) -> None:
         """Delete a job that will never run again, so that its id is free for a new enqueue."""
-        from rq.exceptions import NoSuchJobError
-        from rq.job import Job
-
         jid = job_id(spec, row_id)
         try:
             Job.fetch(jid, connection=self.conn).delete()
@@ -208,8 +207,6 @@ def _last_error(exc_info: bytes | None) -> str:
     """The last line of a failed job's traceback ("Type: message"), short and redacted."""
     if not exc_info:
         return ""
-    import zlib
-
     try:
         text = zlib.decompress(exc_info).decode("utf-8", "replace")
     except zlib.error:
@@ -219,16 +216,12 @@ def _last_error(exc_info: bytes | None) -> str:
 
 
 def _clean(text: str) -> str:
-    from app.logs import redact, settings_secrets
-
     return redact(text, settings_secrets(context.settings()))[:300]
 
 
 def clean_abandoned(conn: Any, queues: Iterable[str] = ALL_QUEUES) -> None:
     """Let RQ move jobs whose worker stopped sending heartbeats to the failed registry now,
     instead of at the next worker maintenance (every 10 minutes)."""
-    from rq.registry import StartedJobRegistry
-
     for name in queues:
         StartedJobRegistry(name, connection=conn).cleanup()
 
@@ -261,8 +254,6 @@ class RunLock:
 
     def _holder_is_dead(self) -> bool:
         """True (and the lock deleted) when its holder was a process of this host that is gone."""
-        from redis.exceptions import WatchError
-
         with self.conn.pipeline() as pipe:
             try:
                 pipe.watch(self.key)
@@ -281,8 +272,6 @@ class RunLock:
 
     def renew(self) -> None:
         """Push the expiry back; a lock lost meanwhile (Redis restarted) is simply not renewed."""
-        from redis.exceptions import LockError
-
         with contextlib.suppress(LockError, RedisError, OSError):
             self.lock.reacquire()
 
@@ -372,8 +361,6 @@ def _reconcile_row(
     dry_run: bool,
     give_up: bool,
 ) -> Outcome | None:
-    from app.metrics import JOBS
-
     row_id, attempts = int(row["id"]), int(row["attempts"])
     try:
         liveness, last_error = inspector.state(stage.spec, row_id)
@@ -474,8 +461,6 @@ def replay_spool() -> str:
 
     The spool is a folder on the web host (SPOOL_DIR): a worker that shares it replays it.
     """
-    from app.ingest import spool
-
     if not spool.pending_files():
         return "empty"
     context.db().ping()  # DatabaseUnavailable: still down, the spool waits for the next run
@@ -487,8 +472,6 @@ def replay_spool() -> str:
 
 def expire_clarifications() -> str:
     """Orders whose question stayed unanswered for CLARIFICATION_TIMEOUT are cancelled."""
-    from app.orders.clarify import expire_clarifications as expire
-
     return f"{expire()} expired"
 
 

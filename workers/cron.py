@@ -29,6 +29,7 @@ from typing import Any
 
 from redis.exceptions import LockError, RedisError
 from rq import Queue, Worker
+from rq.cron import CronScheduler
 from rq.exceptions import DuplicateJobError
 from rq.scheduler import RQScheduler
 from rq.scripts import acquire_or_refresh_lock, release_lock
@@ -38,6 +39,9 @@ from app.config import ConfigError, Settings
 from app.db import DatabaseUnavailable
 from app.ingest import spool
 from app.jobs import ALL_QUEUES, CRON_LEADER_KEY, CRON_LEADER_TTL, MAINTENANCE_QUEUE
+from app.logs import configure_logging, settings_secrets
+from workers.backfill import backfill
+from workers.reconcile import reconcile
 
 log = logging.getLogger("workers.cron")
 
@@ -62,10 +66,6 @@ REPLAY_JOB_ID = "reconcile-spool"
 
 def build_scheduler(conn: Any, settings: Settings) -> Any:
     """A CronScheduler with the service's periodic jobs registered."""
-    from rq.cron import CronScheduler
-
-    from workers.reconcile import reconcile
-
     scheduler = CronScheduler(connection=conn, logging_level=settings.log_level)
     scheduler.register(
         reconcile,
@@ -78,8 +78,6 @@ def build_scheduler(conn: Any, settings: Settings) -> Any:
         name="reconcile",
     )
     if settings.backfill_interval > 0:
-        from workers.backfill import backfill
-
         scheduler.register(
             backfill,
             queue_name=MAINTENANCE_QUEUE,
@@ -184,8 +182,6 @@ class Watch:
                 database.ping()
         except DatabaseUnavailable:
             return  # still down: looked at again in SPOOL_CHECK seconds
-        from workers.reconcile import reconcile
-
         try:
             Queue(MAINTENANCE_QUEUE, connection=self.conn).enqueue(
                 reconcile,
@@ -284,8 +280,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"configuration error: {exc}\n")
         return 2
-    from app.logs import configure_logging, settings_secrets
-
     configure_logging(settings.log_level, settings_secrets(settings))
     CronProcess(context.redis(), settings).run()
     return 0
