@@ -278,3 +278,15 @@ def test_spooled_deliveries_written_within_a_minute_of_postgres_return(
     print(f"\nspooled deliveries written {seconds:.1f} s after PostgreSQL came back (20 deliveries)")
     assert seconds < 60, processes.tail()
     assert time.monotonic() - back < 60
+
+
+def test_any_route_answers_json_503_while_postgres_is_down(client: Any, services: Any) -> None:
+    """Not a 500: the client may try again shortly."""
+    services.stop_postgres()
+    try:
+        response = client.get("/api/orders", headers={"Authorization": "Bearer test-api-token"})
+    finally:
+        services.start_postgres()
+    assert response.status_code == 503, response.get_data(as_text=True)[:300]
+    assert response.get_json()["error"] == "database_unavailable"
+    assert response.headers["Retry-After"] == "5"
