@@ -18,6 +18,11 @@ from app.db import Database
 if TYPE_CHECKING:
     from google.cloud import storage
 
+REDIS_TIMEOUT = 1.5
+"""Seconds a Redis command (or connecting) may take: a hung Redis costs a webhook delivery this
+long, within Chatwoot's 5 s (the row is written; the reconciler queues its job later). RQ's
+workers raise it on their own connection for their blocking dequeue."""
+
 _overrides: dict[str, object] = {}
 
 
@@ -63,7 +68,10 @@ def redis() -> Redis:
     found = _cache.get(key)
     if found is None:
         found = Redis.from_url(
-            settings().redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
+            settings().redis_url,
+            socket_connect_timeout=REDIS_TIMEOUT,
+            socket_timeout=REDIS_TIMEOUT,
+            health_check_interval=30,
         )
         _cache[key] = found
     return found  # type: ignore[return-value]

@@ -41,12 +41,10 @@ def postgres_pids(services: Any) -> list[int]:
 
 
 @contextmanager
-def paused_postgres(services: Any, at_most: float = 30.0) -> Iterator[None]:
-    """PostgreSQL frozen with SIGSTOP: the kernel still accepts connections and queries, nothing
-    answers them (a stalled host, a server stuck on its disk). Resumed afterwards, whatever
-    happens, and after `at_most` seconds in any case (code that waits forever then fails its
-    test instead of hanging the suite)."""
-    pids = postgres_pids(services)
+def paused(pids: list[int], at_most: float = 30.0) -> Iterator[None]:
+    """Processes frozen with SIGSTOP (the kernel still accepts their connections and queries,
+    nothing answers them), resumed afterwards, and after `at_most` seconds in any case (code that
+    waits forever then fails its test instead of hanging the suite)."""
     stopped: list[int] = []
     lock = threading.Lock()
 
@@ -61,7 +59,7 @@ def paused_postgres(services: Any, at_most: float = 30.0) -> Iterator[None]:
     watchdog.daemon = True
     try:
         with lock:
-            for pid in pids:  # the postmaster first: it forks no new backend meanwhile
+            for pid in pids:
                 os.kill(pid, signal.SIGSTOP)
                 stopped.append(pid)
         watchdog.start()
@@ -69,6 +67,17 @@ def paused_postgres(services: Any, at_most: float = 30.0) -> Iterator[None]:
     finally:
         watchdog.cancel()
         resume()
+
+
+def paused_redis(services: Any, at_most: float = 30.0) -> Any:
+    """The suite's Redis frozen with SIGSTOP (see `paused`)."""
+    return paused([int((services.state / "redis.pid").read_text())], at_most)
+
+
+def paused_postgres(services: Any, at_most: float = 30.0) -> Any:
+    """The suite's PostgreSQL frozen with SIGSTOP, the postmaster first (it forks no new backend
+    meanwhile): a stalled host, a server stuck on its disk (see `paused`)."""
+    return paused(postgres_pids(services), at_most)
 
 
 class Processes:

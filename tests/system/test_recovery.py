@@ -24,7 +24,7 @@ from rq.job import Job
 
 from tests.helpers.archive import text_message
 from tests.helpers.common import WEBHOOK_SECRET, base_environ, sign
-from tests.helpers.faults import Processes, children, paused_postgres, wait_until
+from tests.helpers.faults import Processes, children, paused_postgres, paused_redis, wait_until
 
 pytestmark = [pytest.mark.faults]
 
@@ -290,3 +290,15 @@ def test_any_route_answers_json_503_while_postgres_is_down(client: Any, services
     assert response.status_code == 503, response.get_data(as_text=True)[:300]
     assert response.get_json()["error"] == "database_unavailable"
     assert response.headers["Retry-After"] == "5"
+
+
+def test_webhook_with_a_hung_redis_answers_in_time(deliver: Any, services: Any, redis_conn: Any) -> None:
+    """The row is written; its archive job is queued by the reconciler once Redis answers."""
+    assert deliver(text_message(5601)).get_json()["status"] == "accepted"  # a warm connection
+    with paused_redis(services):
+        started = time.monotonic()
+        response = deliver(text_message(5602))
+        elapsed = time.monotonic() - started
+    print(f"\nRedis paused: answered {response.status_code} in {elapsed:.2f} s")
+    assert response.status_code == 200 and response.get_json()["status"] == "accepted"
+    assert elapsed < 3.0
