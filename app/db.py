@@ -70,10 +70,12 @@ at all (paused, or its host stalled) before it closes the connection."""
 
 
 class _Local(threading.local):
-    budget: float | None = None
-    """Seconds left to the database calls of the current budget (see `budget()`)."""
+    total: float | None = None
+    """The whole of the current budget, in seconds (see `budget`)."""
+    left: float | None = None
+    """Seconds of it that the database calls have not spent yet."""
     deadline: float | None = None
-    """time.monotonic() by which the current budget ends, set by its first call."""
+    """While a call runs: time.monotonic() by which it must have ended."""
 
 
 _local = _Local()
@@ -112,8 +114,6 @@ def _wait(conn: psycopg2.extensions.connection, timeout: float | None = None) ->
         state = -1
     if state == _POLL_OK:
         return
-    if _local.deadline is None and _local.budget is not None:
-        _local.deadline = time.monotonic() + _local.budget
     ends = _local.deadline
     limit = getattr(conn, "silence_limit", None)
     if limit is not None:
@@ -148,39 +148,53 @@ psycopg2.extensions.set_wait_callback(_wait)
 
 
 class budget:
-    """Every database call inside (connecting included) shares `seconds`, counted from the first
-    one; past it they raise DatabaseUnavailable at once. Nested budgets keep the shorter end.
-    (A class rather than a generator: the webhook enters one per delivery.)"""
+    """The database calls inside (connecting included) may spend `seconds` between them; past it
+    they raise DatabaseUnavailable (a call that runs out is given up at once). Time spent outside
+    the calls (reading a request's body, say) does not count. Nested budgets keep the smaller
+    allowance. (A class rather than a generator: the webhook enters one per delivery.)"""
 
-    __slots__ = ("saved", "seconds")
+    __slots__ = ("saved", "seconds", "started_with")
 
     def __init__(self, seconds: float):
         self.seconds = seconds
         self.saved: tuple[float | None, float | None] = (None, None)
+        self.started_with = 0.0
 
     def __enter__(self) -> None:
-        self.saved = (_local.budget, _local.deadline)
-        if _local.deadline is not None:
-            _local.deadline = min(_local.deadline, time.monotonic() + self.seconds)
-        elif _local.budget is not None:
-            _local.budget = min(_local.budget, self.seconds)
-        else:
-            _local.budget = self.seconds
+        self.saved = (_local.total, _local.left)
+        total, left = self.saved
+        _local.total = self.seconds if total is None else min(total, self.seconds)
+        _local.left = self.seconds if left is None else min(left, self.seconds)
+        self.started_with = _local.left
 
     def __exit__(self, *exc: object) -> None:
-        _local.budget, _local.deadline = self.saved
+        spent = self.started_with - (_local.left or 0.0)
+        total, left = self.saved
+        _local.total = total
+        _local.left = None if left is None else left - spent
 
 
-def _start_budget() -> float | None:
-    """Seconds left in the current budget (starting its clock), or None without one."""
-    if _local.budget is None and _local.deadline is None:
-        return None
-    if _local.deadline is None:
-        _local.deadline = time.monotonic() + (_local.budget or 0.0)
-    left = _local.deadline - time.monotonic()
-    if left <= 0:
-        raise DatabaseUnavailable("the time allowed for the database has passed")
-    return left
+class _Spending:
+    """One database call under the current budget: it must end by the budget's remainder, and
+    what it took is deducted."""
+
+    __slots__ = ("started",)
+
+    def __init__(self) -> None:
+        self.started: float | None = None
+
+    def __enter__(self) -> None:
+        if _local.left is None or _local.deadline is not None:
+            return  # no budget, or inside a call already (connecting within a transaction)
+        if _local.left <= 0:
+            raise DatabaseUnavailable("the time allowed for the database has passed")
+        self.started = time.monotonic()
+        _local.deadline = self.started + _local.left
+
+    def __exit__(self, *exc: object) -> None:
+        if self.started is not None:
+            _local.left = (_local.left or 0.0) - (time.monotonic() - self.started)
+            _local.deadline = None
 
 
 class Database:
@@ -211,7 +225,6 @@ class Database:
 
     def _connection(self) -> _Connection:
         """This thread's connection, opened (or replaced, when the server has closed it) on demand."""
-        left = _start_budget()
         conn: _Connection | None = getattr(self._local, "conn", None)
         pid = getattr(self._local, "pid", None)
         if conn is not None and (conn.closed or pid != os.getpid() or _closed_by_server(conn)):
@@ -219,19 +232,24 @@ class Database:
                 self._discard(conn)
             conn = None
         if conn is None:
-            timeout = self.connect_timeout if left is None else min(self.connect_timeout, left)
+            # Connecting is bounded by the wait callback too (libpq's connect_timeout is not used
+            # when a callback drives the connection).
+            saved = _local.deadline
+            connect_by = time.monotonic() + self.connect_timeout
+            _local.deadline = connect_by if saved is None else min(saved, connect_by)
             try:
-                with budget(timeout):
-                    conn = psycopg2.connect(
-                        self.url,
-                        connection_factory=_Connection,
-                        application_name=self.application_name,
-                        keepalives=1,
-                        keepalives_idle=30,
-                        options=f"-c statement_timeout={_ms(self.statement_timeout)}",
-                    )
+                conn = psycopg2.connect(
+                    self.url,
+                    connection_factory=_Connection,
+                    application_name=self.application_name,
+                    keepalives=1,
+                    keepalives_idle=30,
+                    options=f"-c statement_timeout={_ms(self.statement_timeout)}",
+                )
             except psycopg2.OperationalError as exc:
                 raise DatabaseUnavailable(_short(exc)) from None
+            finally:
+                _local.deadline = saved
             conn.silence_limit = self.statement_timeout + SILENCE_MARGIN
             conn.statement_timeout_ms = _ms(self.statement_timeout)
             self._local.conn = conn
@@ -241,8 +259,8 @@ class Database:
     def _session(self) -> _Connection:
         """The connection, its statement_timeout switched to the current budget's (or back)."""
         conn = self._connection()
-        in_budget = _local.budget is not None or _local.deadline is not None
-        wanted = _ms(min(self.statement_timeout, _budget_total()) if in_budget else self.statement_timeout)
+        total = _local.total
+        wanted = _ms(self.statement_timeout if total is None else min(self.statement_timeout, total))
         if conn.statement_timeout_ms != wanted and conn.status == psycopg2.extensions.STATUS_READY:
             self._set_statement_timeout(conn, wanted)
         return conn
@@ -268,23 +286,24 @@ class Database:
     @contextmanager
     def transaction(self) -> Iterator[psycopg2.extras.RealDictCursor]:
         """A cursor inside one transaction: commit on success, roll back on error."""
-        conn = self._session()
-        try:
-            with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
-                yield cur
-            conn.commit()
-        except psycopg2.errors.UniqueViolation as exc:
-            self._rollback(conn)
-            raise UniqueViolation(_short(exc)) from None
-        except psycopg2.errors.QueryCanceled as exc:
-            self._rollback(conn)
-            raise StatementTimeout(_short(exc)) from None
-        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-            self._discard(conn)
-            raise DatabaseUnavailable(_short(exc)) from None
-        except BaseException:
-            self._rollback(conn)
-            raise
+        with _Spending():
+            conn = self._session()
+            try:
+                with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+                    yield cur
+                conn.commit()
+            except psycopg2.errors.UniqueViolation as exc:
+                self._rollback(conn)
+                raise UniqueViolation(_short(exc)) from None
+            except psycopg2.errors.QueryCanceled as exc:
+                self._rollback(conn)
+                raise StatementTimeout(_short(exc)) from None
+            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                self._discard(conn)
+                raise DatabaseUnavailable(_short(exc)) from None
+            except BaseException:
+                self._rollback(conn)
+                raise
 
     def _rollback(self, conn: psycopg2.extensions.connection) -> None:
         try:
@@ -332,6 +351,12 @@ class Database:
     def _execute_prepared(
         self, module: str, base: str, params: Params, *, prepare: bool | None
     ) -> dict[str, Any] | None:
+        with _Spending():
+            return self._run_prepared_statement(module, base, params, prepare=prepare)
+
+    def _run_prepared_statement(
+        self, module: str, base: str, params: Params, *, prepare: bool | None
+    ) -> dict[str, Any] | None:
         # In autocommit there is no transaction to roll back: the errors of transaction() are
         # translated here without its context manager and dictionary cursor (the webhook's
         # statement runs on every delivery).
@@ -365,13 +390,6 @@ class Database:
     def ping(self) -> None:
         with self.transaction() as cur:
             cur.execute("SELECT 1")
-
-
-def _budget_total() -> float:
-    """The whole of the current budget, in seconds (its statements' server-side timeout)."""
-    if _local.deadline is None:
-        return _local.budget or 0.0
-    return _local.budget if _local.budget is not None else max(0.0, _local.deadline - time.monotonic())
 
 
 def _ms(seconds: float) -> int:

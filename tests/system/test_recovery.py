@@ -302,3 +302,19 @@ def test_webhook_with_a_hung_redis_answers_in_time(deliver: Any, services: Any, 
     print(f"\nRedis paused: answered {response.status_code} in {elapsed:.2f} s")
     assert response.status_code == 200 and response.get_json()["status"] == "accepted"
     assert elapsed < 3.0
+
+
+def test_a_budget_counts_database_time_only(services: Any, settings: Any) -> None:
+    """A delivery's slow body does not eat its database allowance; its database calls do."""
+    from app.db import Database, DatabaseUnavailable
+
+    database = Database(services.env["DATABASE_URL"])
+    with database.budget(0.5):
+        database.ping()
+        time.sleep(0.6)  # reading a request's body, say
+        database.ping()
+        with pytest.raises(DatabaseUnavailable), database.transaction() as cur:
+            cur.execute("SELECT pg_sleep(2)")
+    with database.budget(0.5):
+        database.ping()  # a new budget: a new allowance, on a connection that was replaced
+    database.close()
