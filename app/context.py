@@ -47,6 +47,14 @@ def use_settings(new: Settings | None) -> None:
 
 
 _cache: dict[str, object] = {}
+_generation = [0]
+"""Bumped by reset(): a client built from settings that were replaced meanwhile (by a thread
+that outlived its request, say) is used once but not kept."""
+
+
+def _keep(key: str, value: object, generation: int) -> None:
+    if generation == _generation[0]:
+        _cache[key] = value
 
 
 def _per_process(key: str) -> str:
@@ -57,9 +65,9 @@ def db() -> Database:
     key = _per_process("db")
     found = _cache.get(key)
     if not isinstance(found, Database):
-        current = settings()
+        generation, current = _generation[0], settings()
         found = Database(current.database_url, statement_timeout=current.db_statement_timeout)
-        _cache[key] = found
+        _keep(key, found, generation)
     return found
 
 
@@ -67,13 +75,14 @@ def redis() -> Redis:
     key = _per_process("redis")
     found = _cache.get(key)
     if found is None:
+        generation = _generation[0]
         found = Redis.from_url(
             settings().redis_url,
             socket_connect_timeout=REDIS_TIMEOUT,
             socket_timeout=REDIS_TIMEOUT,
             health_check_interval=30,
         )
-        _cache[key] = found
+        _keep(key, found, generation)
     return found  # type: ignore[return-value]
 
 
@@ -85,8 +94,9 @@ def gcs() -> storage.Client:
     key = _per_process("gcs")
     found = _cache.get(key)
     if found is None:
+        generation = _generation[0]
         found = make_client(settings())
-        _cache[key] = found
+        _keep(key, found, generation)
     return found  # type: ignore[return-value]
 
 
@@ -95,6 +105,7 @@ def reset() -> None:
     for key, value in list(_cache.items()):
         if isinstance(value, Database) and key.endswith(f":{os.getpid()}"):
             value.close()
+    _generation[0] += 1
     _cache.clear()
     _overrides.clear()
     _settings_from_env.cache_clear()

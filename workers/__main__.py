@@ -11,10 +11,9 @@ import argparse
 import logging
 import sys
 
-from app import context
+from app import context, logs
 from app.config import ConfigError
 from app.jobs import ALL_QUEUES, GENERAL_QUEUES, TRANSCRIBE_QUEUE
-from app.logs import configure_logging, settings_secrets
 from app.transcription import describe, missing_requirement
 from workers.metered import MeteredWorker, QuietWorkerPool
 
@@ -45,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"configuration error: {exc}\n")
         return 2
-    configure_logging(settings.log_level, settings_secrets(settings))
+    logs.configure_logging(settings.log_level, logs.settings_secrets(settings))
     if args.queues is None:
         queues = list(GENERAL_QUEUES)
         if settings.effective_transcription_provider == "none":

@@ -34,12 +34,11 @@ from rq.exceptions import DuplicateJobError
 from rq.scheduler import RQScheduler
 from rq.scripts import acquire_or_refresh_lock, release_lock
 
-from app import context
+from app import context, logs
 from app.config import ConfigError, Settings
 from app.db import DatabaseUnavailable
 from app.ingest import spool
 from app.jobs import ALL_QUEUES, CRON_LEADER_KEY, CRON_LEADER_TTL, MAINTENANCE_QUEUE
-from app.logs import configure_logging, settings_secrets
 from workers.backfill import backfill
 from workers.reconcile import reconcile
 
@@ -280,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"configuration error: {exc}\n")
         return 2
-    configure_logging(settings.log_level, settings_secrets(settings))
+    logs.configure_logging(settings.log_level, logs.settings_secrets(settings))
     CronProcess(context.redis(), settings).run()
     return 0
 
