@@ -18,6 +18,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from cryptography.fernet import Fernet
+from dotenv import load_dotenv
+from limits import parse_many
+
 from app.chatwoot import templates
 
 ENVIRONMENTS = ("development", "production")
@@ -87,6 +91,15 @@ def duration(at_least: int = 0) -> Parser:
     return lambda name, raw: max(at_least, _duration(name, raw))
 
 
+def seconds(name: str, raw: str) -> float:
+    """Seconds, fractions allowed: `1`, `1.5`, `1.5s` or `800ms`."""
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s)?\s*", raw)
+    if not match or float(match.group(1)) <= 0:
+        raise ConfigError(f"{name}: expected a positive number of seconds such as 1.5 or 800ms, got {raw!r}")
+    value = float(match.group(1))
+    return value / 1000 if match.group(2) == "ms" else value
+
+
 def _url(name: str, raw: str, schemes: tuple[str, ...]) -> str:
     parsed = urlparse(raw.strip())
     if parsed.scheme not in schemes or not (parsed.hostname or parsed.path):
@@ -116,8 +129,6 @@ def choice(choices: tuple[str, ...], *, upper: bool = False) -> Parser:
 
 def rate(name: str, raw: str) -> str:
     """A rate such as `1 per 2 seconds` or `30/minute` (the `limits` library's notation)."""
-    from limits import parse_many
-
     try:
         parse_many(raw)
     except ValueError:
@@ -212,8 +223,6 @@ def price(name: str, raw: str) -> str:
 
 
 def fernet_keys(name: str, raw: str) -> str:
-    from cryptography.fernet import Fernet
-
     for part in raw.split(","):
         try:
             Fernet(part.strip())
@@ -348,6 +357,23 @@ class Settings:
         required="such as redis://127.0.0.1:6379/0",
         example="redis://127.0.0.1:6379/0",
         listed=True,
+    )
+
+    db_statement_timeout: float = setting(
+        "DB_STATEMENT_TIMEOUT",
+        30.0,
+        "Longest a database statement may run in jobs, the admin API and the CLI (seconds); a server that does not answer at all is given up 5 s later.",
+        section=STORES,
+        parse=seconds,
+        example="30",
+    )
+    webhook_db_timeout: float = setting(
+        "WEBHOOK_DB_TIMEOUT",
+        1.0,
+        "Time a webhook delivery may spend on the database, connecting included (seconds); past it the delivery is spooled and answered 200.",
+        section=STORES,
+        parse=seconds,
+        example="1",
     )
 
     # --- Google Cloud Storage
@@ -943,8 +969,6 @@ def redact_url(value: str) -> str:
 def load_dotenv_file(path: str | os.PathLike[str] = ".env") -> None:
     """Read `.env` into the environment; variables already set win."""
     if Path(path).is_file():
-        from dotenv import load_dotenv
-
         load_dotenv(path, override=False)
 
 
@@ -1038,4 +1062,20 @@ def env_example() -> str:
         default = None if f.default is MISSING else f.default
         assignment = f"{variable.env}={_example_value(default, variable)}"
         lines += [f"# {variable.doc}", assignment if variable.listed else f"# {assignment}"]
+    return "\n".join(lines) + "\n"
+
+
+_NO_EXAMPLE = Variable("", text, "", "")
+
+
+def settings_table() -> str:
+    """Every variable as a Markdown table (for the README): name, default, what it does."""
+    lines = ["| variable | default | what it does |", "|---|---|---|"]
+    for f, variable in declared():
+        default = "" if f.default is MISSING or variable.secret else _example_value(f.default, _NO_EXAMPLE)
+        if variable.required:
+            default = "(required)"
+        shown = f"`{default}`" if default else ""
+        doc = variable.doc.replace("|", "\\|")
+        lines.append(f"| `{variable.env}` | {shown} | {doc} |")
     return "\n".join(lines) + "\n"

@@ -10,12 +10,18 @@ import os
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
+from redis import Redis
+
 from app.config import Settings, load_dotenv_file, load_settings
 from app.db import Database
 
 if TYPE_CHECKING:
     from google.cloud import storage
-    from redis import Redis
+
+REDIS_TIMEOUT = 1.5
+"""Seconds a Redis command (or connecting) may take: a hung Redis costs a webhook delivery this
+long, within Chatwoot's 5 s (the row is written; the reconciler queues its job later). RQ's
+workers raise it on their own connection for their blocking dequeue."""
 
 _overrides: dict[str, object] = {}
 
@@ -41,6 +47,14 @@ def use_settings(new: Settings | None) -> None:
 
 
 _cache: dict[str, object] = {}
+_generation = [0]
+"""Bumped by reset(): a client built from settings that were replaced meanwhile (by a thread
+that outlived its request, say) is used once but not kept."""
+
+
+def _keep(key: str, value: object, generation: int) -> None:
+    if generation == _generation[0]:
+        _cache[key] = value
 
 
 def _per_process(key: str) -> str:
@@ -51,32 +65,38 @@ def db() -> Database:
     key = _per_process("db")
     found = _cache.get(key)
     if not isinstance(found, Database):
-        found = Database(settings().database_url)
-        _cache[key] = found
+        generation, current = _generation[0], settings()
+        found = Database(current.database_url, statement_timeout=current.db_statement_timeout)
+        _keep(key, found, generation)
     return found
 
 
 def redis() -> Redis:
-    from redis import Redis as RedisClient
-
     key = _per_process("redis")
     found = _cache.get(key)
     if found is None:
-        found = RedisClient.from_url(
-            settings().redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
+        generation = _generation[0]
+        found = Redis.from_url(
+            settings().redis_url,
+            socket_connect_timeout=REDIS_TIMEOUT,
+            socket_timeout=REDIS_TIMEOUT,
+            health_check_interval=30,
         )
-        _cache[key] = found
+        _keep(key, found, generation)
     return found  # type: ignore[return-value]
 
 
 def gcs() -> storage.Client:
+    # Imported on first use: google-cloud-storage takes long to import, and only the processes
+    # that store objects (and /readyz) need it.
     from app.archive.gcs_client import make_client
 
     key = _per_process("gcs")
     found = _cache.get(key)
     if found is None:
+        generation = _generation[0]
         found = make_client(settings())
-        _cache[key] = found
+        _keep(key, found, generation)
     return found  # type: ignore[return-value]
 
 
@@ -85,6 +105,7 @@ def reset() -> None:
     for key, value in list(_cache.items()):
         if isinstance(value, Database) and key.endswith(f":{os.getpid()}"):
             value.close()
+    _generation[0] += 1
     _cache.clear()
     _overrides.clear()
     _settings_from_env.cache_clear()

@@ -15,15 +15,22 @@ import logging
 import os
 import socket
 import time
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import LockError, RedisError, WatchError
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+from rq.registry import ScheduledJobRegistry, StartedJobRegistry
+from rq.worker import Worker
 
 from app import context
 from app.config import Settings
 from app.db import DatabaseUnavailable
+from app.ingest import spool
 from app.jobs import (
     ALL_QUEUES,
     ARCHIVE_MESSAGE,
@@ -38,6 +45,9 @@ from app.jobs import (
     enqueue,
     job_id,
 )
+from app.logs import redact, settings_secrets
+from app.metrics import JOBS
+from app.orders.clarify import expire_clarifications as expire
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +61,9 @@ LIVE_STATUSES = frozenset({"queued", "started", "scheduled", "deferred", "create
 """RQ job states in which the job will still run."""
 QUEUE_SCAN_LIMIT = 20_000
 """A queue longer than this is not listed to confirm that a 'queued' job is really in it."""
+SCHEDULED_GRACE = 60
+"""Seconds a scheduled job (a retry, a delayed run) may stay past its time before it counts as
+stuck: RQ's scheduler moves due jobs every second or two when one runs."""
 
 
 @dataclass(frozen=True)
@@ -123,8 +136,6 @@ def backoff_seconds(attempt: int, settings: Settings) -> int:
 
 def _worker_alive(conn: Any, worker_name: str) -> bool:
     """False when the worker is gone: its key expired, or it ran on this host and its pid is dead."""
-    from rq.worker import Worker
-
     raw = conn.hmget(Worker.redis_worker_namespace_prefix + worker_name, "hostname", "pid")
     hostname, pid = (v.decode() if isinstance(v, bytes) else v for v in raw)
     if not hostname and not pid:
@@ -148,8 +159,6 @@ class JobInspector:
 
     def _in_queue(self, queue_name: str, jid: str) -> bool:
         if queue_name not in self._queued:
-            from rq import Queue
-
             queue = Queue(queue_name, connection=self.conn)
             if self.conn.llen(queue.key) > QUEUE_SCAN_LIMIT:
                 self._queued[queue_name] = None
@@ -162,8 +171,6 @@ class JobInspector:
 
     def state(self, spec: JobSpec, row_id: int) -> tuple[str, str]:
         """(live | stale | absent, last error of a failed job)."""
-        from rq.job import Job
-
         jid = job_id(spec, row_id)
         status, worker_name, exc_info = self.conn.hmget(Job.key_for(jid), "status", "worker_name", "exc_info")
         if status is None:
@@ -174,15 +181,21 @@ class JobInspector:
             return "stale", "job lost from its queue"
         if status == "started" and worker_name and not _worker_alive(self.conn, worker_name.decode()):
             return "stale", "worker died during the job"
+        if status == "scheduled" and self._overdue(spec.queue, jid):
+            return "stale", "scheduled run overdue (no RQ scheduler moved it)"
         if status in LIVE_STATUSES:
             return "live", ""
         return "stale", _last_error(exc_info)
 
+    def _overdue(self, queue_name: str, jid: str) -> bool:
+        """True when the job is not in its queue's scheduled registry, or is due since more than
+        SCHEDULED_GRACE seconds (no scheduler is moving that queue's jobs)."""
+        registry = ScheduledJobRegistry(queue_name, connection=self.conn)  # type: ignore[no-untyped-call]
+        due = self.conn.zscore(registry.key, jid)
+        return due is None or float(due) < time.time() - SCHEDULED_GRACE
+
     def remove(self, spec: JobSpec, row_id: int) -> None:
         """Delete a job that will never run again, so that its id is free for a new enqueue."""
-        from rq.exceptions import NoSuchJobError
-        from rq.job import Job
-
         jid = job_id(spec, row_id)
         try:
             Job.fetch(jid, connection=self.conn).delete()
@@ -196,8 +209,6 @@ def _last_error(exc_info: bytes | None) -> str:
     """The last line of a failed job's traceback ("Type: message"), short and redacted."""
     if not exc_info:
         return ""
-    import zlib
-
     try:
         text = zlib.decompress(exc_info).decode("utf-8", "replace")
     except zlib.error:
@@ -207,16 +218,12 @@ def _last_error(exc_info: bytes | None) -> str:
 
 
 def _clean(text: str) -> str:
-    from app.logs import redact, settings_secrets
-
     return redact(text, settings_secrets(context.settings()))[:300]
 
 
 def clean_abandoned(conn: Any, queues: Iterable[str] = ALL_QUEUES) -> None:
     """Let RQ move jobs whose worker stopped sending heartbeats to the failed registry now,
     instead of at the next worker maintenance (every 10 minutes)."""
-    from rq.registry import StartedJobRegistry
-
     for name in queues:
         StartedJobRegistry(name, connection=conn).cleanup()
 
@@ -249,8 +256,6 @@ class RunLock:
 
     def _holder_is_dead(self) -> bool:
         """True (and the lock deleted) when its holder was a process of this host that is gone."""
-        from redis.exceptions import WatchError
-
         with self.conn.pipeline() as pipe:
             try:
                 pipe.watch(self.key)
@@ -269,8 +274,6 @@ class RunLock:
 
     def renew(self) -> None:
         """Push the expiry back; a lock lost meanwhile (Redis restarted) is simply not renewed."""
-        from redis.exceptions import LockError
-
         with contextlib.suppress(LockError, RedisError, OSError):
             self.lock.reacquire()
 
@@ -360,8 +363,6 @@ def _reconcile_row(
     dry_run: bool,
     give_up: bool,
 ) -> Outcome | None:
-    from app.metrics import JOBS
-
     row_id, attempts = int(row["id"]), int(row["attempts"])
     try:
         liveness, last_error = inspector.state(stage.spec, row_id)
@@ -463,8 +464,6 @@ def replay_spool() -> str:
 
     The spool is a folder on the web host (SPOOL_DIR): a worker that shares it replays it.
     """
-    from app.ingest import spool
-
     if not spool.pending_files():
         return "empty"
     context.db().ping()  # DatabaseUnavailable: still down, the spool waits for the next run
@@ -476,8 +475,6 @@ def replay_spool() -> str:
 
 def expire_clarifications() -> str:
     """Orders whose question stayed unanswered for CLARIFICATION_TIMEOUT are cancelled."""
-    from app.orders.clarify import expire_clarifications as expire
-
     return f"{expire()} expired"
 
 

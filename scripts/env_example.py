@@ -12,11 +12,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.config import env_example  # noqa: E402
+from app.config import env_example, settings_table  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
-    if argv not in ([], ["--check"]):
+    if argv not in ([], ["--check"], ["--table"]):
         sys.stderr.write(__doc__ or "")
         return 2
     if argv == ["--check"]:
@@ -27,7 +27,7 @@ def main(argv: list[str]) -> int:
             )
             return 1
         return 0
-    sys.stdout.write(env_example())
+    sys.stdout.write(settings_table() if argv == ["--table"] else env_example())
     return 0
 
 

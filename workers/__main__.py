@@ -11,9 +11,11 @@ import argparse
 import logging
 import sys
 
-from app import context
+from app import context, logs
 from app.config import ConfigError
 from app.jobs import ALL_QUEUES, GENERAL_QUEUES, TRANSCRIBE_QUEUE
+from app.transcription import describe, missing_requirement
+from workers.metered import MeteredWorker, QuietWorkerPool
 
 log = logging.getLogger("workers")
 
@@ -42,9 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"configuration error: {exc}\n")
         return 2
-    from app.logs import configure_logging, settings_secrets
-
-    configure_logging(settings.log_level, settings_secrets(settings))
+    logs.configure_logging(settings.log_level, logs.settings_secrets(settings))
     if args.queues is None:
         queues = list(GENERAL_QUEUES)
         if settings.effective_transcription_provider == "none":
@@ -57,13 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"unknown queue(s): {', '.join(unknown)}; known: {', '.join(ALL_QUEUES)}\n")
         return 2
     processes = args.processes or settings.worker_processes
-    from app.transcription import describe, missing_requirement
-
     if "transcribe" in queues and (missing := missing_requirement(settings)):
         sys.stderr.write(f"configuration error: {missing}\n")
         return 2
-    from workers.metered import MeteredWorker, QuietWorkerPool
-
     log.info(
         "worker starting",
         extra={

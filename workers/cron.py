@@ -5,6 +5,15 @@ RQ's CronScheduler has no lock of its own: two of them would enqueue everything 
 `workers.cron` process first takes a Redis lock (CRON_LEADER_KEY) and only its holder
 schedules; a second process waits as a standby and takes over when the lock expires. The loop
 survives Redis outages (it waits and takes the lock again) and stops on SIGTERM or SIGINT.
+
+The leader also watches, every few seconds, what would otherwise wait for a periodic run:
+- RQ's scheduler (which moves retries and delayed jobs onto their queues) normally runs beside
+  a worker, which looks for a lost one only every 10 minutes. The leader takes each queue's
+  scheduler lock that nobody holds and does that work itself, so a lost scheduler (its worker
+  killed, Redis restarted empty) is replaced within seconds.
+- Spooled deliveries: once PostgreSQL answers again, a reconcile run is queued at once instead
+  of at the next RECONCILE_INTERVAL.
+- Workers: a queue with jobs waiting and no worker serving it is logged (once a minute).
 """
 
 from __future__ import annotations
@@ -19,10 +28,19 @@ from types import FrameType
 from typing import Any
 
 from redis.exceptions import LockError, RedisError
+from rq import Queue, Worker
+from rq.cron import CronScheduler
+from rq.exceptions import DuplicateJobError
+from rq.scheduler import RQScheduler
+from rq.scripts import acquire_or_refresh_lock, release_lock
 
-from app import context
+from app import context, logs
 from app.config import ConfigError, Settings
-from app.jobs import CRON_LEADER_KEY, CRON_LEADER_TTL, MAINTENANCE_QUEUE
+from app.db import DatabaseUnavailable
+from app.ingest import spool
+from app.jobs import ALL_QUEUES, CRON_LEADER_KEY, CRON_LEADER_TTL, MAINTENANCE_QUEUE
+from workers.backfill import backfill
+from workers.reconcile import reconcile
 
 log = logging.getLogger("workers.cron")
 
@@ -34,14 +52,19 @@ BACKFILL_TIMEOUT = 900
 """Seconds a backfill run may take."""
 HISTORY_TTL = 3600
 """Seconds the result of a periodic run is kept for inspection."""
+SCHEDULER_LOCK_TTL = 15
+"""Seconds an RQ scheduler lock taken by the cron leader lasts without renewal (renewed every
+tick); RQ's own schedulers use 61."""
+SPOOL_CHECK = 5.0
+"""Seconds between two looks at the spool (and, when it holds deliveries, at PostgreSQL)."""
+WORKER_CHECK = 60.0
+"""Seconds between two warnings about a queue that has jobs and no worker."""
+REPLAY_JOB_ID = "reconcile-spool"
+"""Id of the reconcile run queued when spooled deliveries can be written (one at a time)."""
 
 
 def build_scheduler(conn: Any, settings: Settings) -> Any:
     """A CronScheduler with the service's periodic jobs registered."""
-    from rq.cron import CronScheduler
-
-    from workers.reconcile import reconcile
-
     scheduler = CronScheduler(connection=conn, logging_level=settings.log_level)
     scheduler.register(
         reconcile,
@@ -54,8 +77,6 @@ def build_scheduler(conn: Any, settings: Settings) -> Any:
         name="reconcile",
     )
     if settings.backfill_interval > 0:
-        from workers.backfill import backfill
-
         scheduler.register(
             backfill,
             queue_name=MAINTENANCE_QUEUE,
@@ -97,12 +118,102 @@ class Leader:
             self.held = False
 
 
+class SchedulerStandIn(RQScheduler):
+    """RQ's scheduler run inside the cron leader's loop, for the queues whose scheduler lock
+    nobody holds: due scheduled jobs (retries, delayed jobs) are moved onto their queues."""
+
+    def __init__(self, conn: Any, settings: Settings):
+        super().__init__(ALL_QUEUES, connection=conn, interval=TICK, logging_level=settings.log_level)
+
+    def acquire_locks(self, auto_start: bool = False) -> set[str]:
+        """RQ's, with a lock that outlives this process by SCHEDULER_LOCK_TTL at most."""
+        owned = set()
+        for name in sorted(self._queue_names):
+            outcome = acquire_or_refresh_lock(
+                self.connection, self.get_locking_key(name), self.name, SCHEDULER_LOCK_TTL
+            )
+            if outcome in ("acquired", "refreshed"):
+                owned.add(name)
+                if outcome == "acquired":
+                    log.warning(
+                        "no RQ scheduler held the queue; the cron leader schedules it", extra={"queue": name}
+                    )
+        self._scheduled_job_registries = []
+        self._acquired_locks = owned
+        return owned
+
+    def tick(self) -> None:
+        if self.acquire_locks():
+            self.enqueue_scheduled_jobs()  # type: ignore[no-untyped-call]
+
+    def release_locks(self) -> None:
+        for name in self._acquired_locks:
+            with contextlib.suppress(RedisError, OSError):
+                release_lock(self.connection, self.get_locking_key(name), self.name)
+        self._acquired_locks = set()
+
+
+class Watch:
+    """The leader's looks at the spool and at the workers, each at its own pace."""
+
+    def __init__(self, conn: Any, settings: Settings):
+        self.conn = conn
+        self.settings = settings
+        self.next_spool = 0.0
+        self.next_workers = time.monotonic() + WORKER_CHECK
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if now >= self.next_spool:
+            self.next_spool = now + SPOOL_CHECK
+            self.spool()
+        if now >= self.next_workers:
+            self.next_workers = now + WORKER_CHECK
+            self.workers()
+
+    def spool(self) -> None:
+        """Queue a reconcile run as soon as spooled deliveries can be written."""
+        if not spool.pending_files():
+            return
+        database = context.db()
+        try:
+            with database.budget(2.0):
+                database.ping()
+        except DatabaseUnavailable:
+            return  # still down: looked at again in SPOOL_CHECK seconds
+        try:
+            Queue(MAINTENANCE_QUEUE, connection=self.conn).enqueue(
+                reconcile,
+                job_id=REPLAY_JOB_ID,
+                unique=True,
+                at_front=True,
+                job_timeout=RECONCILE_TIMEOUT,
+                result_ttl=0,
+                failure_ttl=HISTORY_TTL,
+            )
+        except DuplicateJobError:
+            return  # queued or running already
+        log.info("spooled deliveries: PostgreSQL answers, reconcile queued now")
+
+    def workers(self) -> None:
+        """Log each queue that has jobs waiting and no live worker."""
+        serving = {q for w in Worker.all(connection=self.conn) for q in w.queue_names()}
+        for name in ALL_QUEUES:
+            if name in serving:
+                continue
+            waiting = Queue(name, connection=self.conn).count
+            if waiting:
+                log.error("no worker serves the queue; its jobs wait", extra={"queue": name, "jobs": waiting})
+
+
 class CronProcess:
     def __init__(self, conn: Any, settings: Settings):
         self.conn = conn
         self.settings = settings
         self.scheduler = build_scheduler(conn, settings)
         self.leader = Leader(conn)
+        self.rq_scheduler = SchedulerStandIn(conn, settings)
+        self.watch = Watch(conn, settings)
         self.stopping = False
         self.registered = False
 
@@ -111,8 +222,9 @@ class CronProcess:
         self.stopping = True
 
     def tick(self) -> None:
-        """One look: lead (or stand by), enqueue what is due, heartbeat."""
+        """One look: lead (or stand by), enqueue what is due, heartbeat, watch."""
         if not self.leader.hold():
+            self.rq_scheduler.release_locks()
             return
         if not self.registered:
             self.scheduler.register_birth()
@@ -120,6 +232,8 @@ class CronProcess:
         if self.scheduler.enqueue_jobs():
             self.scheduler.save()
         self.scheduler.heartbeat()
+        self.rq_scheduler.tick()
+        self.watch.tick()
 
     def run(self) -> None:
         signal.signal(signal.SIGTERM, self.stop)
@@ -152,6 +266,7 @@ class CronProcess:
                 self.scheduler.register_death()
         except (RedisError, OSError):
             pass
+        self.rq_scheduler.release_locks()
         self.leader.release()
         log.info("cron stopped")
 
@@ -164,9 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"configuration error: {exc}\n")
         return 2
-    from app.logs import configure_logging, settings_secrets
-
-    configure_logging(settings.log_level, settings_secrets(settings))
+    logs.configure_logging(settings.log_level, logs.settings_secrets(settings))
     CronProcess(context.redis(), settings).run()
     return 0
 

@@ -3,11 +3,16 @@
 Each run ends in exactly one of RQ's handlers (success, failure, or a returned Retry), so
 counting there gives `meeting_notes_job_runs_total{job, result}` and the run's duration for
 every job, including ones that crash before they could count themselves.
+
+It also recovers within a minute from what RQ repairs only at its 10-minute maintenance: its
+registration lost with Redis's data (it would work on, invisible to `/readyz` and to the
+reconciler), and a scheduler process that died or was orphaned.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from multiprocessing import get_context
 from typing import Any
@@ -17,6 +22,7 @@ from rq.scheduler import RQScheduler
 from rq.scheduler import run as run_scheduler
 from rq.worker import SimpleWorker
 from rq.worker_pool import WorkerPool, run_worker
+from rq.worker_registration import register
 
 from app.metrics import JOB_DURATION, JOB_RUNS
 
@@ -27,11 +33,29 @@ def job_label(job: Any) -> str:
     return str(name).rsplit(".", 1)[-1]
 
 
+WORKER_TTL = 30
+"""Seconds between two heartbeats of an idle worker, less 15 (RQ's dequeue wait is the TTL
+less 15 s); RQ's default is 420, too slow for the checks below."""
+CHECK_INTERVAL = 15.0
+"""Seconds between two looks at the worker's registration and its scheduler process."""
+
+
 class QuietScheduler(RQScheduler):
     """RQ's scheduler process, ending with one log line (RQ's own) rather than a traceback on
-    stderr when Redis goes away; the worker starts a new one at its next maintenance."""
+    stderr when Redis goes away (its worker starts another within CHECK_INTERVAL), and stopping,
+    its locks released, when its worker is gone (killed with SIGKILL)."""
+
+    _parent_pid = 0
+
+    def enqueue_scheduled_jobs(self) -> None:
+        if self._parent_pid and os.getppid() != self._parent_pid:
+            self.log.warning("scheduler: its worker is gone; stopping")
+            self.request_stop()  # type: ignore[no-untyped-call]  # work() stops, releasing the locks, at its next turn
+            return
+        super().enqueue_scheduled_jobs()  # type: ignore[no-untyped-call]
 
     def start(self) -> Any:
+        self._parent_pid = os.getpid()
         self._status = self.Status.STARTED
         self._connection = None  # a Redis connection must not cross the fork
         process: Any = get_context("fork").Process(target=_run_scheduler, args=(self,), name="Scheduler")
@@ -87,6 +111,38 @@ class MeteredWorker(SimpleWorker):
     """SimpleWorker that records JOB_RUNS and JOB_DURATION for each run."""
 
     _run_started: float | None = None
+    _next_check = 0.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("worker_ttl", WORKER_TTL)
+        super().__init__(*args, **kwargs)
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        if pipeline is None and time.monotonic() >= self._next_check:
+            self._next_check = time.monotonic() + CHECK_INTERVAL
+            self._check_registration()
+            self._check_scheduler()
+        super().heartbeat(timeout, pipeline)
+
+    def _check_registration(self) -> None:
+        """Register again when Redis lost the registration (restarted without its data)."""
+        if self.connection.sismember(self.redis_workers_keys, self.key):
+            return
+        logging.getLogger("workers").warning("worker registration lost (Redis restarted?); registering again")
+        with self.connection.pipeline() as pipe:
+            pipe.hset(self.key, mapping=self.serialize())
+            register(self, pipe)
+            pipe.expire(self.key, self.worker_ttl + 60)
+            pipe.execute()
+
+    def _check_scheduler(self) -> None:
+        """Start a scheduler when this worker's has stopped and a queue's lock is free."""
+        scheduler: Any = self.scheduler
+        if scheduler is None or (scheduler._process is not None and scheduler._process.is_alive()):
+            return
+        if scheduler._process is not None:
+            scheduler._process.join(0)  # reap it
+        scheduler.acquire_locks(auto_start=True)
 
     def _start_scheduler(
         self,

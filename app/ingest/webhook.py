@@ -111,7 +111,10 @@ def handle(request: WerkzeugRequest) -> Response:
     request_id = secrets.token_hex(16)
     delivery_id = request.headers.get(signatures.DELIVERY_HEADER, "")[:MAX_DELIVERY_ID_LENGTH]
     try:
-        answer = _handle(request, request_id, delivery_id)
+        # Chatwoot waits 5 s and never retries: a database that is slow or hung gets a bounded
+        # share of that (timeouts raise DatabaseUnavailable, and the delivery is spooled).
+        with context.db().budget(context.settings().webhook_db_timeout):
+            answer = _handle(request, request_id, delivery_id)
     except Exception as exc:  # the sender gets a JSON 500, the log the error type (no traceback)
         answer = _error(
             500, "error", "internal_error", "the delivery could not be handled", error_type=type(exc).__name__

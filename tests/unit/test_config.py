@@ -190,3 +190,12 @@ def test_values_are_parsed_as_declared() -> None:
     assert s.allow_unsigned_webhooks is True
     assert s.chatwoot_allowed_private_hosts == ("chat.local", "x")
     assert s.chatwoot_base_url == "https://chat.example.com"
+
+
+def test_the_settings_table_lists_every_variable_without_secret_values() -> None:
+    from app.config import settings_table
+
+    table = settings_table()
+    for _, variable in declared():
+        assert f"| `{variable.env}` |" in table
+    assert "dev-secret-key" not in table and "dev-bucket-hash-secret" not in table
