@@ -13,6 +13,7 @@ from tabulate import tabulate
 
 from app import context
 from app.db import plain
+from app.migrate import pending, upgrade
 
 
 def print_table(rows: list[dict[str, Any]], fmt: str = "psql") -> str:
@@ -33,7 +34,6 @@ db_cli = AppGroup("db", help="Database schema.")
 @db_cli.command("upgrade")
 def db_upgrade() -> None:
     """Apply pending migrations (safe to run twice, and from two processes at once)."""
-    from app.migrate import upgrade
 
     applied = upgrade(context.settings().database_url)
     click.echo(f"applied: {', '.join(applied)}" if applied else "database is up to date")
@@ -42,7 +42,6 @@ def db_upgrade() -> None:
 @db_cli.command("status")
 def db_status() -> None:
     """List migrations not applied yet."""
-    from app.migrate import pending
 
     todo = pending(context.settings().database_url)
     click.echo("pending: " + ", ".join(todo) if todo else "database is up to date")

@@ -22,6 +22,7 @@ from rq import Worker
 from rq.scheduler import RQScheduler
 
 from app import context
+from app.chatwoot import reads
 from app.jobs import ALL_QUEUES, CRON_LEADER_KEY
 
 bp = Blueprint("health", __name__)
@@ -125,7 +126,6 @@ def _redis_and_workers(seconds: float) -> dict[str, Any]:
 def chatwoot_details() -> dict[str, Any]:
     """What Chatwoot refuses us (informational): accounts whose read token may not list, so
     their backfill is off, and why."""
-    from app.chatwoot import reads
 
     try:
         refused = reads.refused_accounts()

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import psycopg2
+from yoyo import get_backend, read_migrations
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 # Any constant works; it only has to be the same for every process of this service.
@@ -25,7 +26,6 @@ def _yoyo_url(database_url: str) -> str:
 
 def pending(database_url: str) -> list[str]:
     """The ids of migrations not yet applied."""
-    from yoyo import get_backend, read_migrations
 
     backend = get_backend(_yoyo_url(database_url))
     try:
@@ -41,7 +41,6 @@ def upgrade(database_url: str) -> list[str]:
     lock held around the whole run also covers yoyo's first-time creation of those tables,
     so two processes starting at once apply each migration exactly once.
     """
-    from yoyo import get_backend, read_migrations
 
     guard = psycopg2.connect(database_url, connect_timeout=5)
     guard.autocommit = True

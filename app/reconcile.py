@@ -47,7 +47,7 @@ from app.jobs import (
 )
 from app.logs import redact, settings_secrets
 from app.metrics import JOBS
-from app.orders.clarify import expire_clarifications as expire
+from app.orders import clarify, confirm
 
 log = logging.getLogger(__name__)
 
@@ -475,14 +475,12 @@ def replay_spool() -> str:
 
 def expire_clarifications() -> str:
     """Orders whose question stayed unanswered for CLARIFICATION_TIMEOUT are cancelled."""
-    return f"{expire()} expired"
+    return f"{clarify.expire_clarifications()} expired"
 
 
 def expire_confirmations() -> str:
     """Messages whose yes/no question stayed unanswered for CLARIFICATION_TIMEOUT are notes."""
-    from app.orders.confirm import expire_confirmations as expire
-
-    return f"{expire()} filed as notes"
+    return f"{confirm.expire_confirmations()} filed as notes"
 
 
 def abandoned_jobs() -> str:

@@ -17,12 +17,15 @@ from collections.abc import Iterator
 from typing import Any
 
 from flask import Blueprint, Flask, Response, g, request
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from rq import Queue
+from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 
 from app import context
 from app.errors import error_response
+from app.jobs import ALL_QUEUES
 from app.metrics import REQUEST_LATENCY, AccountsBounded
 
 log = logging.getLogger(__name__)
@@ -39,10 +42,6 @@ class QueueDepthCollector(Collector):
     """Jobs waiting, scheduled and failed per RQ queue, read from Redis when scraped."""
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        from rq import Queue
-        from rq.registry import FailedJobRegistry, ScheduledJobRegistry
-
-        from app.jobs import ALL_QUEUES
 
         depth = GaugeMetricFamily(
             "meeting_notes_queue_depth", "Jobs waiting in each RQ queue.", labels=["queue"]
@@ -84,13 +83,11 @@ def multiprocess_dir() -> str | None:
 def scrape() -> bytes:
     """Every metric of the service, in the text format."""
     registry = CollectorRegistry(auto_describe=False)
-    samples: Collector
-    if multiprocess_dir():
-        from prometheus_client import multiprocess
-
-        samples = multiprocess.MultiProcessCollector(None)  # type: ignore[no-untyped-call]
-    else:
-        samples = _ProcessRegistry()
+    samples: Collector = (
+        multiprocess.MultiProcessCollector(None)  # type: ignore[no-untyped-call]
+        if multiprocess_dir()
+        else _ProcessRegistry()
+    )
     # Per-account series: the busiest accounts by name, the rest as account="other".
     registry.register(AccountsBounded(samples, context.settings().metrics_top_accounts))
     registry.register(QueueDepthCollector())

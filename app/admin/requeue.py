@@ -8,17 +8,17 @@ from typing import Any
 import click
 from flask import Flask
 
-from app import context
+from app import context, reconcile
 from app.config import ConfigError, _duration
 from app.db import DatabaseUnavailable
 from app.jobs import QueueUnavailable
+from app.reconcile import STAGES
 
 CLI_STAGES = ("archive", "update", "transcription", "classification", "outbox")
 """Stages an operator names; `outbox` covers both pending and sending notices."""
 
 
 def _stages(names: tuple[str, ...]) -> list[Any]:
-    from app.reconcile import STAGES
 
     wanted = set(names or CLI_STAGES)
     return [s for s in STAGES if s.name in wanted or (s.name == "outbox_sending" and "outbox" in wanted)]
@@ -99,7 +99,6 @@ def requeue_command(
     list_only: bool,
 ) -> None:
     """Retry stuck or failed work now (ignoring the backoff), printing what was done."""
-    from app import reconcile
 
     since_at = _since(since)
     try:
@@ -162,7 +161,6 @@ def _revive(
     stages: tuple[str, ...], ids: tuple[int, ...], since_at: datetime | None, limit: int, dry_run: bool
 ) -> list[Any]:
     """Put the dead letter back into its waiting state and enqueue it."""
-    from app import reconcile
 
     outcomes: list[Any] = []
     for stage_name in stages or CLI_STAGES:
@@ -195,7 +193,6 @@ def retry(stage: str, row_id: int) -> list[Any]:
     An empty list: nothing to retry (done meanwhile, or a notice that may have reached Chatwoot).
     Raises DatabaseUnavailable or QueueUnavailable as the sweep does.
     """
-    from app import reconcile
 
     if stage not in CLI_STAGES:
         raise ValueError(f"no stage {stage!r}")

@@ -38,7 +38,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.queue import Queue
+from rq.registry import FailedJobRegistry
+from rq.utils import now, utcformat
 
 from app import context
 from app.archive import jobs as stage
@@ -372,9 +377,6 @@ def _script(conn: Any, text: str) -> Any:
 
 def _claim(conn: Any, worker: str, room: int, ttl: int) -> list[Claim]:
     """Claim up to `room` queued archive jobs for this worker (none when Redis does not answer)."""
-    from rq.job import Job
-    from rq.queue import Queue
-    from rq.utils import now, utcformat
 
     try:
         found = _script(conn, _CLAIM)(
@@ -394,8 +396,6 @@ def _claim(conn: Any, worker: str, room: int, ttl: int) -> list[Claim]:
 
 
 def _give_back(conn: Any, worker: str, job_ids: list[str]) -> None:
-    from rq.job import Job
-    from rq.queue import Queue
 
     try:
         _script(conn, _GIVE_BACK)(
@@ -453,8 +453,6 @@ def _finish_in_redis(steps: list[tuple[JobSpec, int]], done: list[str]) -> None:
     """Queue the next steps and delete the finished claimed jobs, in one round trip."""
     if not steps and not done:
         return
-    from redis.exceptions import NoScriptError
-    from rq.job import Job
 
     conn = context.redis()
     for attempt in (1, 2):
@@ -477,10 +475,6 @@ def _finish_in_redis(steps: list[tuple[JobSpec, int]], done: list[str]) -> None:
 
 def _fail_claimed(claim: Claim, result: stage.Archived) -> None:
     """A claimed message failed: record it, then retry its job as RQ would, or fail it for good."""
-    from rq.exceptions import NoSuchJobError
-    from rq.job import Job, JobStatus
-    from rq.queue import Queue
-    from rq.registry import FailedJobRegistry
 
     final = result.permanent or claim.attempt.final
     stage.record_failure(result, final)

@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from google.api_core.client_options import ClientOptions
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+from google.oauth2 import service_account
+
 if TYPE_CHECKING:
     from google.cloud import storage
 
@@ -19,9 +24,6 @@ def project_id(settings: Settings) -> str:
 
 
 def make_client(settings: Settings) -> storage.Client:
-    from google.api_core.client_options import ClientOptions
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
 
     if settings.storage_emulator_host:
         # The library also reads this variable for its upload and download URLs.
@@ -32,8 +34,6 @@ def make_client(settings: Settings) -> storage.Client:
             client_options=ClientOptions(api_endpoint=settings.storage_emulator_host),
         )
     if settings.gcs_private_key:
-        from google.oauth2 import service_account
-
         info = {
             "type": "service_account",
             "project_id": settings.gcs_project_id,

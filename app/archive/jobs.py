@@ -36,10 +36,11 @@ from typing import Any
 
 import requests
 from google.api_core import exceptions as gexc
+from rq import get_current_job
 
 from app import context
-from app.archive import media, storage
-from app.db import DatabaseError
+from app.archive import batch, media, storage
+from app.db import DatabaseError, queries
 from app.jobs import (
     ARCHIVE_ATTACHMENTS,
     ARCHIVE_MESSAGE,
@@ -157,7 +158,6 @@ def _reason(exc: BaseException) -> str:
 
 def current_attempt(spec: JobSpec = ARCHIVE_MESSAGE) -> Attempt:
     """The attempt of the RQ job running now (FIRST_TRY outside a worker)."""
-    from rq import get_current_job
 
     job = get_current_job()
     if job is None:
@@ -183,9 +183,6 @@ def _defer(spec: JobSpec, item_id: int, exc: storage.BucketCreationThrottled) ->
 
 def archive_message(note_id: int) -> str:
     """Archive meeting_notes row `note_id` (and, in a worker, the queued messages it takes along)."""
-    from rq import get_current_job
-
-    from app.archive import batch
 
     job = get_current_job()
     if job is not None:
@@ -382,8 +379,6 @@ def record_failure(result: Archived, final: bool) -> None:
     try:
         if final:
             with db.transaction() as cur:
-                from app.db import queries
-
                 cur.execute(
                     queries["archive.mark_error"],
                     {

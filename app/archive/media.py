@@ -43,6 +43,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from app import context
+from app.chatwoot.accounts import resolve as resolve_account
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +222,6 @@ class HostPolicy:
 
     @classmethod
     def for_account(cls, account_id: int) -> HostPolicy:
-        from app.chatwoot.accounts import resolve as resolve_account
 
         settings = context.settings()
         base_url = resolve_account(account_id).base_url

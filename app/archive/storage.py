@@ -23,6 +23,7 @@ the transcript and updates live under the message's name without `.json`.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -38,7 +39,22 @@ from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote
 
+import certifi
+import google_crc32c
+import requests
+import urllib3
+from google.api_core import exceptions as gexc
+from google.auth.credentials import AnonymousCredentials
+from google.auth.transport.requests import AuthorizedSession
+from google.auth.transport.urllib3 import AuthorizedHttp
+from google.cloud.storage.retry import DEFAULT_RETRY
+from limits import parse_many
+from limits.storage import RedisStorage
+from limits.strategies import MovingWindowRateLimiter
+
 from app import context
+from app.archive.gcs_client import project_id
+from app.db import queries
 from app.users import tombstones
 
 if TYPE_CHECKING:
@@ -294,7 +310,6 @@ def bucket_differences(bucket: Bucket) -> list[str]:
 
 
 def _call_retry() -> Any:
-    from google.cloud.storage.retry import DEFAULT_RETRY
 
     return DEFAULT_RETRY.with_timeout(CALL_RETRY_SECONDS)
 
@@ -341,9 +356,6 @@ def _creation_lock(name: str) -> threading.Lock:
 
 
 def _create_or_adopt(client: Client, name: str) -> Bucket:
-    from google.api_core import exceptions as gexc
-
-    from app.archive.gcs_client import project_id
 
     settings = context.settings()
     _acquire_creation_slot(name)
@@ -390,7 +402,6 @@ def _patch_settings(bucket: Bucket) -> list[str]:
 
 def _adopt(client: Client, name: str) -> Bucket:
     """A 409 on create: use the bucket only if it belongs to our project."""
-    from google.api_core import exceptions as gexc
 
     try:
         existing = client.get_bucket(name, timeout=CALL_TIMEOUT, retry=_call_retry())
@@ -430,8 +441,6 @@ def _record_bucket(
     name: str, state: str, how: str, project_number: str | None, error_details: str | None = None
 ) -> None:
     with context.db().transaction() as cur:
-        from app.db import queries
-
         cur.execute(
             queries["archive.bucket_record"],
             {
@@ -449,7 +458,6 @@ def _record_bucket(
 def our_project_number(client: Client | None = None) -> str | None:
     """GCS_PROJECT_NUMBER, else what GCS says (its service agent is service-<number>@...),
     else the number on a bucket we created ourselves; None when nothing tells."""
-    from google.api_core import exceptions as gexc
 
     settings = context.settings()
     if settings.gcs_project_number:
@@ -479,9 +487,6 @@ _limiters: dict[tuple[int, str, str], tuple[Any, Any]] = {}
 
 
 def _limiter() -> tuple[Any, Any]:
-    from limits import parse_many
-    from limits.storage import RedisStorage
-    from limits.strategies import MovingWindowRateLimiter
 
     settings = context.settings()
     redis = context.redis()
@@ -553,7 +558,6 @@ def set_required_settings(bucket: Bucket) -> list[str]:
 
 def delete_bucket(name: str) -> int:
     """Delete every object of the bucket, then the bucket; return the objects deleted (0 if none)."""
-    from google.api_core import exceptions as gexc
 
     client = context.gcs()
     deleted = 0
@@ -588,7 +592,6 @@ def _write(bucket: Bucket, object_name: str, upload: Any, same: Callable[[], boo
     A 412 (the name is taken) is success when `same` is None or `same()` says the existing object
     is ours; otherwise ObjectConflict, and nothing is overwritten.
     """
-    from google.api_core import exceptions as gexc
 
     for attempt in (1, 2):
         try:
@@ -674,16 +677,10 @@ def _session() -> tuple[str, Any]:
     found = getattr(_sessions, "current", None)
     if found is not None and found[0] is client:
         return found[1], found[2]
-    import certifi
-    import urllib3
-    from google.auth.credentials import AnonymousCredentials
 
     credentials = client._credentials
     http: Any
     if any(os.environ.get(v) for v in _PROXY_VARIABLES):
-        import requests
-        from google.auth.transport.requests import AuthorizedSession
-
         http = (
             requests.Session()
             if isinstance(credentials, AnonymousCredentials)
@@ -694,8 +691,6 @@ def _session() -> tuple[str, Any]:
         if isinstance(credentials, AnonymousCredentials):
             http = pool
         else:
-            from google.auth.transport.urllib3 import AuthorizedHttp
-
             http = AuthorizedHttp(credentials, http=pool)  # type: ignore[no-untyped-call]
     base = client._connection.get_api_base_url_for_mtls().rstrip("/")
     _sessions.current = (client, base, http)
@@ -704,7 +699,6 @@ def _session() -> tuple[str, Any]:
 
 def _post(http: Any, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
     """POST with either kind of client of `_session`; connection failures as ConnectionError."""
-    import urllib3
 
     if hasattr(http, "post"):  # a requests session (proxies)
         response = http.post(url, data=body, headers=headers, timeout=CALL_TIMEOUT)
@@ -726,10 +720,6 @@ def _post(http: Any, url: str, body: bytes, headers: dict[str, str]) -> tuple[in
 def _upload_media(bucket_name_: str, object_name: str, data: bytes, content_type: str) -> None:
     """One multipart upload (metadata and content in one request) with if_generation_match=0,
     its CRC32C given for GCS to check; errors as google.api_core exceptions."""
-    import base64
-
-    import google_crc32c
-    from google.api_core import exceptions as gexc
 
     base, http = _session()
     crc = base64.b64encode(google_crc32c.Checksum(data).digest()).decode()  # type: ignore[no-untyped-call]
@@ -762,7 +752,6 @@ def _upload_media(bucket_name_: str, object_name: str, data: bytes, content_type
 
 def list_objects(bucket_name_: str, prefix: str) -> list[str]:
     """Names of the objects under a prefix (none when the bucket does not exist)."""
-    from google.api_core import exceptions as gexc
 
     try:
         return [
@@ -777,7 +766,6 @@ def list_objects(bucket_name_: str, prefix: str) -> list[str]:
 
 def copy_object(source_bucket: str, object_name: str, destination: Bucket) -> Written:
     """Copy an object into another bucket under the same name, unless it is already there."""
-    from google.api_core import exceptions as gexc
 
     client = context.gcs()
     source = client.bucket(source_bucket).blob(object_name)
@@ -799,7 +787,6 @@ def copy_object(source_bucket: str, object_name: str, destination: Bucket) -> Wr
 
 def delete_object(bucket_name_: str, object_name: str) -> bool:
     """Delete an object; False when it was not there."""
-    from google.api_core import exceptions as gexc
 
     try:
         context.gcs().bucket(bucket_name_).blob(object_name).delete(timeout=CALL_TIMEOUT, retry=_call_retry())
@@ -937,7 +924,6 @@ def _under(name: str, prefixes: set[str]) -> bool:
 
 
 def _delete_live(client: Client, name: str) -> int:
-    from google.api_core import exceptions as gexc
 
     deleted = 0
     for blob in client.list_blobs(name, timeout=CALL_TIMEOUT, retry=_call_retry()):
@@ -988,7 +974,6 @@ def erase_bucket(name: str) -> BucketErasure:
 
     Raises BucketKeepsFilling after ERASE_ROUNDS rounds that each found new objects.
     """
-    from google.api_core import exceptions as gexc
 
     client = context.gcs()
     result = BucketErasure(name)
@@ -1051,7 +1036,6 @@ def erase_message_objects(
     soft delete set to 0 for the time of the deletion and then back as it was; and count the
     soft-deleted copies of the messages under `prefixes` (left there by earlier deletions, such
     as a move into a user's bucket)."""
-    from google.api_core import exceptions as gexc
 
     client = context.gcs()
     result = ObjectsErasure(name)

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import requests
+from urllib3.exceptions import NameResolutionError, NewConnectionError
+
+from app.chatwoot import accounts
 
 CONNECT_TIMEOUT = 5.0
 """Seconds to open a connection to Chatwoot."""
@@ -319,7 +322,6 @@ class Client:
 
 def client_for(account_id: int) -> Client:
     """A client with the account's base URL and tokens (its own row, else the environment's)."""
-    from app.chatwoot import accounts
 
     config = accounts.resolve(account_id)
     if not config.base_url:
@@ -337,7 +339,6 @@ def client_for(account_id: int) -> Client:
 
 def _never_connected(exc: requests.exceptions.ConnectionError) -> bool:
     """True when the connection failed before any byte of the request was sent."""
-    from urllib3.exceptions import NameResolutionError, NewConnectionError
 
     seen: set[int] = set()
     current: BaseException | None = exc

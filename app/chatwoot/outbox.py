@@ -13,11 +13,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from psycopg2.extras import Json
+from rq import Retry
 
 from app import context
 from app.chatwoot import client as chatwoot
 from app.db import queries
-from app.jobs import SEND_RETRY_INTERVALS
+from app.jobs import SEND_OUTBOX, SEND_RETRY_INTERVALS, QueueUnavailable, enqueue
 from app.metrics import NOTICES
 
 log = logging.getLogger(__name__)
@@ -131,14 +132,12 @@ def record_and_enqueue(  # noqa: PLR0917
 
 
 def retry_policy() -> Any:
-    from rq import Retry
 
     return Retry(max=len(RETRY_INTERVALS), interval=list(RETRY_INTERVALS))
 
 
 def enqueue_send(outbox_id: int) -> bool:
     """Enqueue the send job (with its retry policy); False when Redis is down (the row waits)."""
-    from app.jobs import SEND_OUTBOX, QueueUnavailable, enqueue
 
     try:
         return enqueue(SEND_OUTBOX, int(outbox_id), retry=retry_policy())

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from rq import get_current_job
+
 from app import context
 from app.chatwoot import accounts, outbox, reads
 from app.chatwoot import client as chatwoot
@@ -230,7 +232,6 @@ def _final(row: dict[str, Any], status: str, reason: str) -> str:
 
 
 def _retries_left() -> int:
-    from rq import get_current_job
 
     job = get_current_job()
     return int(job.retries_left or 0) if job is not None else 0

@@ -33,7 +33,12 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from app import context
+from app.chatwoot import client as chatwoot
+from app.chatwoot import reads
 from app.chatwoot.payloads import Contact
+from app.chatwoot.schemas import InvalidPayload
+from app.config import ConfigError, _duration
+from app.ingest.pipeline import ingest
 from app.users import tombstones
 
 if TYPE_CHECKING:
@@ -257,8 +262,6 @@ def backfill(
     `window` defaults to BACKFILL_WINDOW. Raises app.db.DatabaseUnavailable when PostgreSQL is
     down; Chatwoot errors are counted per conversation and the run goes on.
     """
-    from app.chatwoot import client as chatwoot
-    from app.chatwoot import reads
 
     seconds = window if window is not None else context.settings().backfill_window
     since = datetime.now(UTC) - timedelta(seconds=seconds)
@@ -329,7 +332,6 @@ def backfill(
 
 def _reads_refused(client: Any, exc: Exception, result: BackfillResult) -> None:
     """Chatwoot refused the account's read token as a bot's: the backfill is off for it."""
-    from app.chatwoot import reads
 
     reads.record(client.account_id, client.reads_with, client.read_token_source, False, str(exc))
     result.reads_off[int(client.account_id)] = (
@@ -353,8 +355,6 @@ def _backfill_conversation(
     *,
     erased: set[str] | None = None,
 ) -> None:
-    from app.chatwoot.schemas import InvalidPayload
-    from app.ingest.pipeline import ingest
 
     result.conversations += 1
     messages = list_recent_messages(client, conversation.conversation_id, since)
@@ -437,7 +437,6 @@ def backfill_command(
     *, window: str | None, accounts: tuple[int, ...], conversations: tuple[int, ...], dry_run: bool
 ) -> None:
     """Ingest messages of recent Chatwoot conversations that never arrived by webhook."""
-    from app.config import ConfigError, _duration
 
     seconds = None
     if window:

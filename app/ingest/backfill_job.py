@@ -6,6 +6,8 @@ import logging
 from typing import Any
 
 from app import context
+from app.ingest.backfill import backfill as run
+from app.reconcile import RunLock
 
 log = logging.getLogger(__name__)
 
@@ -18,12 +20,10 @@ that died is noticed at once)."""
 
 def backfill() -> dict[str, Any]:
     """One run over BACKFILL_WINDOW; skipped when another run is in progress or nothing is configured."""
-    from app.ingest.backfill import backfill as run
 
     settings = context.settings()
     if settings.backfill_interval <= 0:
         return {"skipped": "BACKFILL_INTERVAL is 0"}
-    from app.reconcile import RunLock
 
     lock = RunLock(context.redis(), LOCK_KEY, LOCK_TIMEOUT)
     if not lock.acquire():

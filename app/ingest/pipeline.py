@@ -17,7 +17,7 @@ from functools import cached_property
 from typing import Any
 
 from app import context, jobs
-from app.chatwoot import payloads, schemas
+from app.chatwoot import accounts, payloads, schemas
 from app.chatwoot.accounts import AccountConfig
 from app.db import DatabaseUnavailable
 from app.users import tombstones
@@ -126,8 +126,6 @@ def prepare(
     account_id = payloads.account_id(payload)
     assert account_id is not None  # the schema requires it
     if account is None:
-        from app.chatwoot import accounts
-
         account = accounts.resolve(account_id)
     inbox = payloads.inbox_id(payload)
     if account.inbox_ids and inbox not in account.inbox_ids:

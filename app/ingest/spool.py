@@ -29,9 +29,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import click
+from flask.cli import AppGroup
+
 from app import context, metrics
 from app.chatwoot import accounts, payloads, signatures
 from app.chatwoot.payloads import normalize_phone
+from app.chatwoot.schemas import InvalidPayload
+from app.db import DatabaseUnavailable
+from app.ingest.pipeline import IngestResult, prepare, record
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -259,9 +265,6 @@ def replay() -> ReplayResult:
     Safe to run from several processes at once: a file being replayed is locked. Stops at the
     first sign that PostgreSQL is down again, keeping what was not replayed.
     """
-    from app.chatwoot.schemas import InvalidPayload
-    from app.db import DatabaseUnavailable
-    from app.ingest.pipeline import IngestResult, prepare, record
 
     result = ReplayResult()
     directory = spool_dir()
@@ -469,8 +472,6 @@ def _purge_file(path: Path, matches: Callable[[dict[str, Any]], bool]) -> int:
 
 def register(app: Flask) -> None:
     """`flask spool replay` and `flask spool status`."""
-    import click
-    from flask.cli import AppGroup
 
     group = AppGroup("spool", help="Deliveries accepted while PostgreSQL was down.")
 

@@ -15,6 +15,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 from app import context, http_input
 from app.errors import error_response
+from app.orders import generation
 
 bp = Blueprint("orders_api", __name__, url_prefix="/api")
 
@@ -119,8 +120,6 @@ def order_ready(order_id: int) -> Any:
         return error_response(422, "invalid", exc.messages)
     content = data.get("content")
     link = data.get("content_url") or data.get("url")
-
-    from app.orders import generation
 
     database = context.db()
     order = database.fetch_one("orders.order_get", {"id": order_id})

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -33,7 +34,7 @@ from app.chatwoot import client as chatwoot
 from app.chatwoot import outbox
 from app.chatwoot.payloads import Contact
 from app.db import queries
-from app.orders import i18n
+from app.orders import generation, i18n
 from app.orders.rules import CHOICES, Classification
 
 log = logging.getLogger(__name__)
@@ -110,8 +111,6 @@ class Effects:
         for outbox_id in self.outbox_ids:
             outbox.enqueue_send(outbox_id)
         if self.queued_orders:
-            from app.orders import generation
-
             for order_id in self.queued_orders:
                 generation.schedule(order_id)
 
@@ -511,7 +510,6 @@ def conversation_key(account_id: int, conversation_id: int | None, note_id: int 
 @contextmanager
 def conversation_lock(key: str, wait_seconds: float = LOCK_WAIT_SECONDS) -> Iterator[None]:
     """A PostgreSQL session advisory lock: one job at a time per conversation, in any process."""
-    import time
 
     database = context.db()
     deadline = time.monotonic() + wait_seconds

@@ -11,16 +11,22 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from rq import Retry
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+
 from app import context
+from app.archive import storage
 from app.chatwoot import account_ai, outbox
 from app.chatwoot import client as chatwoot
 from app.chatwoot.payloads import Contact
 from app.config import Settings
 from app.db import DatabaseUnavailable
+from app.jobs import DELIVER_ORDER, GENERATE_ORDER, QueueUnavailable, enqueue
 from app.jobs import DELIVER_RETRY_INTERVALS as _DELIVER_INTERVALS
 from app.jobs import GENERATE_RETRY_INTERVALS as _GENERATE_INTERVALS
 from app.metrics import ACCOUNT_PROVIDER_CALLS, account_label
 from app.orders import i18n
+from app.orders.openai_client import chat_client
 from app.users import contacts as users
 
 log = logging.getLogger(__name__)
@@ -56,7 +62,6 @@ def provider_name(account_id: int | None = None) -> str:
 
 
 def _retry(intervals: tuple[int, ...]) -> Any:
-    from rq import Retry
 
     return Retry(max=len(intervals), interval=list(intervals))
 
@@ -69,9 +74,6 @@ def schedule(order_id: int) -> None:
             return
     except DatabaseUnavailable:
         pass  # enqueued all the same: the job reads the account's provider again
-    from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
-
-    from app.jobs import GENERATE_ORDER, QueueUnavailable, enqueue
 
     @retry(
         retry=retry_if_exception_type(QueueUnavailable),
@@ -89,7 +91,6 @@ def schedule(order_id: int) -> None:
 
 
 def enqueue_delivery(order_id: int) -> bool:
-    from app.jobs import DELIVER_ORDER, QueueUnavailable, enqueue
 
     try:
         return enqueue(DELIVER_ORDER, int(order_id), retry=_retry(DELIVER_RETRY_INTERVALS))
@@ -113,8 +114,6 @@ def user_of(order: dict[str, Any]) -> str | None:
 
 def bucket_for(order: dict[str, Any]) -> str:
     """The bucket of the order's user (as recorded for the user), or the account's while unmapped."""
-    from app.archive import storage
-    from app.users import contacts as users
 
     user_id = user_of(order)
     if user_id:
@@ -168,7 +167,6 @@ def deliver(order_id: int) -> dict[str, Any] | None:
 
     The notice is free text; outside WhatsApp's 24-hour window the send job sends the account's
     approved WhatsApp template instead, filled with the values recorded with it."""
-    from app.archive import storage
 
     database = context.db()
     order = database.fetch_one("orders.order_get", {"id": order_id})
@@ -259,8 +257,6 @@ def draft(
     account = account_label(order.get("chatwoot_account_id"))
     ACCOUNT_PROVIDER_CALLS.labels(account, "generation", "openai").inc()
     try:
-        from app.orders.openai_client import chat_client
-
         client = chat_client(settings, timeout=120.0, max_retries=1)
         response = client.chat.completions.create(
             model=settings.generation_model,
@@ -284,7 +280,6 @@ def requeue_undelivered(older_than: int = 300, limit: int = 200) -> int:
 def requeue_stalled(older_than: int = 1800, limit: int = 200) -> int:
     """For the reconciler: orders the openai provider should be drafting but nothing is (the
     provider of each order's account: its own, else the environment's)."""
-    from app.jobs import GENERATE_ORDER, QueueUnavailable, enqueue
 
     count = 0
     providers: dict[int, str] = {}

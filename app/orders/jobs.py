@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 
+from rq import get_current_job
+
 from app import context
+from app.archive import storage
 from app.chatwoot import account_ai
 from app.metrics import JOBS
 from app.orders import generation
@@ -17,7 +20,6 @@ class TryAgain(Exception):
 
 
 def _retries_left() -> int:
-    from rq import get_current_job
 
     job = get_current_job()
     return int(job.retries_left or 0) if job is not None else 0
@@ -40,8 +42,6 @@ def generate_order(order_id: int) -> str:
             return "skipped"
     elif order["status"] != "generating":
         return str(order["status"])
-
-    from app.archive import storage
 
     try:
         storage.ensure_bucket(generation.bucket_for(order))

@@ -26,6 +26,7 @@ from rapidfuzz.distance import OSA
 
 from app import context
 from app.config import Settings
+from app.orders.openai_client import chat_client
 
 log = logging.getLogger(__name__)
 
@@ -879,8 +880,6 @@ _CLASSIFIER_INSTRUCTIONS = (
 def classify_with_model(text: str, settings: Settings) -> Classification | None:
     """The chat model's reading of the message, or None when it cannot be had (rules decide)."""
     try:
-        from app.orders.openai_client import chat_client
-
         client = chat_client(settings, timeout=15.0, max_retries=1)
         response = client.chat.completions.create(
             model=settings.classifier_model,

@@ -12,6 +12,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import mutagen
+
 log = logging.getLogger(__name__)
 
 SPLIT_BITRATE = 32_000
@@ -68,8 +70,6 @@ def content_type(path: Path) -> str:
 def duration(path: Path) -> float | None:
     """Seconds of audio in the file, or None when neither its headers nor ffprobe tell."""
     try:
-        import mutagen
-
         info = mutagen.File(str(path))  # type: ignore[attr-defined]
         length = getattr(getattr(info, "info", None), "length", None)
         if isinstance(length, int | float) and length > 0 and math.isfinite(length):

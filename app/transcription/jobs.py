@@ -37,10 +37,14 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from google.api_core.exceptions import NotFound
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
 from app import context
-from app.chatwoot import account_ai
+from app.archive import storage
+from app.archive.storage import CALL_TIMEOUT
+from app.chatwoot import account_ai, outbox
+from app.chatwoot.client import MAX_TEXT_CHARS
 from app.db import DatabaseError, queries
 from app.jobs import CLASSIFY_MESSAGE, QueueUnavailable, enqueue
 from app.metrics import (
@@ -333,9 +337,6 @@ def _failed(outcome: Outcome, reason: str) -> Outcome:
 def _download(note_id: int, attachment: dict[str, Any], workdir: Path) -> Path:
     """The archived audio in a local file. When the object is gone, the row is read again:
     the archive may have just moved the message to its user's bucket."""
-    from google.api_core.exceptions import NotFound
-
-    from app.archive.storage import CALL_TIMEOUT
 
     attachment_id = attachment["chatwoot_attachment_id"]
     for _ in range(2):
@@ -473,7 +474,6 @@ def _finish(note: dict[str, Any], outcome: Outcome) -> bool:
 
 def _transcript_location(note: dict[str, Any]) -> tuple[str, str] | None:
     """(bucket, object) of the note's transcript.json, beside the archived message JSON."""
-    from app.archive import storage
 
     try:
         bucket, name = storage.parse_gs_uri(note.get("gcs_storage_path") or "")
@@ -485,7 +485,6 @@ def _transcript_location(note: dict[str, Any]) -> tuple[str, str] | None:
 
 
 def _write_transcript_object(note: dict[str, Any], outcome: Outcome) -> str | None:
-    from app.archive import storage
 
     location = _transcript_location(note)
     if location is None:
@@ -565,8 +564,6 @@ def _post_private_note(note: dict[str, Any]) -> None:
     """The transcript for the agents, in the conversation, as a private note (once)."""
     if note["chatwoot_conversation_id"] is None:
         return
-    from app.chatwoot import outbox
-    from app.chatwoot.client import MAX_TEXT_CHARS
 
     content = f"{PRIVATE_NOTE_TITLE}\n\n{str(note['transcript']).strip()}"
     if len(content) > MAX_TEXT_CHARS:

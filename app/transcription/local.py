@@ -15,7 +15,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from app.transcription import TranscriptionError, TranscriptionResult
+from app.transcription.base import TranscriptionError, TranscriptionResult
 
 COMPUTE_TYPE = "int8"
 """CTranslate2 weights type on the CPU: int8 is the fastest with a negligible loss for Whisper."""

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.transcription import TranscriptionError, TranscriptionResult, TransientTranscriptionError, audio
+from app.transcription import audio
+from app.transcription.base import TranscriptionError, TranscriptionResult, TransientTranscriptionError
 
 OPENAI_MAX_UPLOAD_BYTES = 25_000_000
 """Bytes: the endpoint's limit per file (25 MB)."""
