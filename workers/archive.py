@@ -1,4 +1,4 @@
-"""RQ entry points of the archive stage (`app/archive/jobs.py`).
+"""RQ entry points of the archive stage (`app/archive/batch.py`, `app/archive/jobs.py`).
 
 Queued jobs and the cron schedule name these functions (`workers.archive.<function>`): keep
 them, so that jobs queued by an earlier version still run after an upgrade.
@@ -6,12 +6,13 @@ them, so that jobs queued by an earlier version still run after an upgrade.
 
 from __future__ import annotations
 
+from app.archive import batch
 from app.archive import jobs as stage
 
 
 def archive_message(note_id: int) -> str:
     """Archive meeting_notes row `note_id`; return what happened."""
-    return stage.archive_message(note_id)
+    return batch.archive_message(note_id)
 
 
 def archive_update(update_id: int) -> str:

@@ -39,6 +39,7 @@ from functools import lru_cache
 from typing import Any
 
 from redis.exceptions import NoScriptError, RedisError
+from rq import get_current_job
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.queue import Queue
@@ -526,3 +527,11 @@ def _count(finished: list[tuple[Claim, stage.Archived]], leader: Claim) -> None:
 @lru_cache(maxsize=1)
 def _duration() -> Any:
     return JOB_DURATION.labels("archive_message")
+
+
+def archive_message(note_id: int) -> str:
+    """Archive meeting_notes row `note_id` (and, in a worker, the queued messages it takes along)."""
+    job = get_current_job()
+    if job is not None:
+        return lead(note_id, job)
+    return run_alone(note_id)

@@ -39,7 +39,7 @@ from google.api_core import exceptions as gexc
 from rq import get_current_job
 
 from app import context
-from app.archive import batch, media, storage
+from app.archive import media, storage
 from app.db import DatabaseError, queries
 from app.jobs import (
     ARCHIVE_ATTACHMENTS,
@@ -179,15 +179,6 @@ def _defer(spec: JobSpec, item_id: int, exc: storage.BucketCreationThrottled) ->
 
 # ------------------------------------------------------------------------------------------
 # messages
-
-
-def archive_message(note_id: int) -> str:
-    """Archive meeting_notes row `note_id` (and, in a worker, the queued messages it takes along)."""
-
-    job = get_current_job()
-    if job is not None:
-        return batch.lead(note_id, job)
-    return batch.run_alone(note_id)
 
 
 def archive_row(row: dict[str, Any], attempt: Attempt) -> Archived:

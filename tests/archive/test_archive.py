@@ -92,7 +92,7 @@ def test_our_own_messages_are_archived_but_not_processed(run_jobs: Any) -> None:
 
 
 def test_a_job_run_twice_writes_one_object(gcs: Any) -> None:
-    from app.archive.jobs import archive_message
+    from app.archive.batch import archive_message
 
     note_id = ingest(text_message(5001), enqueue=False)
     assert archive_message(note_id) == "stored"
@@ -107,7 +107,7 @@ def test_a_job_run_twice_writes_one_object(gcs: Any) -> None:
 def test_a_rerun_after_a_crash_between_upload_and_commit_finishes(gcs: Any, db: Any) -> None:
     """The object is there (412 on the second write: the same message) and the row still says received."""
     from app.archive import storage
-    from app.archive.jobs import archive_message
+    from app.archive.batch import archive_message
 
     payload = text_message(5002)
     note_id = ingest(payload, enqueue=False)
@@ -124,7 +124,7 @@ def test_a_rerun_after_a_crash_between_upload_and_commit_finishes(gcs: Any, db: 
 
 
 def test_a_missing_row_is_nothing_to_do() -> None:
-    from app.archive.jobs import archive_message
+    from app.archive.batch import archive_message
 
     assert archive_message(999_999) == "gone"
 

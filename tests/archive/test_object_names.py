@@ -74,7 +74,7 @@ def test_a_name_taken_by_another_message_is_never_counted_as_archived(gcs: Any, 
     """The short name of a default-account message holds another account's message (written when
     that account was the default): the message goes to its account-qualified name."""
     from app.archive import storage
-    from app.archive.jobs import archive_message
+    from app.archive.batch import archive_message
 
     service.link_contact(1, "user-moved", contact_id=287)
     bucket = storage.ensure_bucket(storage.bucket_name("user-moved"))

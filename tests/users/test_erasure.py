@@ -16,7 +16,7 @@ import pytest
 import responses
 
 from app import context
-from app.archive import jobs, storage
+from app.archive import batch, storage
 from app.ingest import pipeline, spool
 from app.users import erase, service
 from tests.helpers.admin import AUTH, count, sql
@@ -300,7 +300,7 @@ def test_a_job_that_was_already_running_does_not_re_create_the_bucket(
     )
     http.add_callback(responses.GET, storage_url(7001, "audioclip.ogg"), callback=erase_during_download)
 
-    result = jobs.archive_message(note_id)
+    result = batch.archive_message(note_id)
     assert outcome["erasure"]["rows_deleted"]["meeting_notes"] == 2
     assert context.gcs().lookup_bucket(bucket) is None, f"the job re-created the bucket ({result})"
     assert _everything_of_maria() == NOTHING
@@ -315,7 +315,7 @@ def test_no_bucket_is_created_for_an_erased_user(run_jobs: Any) -> None:
     erase.erase_user(USER)
     service.create_user(USER)  # re-created by hand, without the user's re-consent
     note_id = add_note(user_id=USER, status="received", contact_id=555, phone=None)  # another contact
-    assert jobs.archive_message(note_id) == "owner erased"
+    assert batch.archive_message(note_id) == "owner erased"
     with pytest.raises(storage.OwnerErased):
         storage.ensure_bucket(bucket)
     assert context.gcs().lookup_bucket(bucket) is None
@@ -344,7 +344,7 @@ def test_a_user_who_keeps_writing_is_erased(run_jobs: Any) -> None:
                 result = pipeline.ingest(text_message(message_id, content=f"my note {message_id}"))
                 seen[result.status] += 1
                 if result.status == "accepted" and result.note_id:
-                    seen[jobs.archive_message(result.note_id)] += 1
+                    seen[batch.archive_message(result.note_id)] += 1
         except Exception as exc:  # reported below: the writer must never be the one that fails
             failures.append(repr(exc))
         finally:
