@@ -183,7 +183,7 @@ def test_a_drafting_job_that_cannot_be_enqueued_fails_the_order_once(
             raise jobs.QueueUnavailable("ConnectionError")
         return real_enqueue(spec, *args, **kwargs)
 
-    monkeypatch.setattr(jobs, "enqueue", redis_down_for_drafting)
+    monkeypatch.setattr(generation, "enqueue", redis_down_for_drafting)
     monkeypatch.setattr(generation, "ENQUEUE_ATTEMPTS", 2)
     assert classify_message(note_id) == "order"
     [order] = orders(db)
