@@ -15,6 +15,7 @@ from app import context
 from app.archive import storage
 from app.db import queries
 from app.ingest import spool
+from app.records import holds
 from app.users import contacts as users
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ def erase_user(user_id: str) -> ErasureReport:
     """
 
     db = context.db()
+    holds.refuse_if_held(user_id)  # OnLegalHold: nothing is deleted while a legal hold is on
     user = db.fetch_one("users.user_get", {"user_id": user_id})
     bucket = str(user["bucket_name"]) if user else storage.bucket_name(user_id)
     report = ErasureReport(user_id, bucket, user_existed=user is not None)
