@@ -409,7 +409,7 @@ class SearchQuery(Schema):
     since = fields.AwareDateTime(load_default=None, default_timezone=UTC)
     until = fields.AwareDateTime(load_default=None, default_timezone=UTC)
     limit = fields.Integer(load_default=20, validate=validate.Range(1, 50))
-    before = fields.String(load_default=None, validate=validate.Regexp(r"^[0-9T:.+\-]{10,40},[0-9]{1,19}$"))
+    before = fields.String(load_default=None, validate=validate.Regexp(r"^[0-9T:.Z+\-]{10,40},[0-9]{1,19}$"))
     """The `next` value of the previous page."""
 
 
@@ -537,7 +537,11 @@ def search_messages() -> Any:
     )
     rows = search.search(query)
     last = rows[-1] if len(rows) == query.limit else None
-    return jsonify(results=rows, next=f"{last['created_at']},{last['id']}" if last else None)
+    after = None
+    if last:
+        moment = datetime.fromisoformat(last["created_at"]).astimezone(UTC)
+        after = f"{moment:%Y-%m-%dT%H:%M:%S.%f}Z,{last['id']}"
+    return jsonify(results=rows, next=after)
 
 
 @bp.get("/deliveries")

@@ -129,10 +129,12 @@ def retention_show(runs: int) -> None:
 
 @retention_cli.command("set")
 @click.argument("account_id", type=int)
-@click.argument("days", type=int)
+@click.option(
+    "--days", type=int, required=True, help="Delete messages received more than this many days ago."
+)
 @click.option("--by", "by", help="Who sets it, as recorded (default: cli:<shell user>).")
 def retention_set(account_id: int, days: int, by: str | None) -> None:
-    """Delete ACCOUNT_ID's messages older than DAYS days (rows, objects and media), from the next run."""
+    """Delete ACCOUNT_ID's messages older than --days days (rows, objects and media), from the next run."""
     try:
         policy = retention.set_policy(account_id, days, _actor(by))
     except Invalid as exc:

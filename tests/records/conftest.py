@@ -112,3 +112,39 @@ def gcs_requests(settings: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Gcs
     client = context.gcs()
     monkeypatch.setattr(client._http, "request", recorder(client._http.request))
     yield recorder
+
+
+@pytest.fixture
+def metadata_emulator(records_env: Any, use_settings: Any, http: responses.RequestsMock) -> Iterator[str]:
+    """A gcp-storage-emulator of the test's own as the service's GCS: unlike fake-gcs-server it
+    keeps a bucket's lifecycle rules, so they can be read back."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    import devstack  # scripts/, on the path from tests/conftest.py
+
+    port = devstack.free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "gcp_storage_emulator", "start", "--in-memory", "--quiet"]
+    proc = subprocess.Popen(
+        [*command, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(f"{url}/storage/v1/b?project=local-project", timeout=1):
+                return True
+        except OSError:
+            return False
+
+    try:
+        devstack.wait_for(answers, "gcp-storage-emulator", timeout=30)
+        http.add_passthru(url)
+        use_settings(storage_emulator_host=url)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
