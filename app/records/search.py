@@ -24,6 +24,9 @@ from app.users.service import Invalid, NotFound
 MAX_WORDS_LENGTH = 200
 """Characters a search may have."""
 MAX_LIMIT = 50
+PROBE = 2000
+"""Matches the index is asked for first: fewer, and they are all sorted; that many, and the
+messages are walked newest first instead (see app/queries/search.sql)."""
 ALL_LANGUAGES = ("en", "pt", "es")
 ADMIN_HEADLINE = (
     'MaxWords=20, MinWords=8, ShortWord=2, MaxFragments=2, FragmentDelimiter=" … ", StartSel=«, StopSel=»'
@@ -90,6 +93,10 @@ def run(cur: Any, query: Query, *, headline: str = ADMIN_HEADLINE) -> list[dict[
     parsed = _one(cur, "search.search_parsed", {"words": words, "languages": list(languages)})
     if not parsed or not parsed["query"]:
         raise BadSearch("nothing in these words can be searched (only punctuation or symbols)")
+    # The index, never a scan of the whole table, finds the first matches (search.sql); the
+    # setting goes back to what it was, as the caller's transaction may go on.
+    cur.execute("SELECT current_setting('enable_seqscan') AS was, set_config('enable_seqscan', 'off', true)")
+    previous = cur.fetchone()["was"]
     cur.execute(
         queries["search.search_messages"],
         {
@@ -108,9 +115,12 @@ def run(cur: Any, query: Query, *, headline: str = ADMIN_HEADLINE) -> list[dict[
             "before_at": query.before[0] if query.before else None,
             "before_id": query.before[1] if query.before else None,
             "limit": query.limit,
+            "probe": PROBE,
         },
     )
-    return [plain(dict(r)) for r in cur.fetchall()]
+    found = [plain(dict(r)) for r in cur.fetchall()]
+    cur.execute("SELECT set_config('enable_seqscan', %s, true)", (previous,))
+    return found
 
 
 def _one(cur: Any, name: str, params: dict[str, Any]) -> dict[str, Any] | None:

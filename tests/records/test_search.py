@@ -225,3 +225,11 @@ def test_slash_search_never_finds_our_own_messages(
     first, second = chatwoot_api.contents
     assert first == second == "Your 1 most recent notes with “compost”:\n2026-01-05: *compost* bins"
     assert ana.note_ids
+
+
+def test_a_search_inside_a_transaction_leaves_its_settings_as_they_were(http: responses.RequestsMock) -> None:
+    archive_user(http, "ana", 918, texts=1)
+    with context.db().transaction() as cur:
+        found = search.run(cur, search.Query("quarterly", user_id="ana"))
+        cur.execute("SELECT current_setting('enable_seqscan') AS now")
+        assert cur.fetchone()["now"] == "on" and len(found) == 1
