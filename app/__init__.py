@@ -52,7 +52,8 @@ def create_app(settings: Settings | None = None, test_config: Mapping[str, Any] 
     app.register_blueprint(orders_api_bp)
     init_metrics(app)
     init_admin(app)
-    for area in (app_cli, users_cli, chatwoot_cli, admin_cli, requeue, spool, backfill, records_cli):
+    for area in (app_cli, users_cli, chatwoot_cli, admin_cli, requeue, spool, backfill):
         area.register(app)
+    records_cli.register(app)
     app.wsgi_app = WebhookRoute(app.wsgi_app)  # type: ignore[method-assign]
     return app
