@@ -47,9 +47,10 @@ ORDER BY id DESC
 LIMIT %(limit)s;
 
 -- Messages past the cutoff, archived (or given up on), of users not on hold: the next batch,
--- with every object kept for each.
+-- oldest first after the last one seen (the keyset skips what a hold keeps), with every object
+-- kept for each.
 -- name: retention_candidates
-SELECT n.id, n.user_id, n.gcs_storage_path,
+SELECT n.id, n.created_at, n.user_id, n.gcs_storage_path,
        (SELECT coalesce(array_agg(a.bucket_name || '/' || a.object_name), '{}')
           FROM message_attachments a
          WHERE a.meeting_note_id = n.id AND a.bucket_name IS NOT NULL AND a.object_name IS NOT NULL)
@@ -59,13 +60,13 @@ SELECT n.id, n.user_id, n.gcs_storage_path,
            AS update_paths,
        (SELECT t.gcs_storage_path FROM transcriptions t WHERE t.meeting_note_id = n.id) AS transcript_path
 FROM meeting_notes n
-WHERE n.chatwoot_account_id = %(account_id)s
-  AND n.created_at < %(cutoff)s
+WHERE n.created_at < %(cutoff)s
+  AND (n.created_at, n.id) > (%(after_at)s::timestamptz, %(after_id)s)
+  AND n.chatwoot_account_id = %(account_id)s
   AND n.processing_status IN ('stored', 'error')
-  AND n.id > %(after_id)s
   AND (n.user_id IS NULL OR NOT EXISTS (
         SELECT 1 FROM legal_holds h WHERE h.user_id = n.user_id AND h.lifted_at IS NULL))
-ORDER BY n.id
+ORDER BY n.created_at, n.id
 LIMIT %(limit)s;
 
 -- The rows go once their objects are gone; a hold placed meanwhile keeps them.

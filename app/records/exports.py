@@ -70,7 +70,7 @@ class ExportGone(Conflict):
 def request(user_id: str, requested_by: str, *, queue: bool = True) -> dict[str, Any]:
     """Record an export of a user's archive and queue the job that builds it (`queue=False`:
     the caller builds it, as `flask users export` does)."""
-    user = context.db().fetch_one("holds.hold_user", {"user_id": user_id})
+    user = context.db().fetch_one("users.user_get", {"user_id": user_id})
     if user is None:
         raise NotFound(f"no user {user_id!r}")
     with context.db().transaction() as cur:
@@ -291,6 +291,9 @@ def build(export_id: int) -> Built:
         bucket = storage.ensure_bucket(str(row["bucket_name"]))
         written = _write(bucket, object_name, export_id, str(row["user_id"]))
     except Exception as exc:
+        # A failed upload may have been finished by its closing with part of the zip: not kept.
+        with contextlib.suppress(Exception):
+            storage.delete_object(str(row["bucket_name"]), object_name)
         detail = f"{type(exc).__name__}: {str(exc)[:200]}"
         with db.transaction() as cur:
             cur.execute(queries["exports.export_failed"], {"export_id": export_id, "error_details": detail})

@@ -115,11 +115,17 @@ def apply_account(account_id: int, days: int) -> AccountRun:
     run = AccountRun(account_id, days, cutoff.isoformat())
     error: str | None = None
     try:
-        after = 0
+        after: tuple[Any, int] = ("-infinity", 0)
         while True:
             batch = db.fetch_all(
                 "retention.retention_candidates",
-                {"account_id": account_id, "cutoff": cutoff, "after_id": after, "limit": BATCH},
+                {
+                    "account_id": account_id,
+                    "cutoff": cutoff,
+                    "after_at": after[0],
+                    "after_id": after[1],
+                    "limit": BATCH,
+                },
             )
             if not batch:
                 break
@@ -129,7 +135,7 @@ def apply_account(account_id: int, days: int) -> AccountRun:
                 "retention.retention_delete_notes", {"ids": [int(r["id"]) for r in batch], "cutoff": cutoff}
             )
             run.messages_deleted += len(gone)
-            after = int(batch[-1]["id"])
+            after = (batch[-1]["created_at"], int(batch[-1]["id"]))
         for kept in db.fetch_all(
             "retention.retention_kept_on_hold", {"account_id": account_id, "cutoff": cutoff}
         ):

@@ -357,3 +357,24 @@ def test_expired_exports_are_deleted_by_the_cron_pass_except_on_hold(http: respo
     assert exports.get(done[0])["status"] == "deleted"
     assert exports.get(done[1])["status"] == "done"
     assert exports.delete_expired() == {"deleted": 0, "kept_on_hold": 1}
+
+
+def test_a_failed_build_leaves_no_partial_zip_and_is_recorded(
+    http: responses.RequestsMock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive_user(http, "ana", 610, texts=3, voice_notes=1)
+    export = exports.request("ana", "test", queue=False)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("connection reset while reading an attachment")
+
+    monkeypatch.setattr(exports, "_copy", broken)
+    with pytest.raises(OSError):
+        exports.build(export["id"])
+    found = exports.get(export["id"])
+    assert found["status"] == "failed" and "connection reset" in found["error_details"]
+    assert [e["event"] for e in found["events"]] == ["requested", "failed"]
+    assert list(context.gcs().list_blobs(found["bucket_name"], prefix="exports/")) == []
+    monkeypatch.undo()
+    built = exports.build(export["id"])  # the retry starts over under a name of its own
+    assert built.status == "done" and built.object_name == f"exports/{export['id']}/archive-2.zip"

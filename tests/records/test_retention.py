@@ -218,3 +218,18 @@ def test_the_buckets_get_a_lifecycle_delete_rule_so_gcs_enforces_retention_too(
     retention.clear_policy(2, "test")
     assert retention.sync_lifecycle()["patched"] == 3
     assert _delete_rules(ana_bucket) == _delete_rules(eve_bucket) == _delete_rules(fallback) == []
+
+
+def test_retention_goes_past_a_held_users_messages_in_batches(
+    http: responses.RequestsMock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = archive_user(http, "held", 820, texts=5)
+    other = archive_user(http, "other", 821, texts=5)
+    _age(held.note_ids, "90 days")  # the oldest: every batch would meet them first
+    _age(other.note_ids, "60 days")
+    holds.place("held", "case", "legal team")
+    retention.set_policy(1, 30, "test")
+    monkeypatch.setattr(retention, "BATCH", 2)
+    [run] = retention.apply_all()
+    assert (run.messages_deleted, run.kept_on_hold) == (5, 5)
+    assert _rows(other.note_ids) == set() and _rows(held.note_ids) == set(held.note_ids)
