@@ -29,6 +29,7 @@ def create_app(settings: Settings | None = None, test_config: Mapping[str, Any] 
     from app.ingest.webhook import bp as webhooks_bp
     from app.logs import configure_logging, settings_secrets
     from app.orders.api import bp as orders_api_bp
+    from app.records import cli as records_cli
     from app.users import cli as users_cli
 
     if settings is not None:
@@ -54,5 +55,6 @@ def create_app(settings: Settings | None = None, test_config: Mapping[str, Any] 
     init_admin(app)
     for area in (app_cli, users_cli, chatwoot_cli, admin_cli, archive_cli, requeue, spool, backfill):
         area.register(app)
+    records_cli.register(app)
     app.wsgi_app = WebhookRoute(app.wsgi_app)  # type: ignore[method-assign]
     return app

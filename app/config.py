@@ -100,6 +100,18 @@ def seconds(name: str, raw: str) -> float:
     return value / 1000 if match.group(2) == "ms" else value
 
 
+def duration_within(low: int, high: int) -> Parser:
+    """Seconds (`90`, `15m`, `24h`, `2d`) from `low` to `high`."""
+
+    def parse(name: str, raw: str) -> int:
+        value = _duration(name, raw)
+        if not low <= value <= high:
+            raise ConfigError(f"{name}: must be between {low} and {high} seconds, got {value}")
+        return value
+
+    return parse
+
+
 def _url(name: str, raw: str, schemes: tuple[str, ...]) -> str:
     parsed = urlparse(raw.strip())
     if parsed.scheme not in schemes or not (parsed.hostname or parsed.path):
@@ -276,6 +288,7 @@ ORDERS = "Orders"
 APIS = "APIs"
 WORKERS = "Workers"
 RELIABILITY = "Reliability"
+RECORDS = "Records: exports, retention, legal holds, the delivery audit trail"
 
 
 def setting(
@@ -887,6 +900,38 @@ class Settings:
         section=RELIABILITY,
         parse=duration(),
         example="6h",
+    )
+
+    # --- Records
+    audit_retention_days: int = setting(
+        "AUDIT_RETENTION_DAYS",
+        30,
+        "Days the delivery audit trail keeps each webhook delivery (daily partitions dropped by the cron process).",
+        section=RECORDS,
+        parse=integer(1),
+    )
+    retention_interval: int = setting(
+        "RETENTION_INTERVAL",
+        3600,
+        "How often the cron process applies retention, deletes expired exports, drops old audit partitions and brings legal holds in GCS up to date (seconds, or 1h).",
+        section=RECORDS,
+        parse=duration(at_least=60),
+        example="1h",
+    )
+    export_keep_days: int = setting(
+        "EXPORT_KEEP_DAYS",
+        7,
+        "Days an export's zip stays in the user's bucket before the cron process deletes it (kept while the user is on legal hold).",
+        section=RECORDS,
+        parse=integer(1),
+    )
+    export_url_ttl: int = setting(
+        "EXPORT_URL_TTL",
+        3600,
+        "How long a signed download URL of an export works (seconds, or 1h; 60 s to 7d).",
+        section=RECORDS,
+        parse=duration_within(60, 7 * 86400),
+        example="1h",
     )
 
     @property

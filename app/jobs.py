@@ -320,3 +320,27 @@ def queue_depths(connection: Any = None, queues: Sequence[str] = ALL_QUEUES) -> 
 
     conn = connection if connection is not None else context.redis()
     return {name: Queue(name, connection=conn).count for name in queues}
+
+
+# -- records: exports and legal holds (app/records/) ------------------------------------------
+
+EXPORT_RETRY_INTERVALS = (60, 300, 1800)
+"""Seconds between attempts to build an export (GCS or PostgreSQL briefly unavailable)."""
+EXPORT_TIMEOUT = 6 * 3600
+"""Seconds an export may take (a long archive with much media)."""
+EXPORT_ARCHIVE = JobSpec(
+    MAINTENANCE_QUEUE,
+    "workers.records.export_archive",
+    "export",
+    retry_intervals=EXPORT_RETRY_INTERVALS,
+    timeout=EXPORT_TIMEOUT,
+)
+HOLD_RETRY_INTERVALS = (30, 120, 600, 1800)
+"""Seconds between attempts to set or release a user's GCS holds."""
+APPLY_HOLD = JobSpec(
+    MAINTENANCE_QUEUE,
+    "workers.records.apply_hold",
+    "hold",
+    retry_intervals=HOLD_RETRY_INTERVALS,
+    timeout=3600,
+)

@@ -405,6 +405,9 @@ class Stack:
             str(port),
             "-external-url",
             url,
+            # Path-style downloads (/<bucket>/<object>, as signed URLs are) answered on this address.
+            "-public-host",
+            f"127.0.0.1:{port}",
             "-log-level",
             "warn",
         ]

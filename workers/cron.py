@@ -1,4 +1,4 @@
-"""`python -m workers.cron`: enqueues the periodic jobs (reconcile, backfill) onto the
+"""`python -m workers.cron`: enqueues the periodic jobs (reconcile, backfill, records) onto the
 maintenance queue, where the general workers run them.
 
 RQ's CronScheduler has no lock of its own: two of them would enqueue everything twice. So each
@@ -50,6 +50,9 @@ RECONCILE_TIMEOUT = 540
 """Seconds a reconcile run may take (under the reconcile lock's 600)."""
 BACKFILL_TIMEOUT = 900
 """Seconds a backfill run may take."""
+RECORDS_TIMEOUT = 3000
+"""Seconds a records pass (retention, exports, audit partitions) may take; a pass cut short is
+finished by the next."""
 HISTORY_TTL = 3600
 """Seconds the result of a periodic run is kept for inspection."""
 SCHEDULER_LOCK_TTL = 15
@@ -87,6 +90,18 @@ def build_scheduler(conn: Any, settings: Settings) -> Any:
             ttl=max(settings.backfill_interval, 60),
             name="backfill",
         )
+    from workers.records import records
+
+    scheduler.register(
+        records,
+        queue_name=MAINTENANCE_QUEUE,
+        interval=settings.retention_interval,
+        job_timeout=RECORDS_TIMEOUT,
+        result_ttl=HISTORY_TTL,
+        failure_ttl=HISTORY_TTL * 24,
+        ttl=max(settings.retention_interval, 60),
+        name="records",
+    )
     return scheduler
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
@@ -20,6 +21,7 @@ from app.admin.auth import bearer_token, token_matches
 from app.admin.stats import dashboard
 from app.db import DatabaseUnavailable
 from app.errors import error_response
+from app.records import exports, holds, retention, search
 from app.users import tombstones
 from app.users.erase import StorageUnavailable, erase_user
 from app.users.service import (
@@ -433,3 +435,186 @@ def accounts_ai_delete(account_id: int) -> Any:
         raise NotFound(f"account {account_id} has no AI settings of its own")
     log.info("account AI settings deleted", extra={"account_id": account_id})
     return jsonify(chatwoot_account_id=account_id, deleted=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# records: exports, legal holds, retention, search, the delivery audit trail (app/records/)
+
+
+class ActorBody(_Strict):
+    by = fields.String(load_default=None, validate=validate.Length(1, 200))
+    """Who acts, as recorded (an admin's name); the client's address is added."""
+
+
+class HoldBody(ActorBody):
+    reason = fields.String(required=True, validate=validate.Length(1, 500))
+
+
+class LiftBody(ActorBody):
+    reason = fields.String(load_default=None, validate=validate.Length(1, 500))
+
+
+class RetentionBody(ActorBody):
+    days = fields.Integer(required=True, strict=True)
+
+
+class SearchQuery(Schema):
+    class Meta:
+        unknown = RAISE
+
+    q = fields.String(load_default="")
+    user = _user_id_field(load_default=None)
+    account = fields.Integer(load_default=None, validate=validate.Range(1, INT32_MAX))
+    contact = fields.Integer(load_default=None, validate=validate.Range(1, INT32_MAX))
+    channel = fields.String(load_default=None, validate=validate.Regexp(r"^[a-z_]{1,40}$"))
+    since = fields.AwareDateTime(load_default=None, default_timezone=UTC)
+    until = fields.AwareDateTime(load_default=None, default_timezone=UTC)
+    limit = fields.Integer(load_default=20, validate=validate.Range(1, 50))
+    before = fields.String(load_default=None, validate=validate.Regexp(r"^[0-9T:.Z+\-]{10,40},[0-9]{1,19}$"))
+    """The `next` value of the previous page."""
+
+
+class DeliveriesQuery(Schema):
+    class Meta:
+        unknown = RAISE
+
+    message_id = fields.String(load_default=None, validate=validate.Length(1, 200))
+    delivery_id = fields.String(load_default=None, validate=validate.Length(1, 128))
+    account = fields.Integer(load_default=None, validate=validate.Range(1, INT32_MAX))
+    days = fields.Integer(load_default=None, validate=validate.Range(1, 3660))
+
+    @validates_schema
+    def one_key(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if not data.get("message_id") and not data.get("delivery_id"):
+            raise ValidationError("give message_id or delivery_id", "_schema")
+
+
+def _actor(body: dict[str, Any]) -> str:
+    from app.admin.auth import client_address
+
+    by = body.get("by") or "admin"
+    return f"{by} (admin API, {client_address()})"[:200]
+
+
+@bp.errorhandler(holds.UserErased)
+def user_erased(exc: holds.UserErased) -> Any:
+    return error_response(409, "erased", str(exc))
+
+
+@bp.errorhandler(holds.OnLegalHold)
+def on_legal_hold(exc: holds.OnLegalHold) -> Any:
+    return error_response(409, "on_legal_hold", str(exc))
+
+
+@bp.post("/users/<user_id>/exports")
+def exports_create(user_id: str) -> Any:
+    body = ActorBody().load(json_body())
+    return jsonify(exports.request(user_id, _actor(body))), 202
+
+
+@bp.get("/users/<user_id>/exports")
+def exports_index(user_id: str) -> Any:
+    get_user(user_id)
+    return jsonify(exports=exports.of_user(user_id))
+
+
+@bp.get("/exports/<int:export_id>")
+def exports_show(export_id: int) -> Any:
+    return jsonify(exports.get(export_id))
+
+
+@bp.post("/exports/<int:export_id>/url")
+def exports_url(export_id: int) -> Any:
+    body = ActorBody().load(json_body())
+    return jsonify(exports.issue_url(export_id, _actor(body)))
+
+
+@bp.delete("/exports/<int:export_id>")
+def exports_delete(export_id: int) -> Any:
+    body = ActorBody().load(json_body())
+    return jsonify(exports.delete(export_id, _actor(body)))
+
+
+@bp.get("/users/<user_id>/holds")
+def holds_index(user_id: str) -> Any:
+    return jsonify(holds.of_user(user_id))
+
+
+@bp.post("/users/<user_id>/holds")
+def holds_create(user_id: str) -> Any:
+    body = HoldBody().load(json_body())
+    return jsonify(holds.place(user_id, body["reason"], _actor(body))), 201
+
+
+@bp.delete("/users/<user_id>/holds/<int:hold_id>")
+def holds_lift(user_id: str, hold_id: int) -> Any:
+    body = LiftBody().load(json_body())
+    return jsonify(holds.lift(user_id, hold_id, _actor(body), body["reason"]))
+
+
+@bp.get("/holds")
+def holds_all() -> Any:
+    return jsonify(holds=holds.all_active())
+
+
+@bp.get("/retention")
+def retention_index() -> Any:
+    return jsonify(policies=retention.policies(), runs=retention.recent_runs())
+
+
+@bp.put("/retention/<int:account_id>")
+def retention_set(account_id: int) -> Any:
+    body = RetentionBody().load(json_body())
+    return jsonify(retention.set_policy(account_id, body["days"], _actor(body)))
+
+
+@bp.delete("/retention/<int:account_id>")
+def retention_off(account_id: int) -> Any:
+    body = ActorBody().load(json_body())
+    return jsonify(retention.clear_policy(account_id, _actor(body)))
+
+
+@bp.get("/search")
+def search_messages() -> Any:
+    args = SearchQuery().load(request.args)
+    before = None
+    if args["before"]:
+        at, _, row_id = args["before"].rpartition(",")
+        try:
+            moment = datetime.fromisoformat(at)
+        except ValueError:
+            raise ValidationError({"before": ["not the `next` value of a page"]}) from None
+        before = (moment if moment.tzinfo else moment.replace(tzinfo=UTC), int(row_id))
+    query = search.Query(
+        args["q"],
+        user_id=args["user"],
+        account_id=args["account"],
+        contact_id=args["contact"],
+        channel=args["channel"],
+        since=args["since"],
+        until=args["until"],
+        limit=args["limit"],
+        before=before,
+    )
+    rows = search.search(query)
+    last = rows[-1] if len(rows) == query.limit else None
+    after = None
+    if last:
+        moment = datetime.fromisoformat(last["created_at"]).astimezone(UTC)
+        after = f"{moment:%Y-%m-%dT%H:%M:%S.%f}Z,{last['id']}"
+    return jsonify(results=rows, next=after)
+
+
+@bp.get("/deliveries")
+def deliveries_show() -> Any:
+    from app.ingest import audit
+
+    args = DeliveriesQuery().load(request.args)
+    found = audit.find(
+        message_id=args["message_id"],
+        delivery_id=args["delivery_id"],
+        account_id=args["account"],
+        since_days=args["days"],
+    )
+    stored = audit.message_rows(args["message_id"], args["account"]) if args["message_id"] else []
+    return jsonify(deliveries=found, archive=stored)

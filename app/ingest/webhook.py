@@ -36,8 +36,8 @@ from app.chatwoot import accounts, payloads, schemas, signatures
 from app.chatwoot.accounts import Registry
 from app.config import Settings
 from app.db import DatabaseUnavailable
+from app.ingest import audit, spool
 from app.ingest import pipeline as ingest
-from app.ingest import spool
 
 bp = Blueprint("webhooks", __name__)
 log = logging.getLogger(__name__)
@@ -110,11 +110,12 @@ def handle(request: WerkzeugRequest) -> Response:
     started = time.perf_counter()
     request_id = secrets.token_hex(16)
     delivery_id = request.headers.get(signatures.DELIVERY_HEADER, "")[:MAX_DELIVERY_ID_LENGTH]
+    trace = audit.Trace()
     try:
         # Chatwoot waits 5 s and never retries: a database that is slow or hung gets a bounded
         # share of that (timeouts raise DatabaseUnavailable, and the delivery is spooled).
         with context.db().budget(context.settings().webhook_db_timeout):
-            answer = _handle(request, request_id, delivery_id)
+            answer = _handle(request, request_id, delivery_id, trace)
     except Exception as exc:  # the sender gets a JSON 500, the log the error type (no traceback)
         answer = _error(
             500, "error", "internal_error", "the delivery could not be handled", error_type=type(exc).__name__
@@ -146,6 +147,9 @@ def handle(request: WerkzeugRequest) -> Response:
             **answer.log,
         },
     )
+    audit.record(
+        trace, request_id, delivery_id, answer.status, answer.outcome, elapsed, answer.body, answer.log
+    )
     return response
 
 
@@ -173,7 +177,7 @@ class _Credentials:
         return bool(self.signature or self.timestamp)
 
 
-def _handle(request: WerkzeugRequest, request_id: str, delivery_id: str) -> _Answer:
+def _handle(request: WerkzeugRequest, request_id: str, delivery_id: str, trace: audit.Trace) -> _Answer:
     settings = context.settings()
     if request.mimetype != "application/json":
         return _error(
@@ -210,7 +214,7 @@ def _handle(request: WerkzeugRequest, request_id: str, delivery_id: str) -> _Ans
         return _unauthorized("wrong URL token", auth="url_token")
 
     try:
-        read = _read_body(request, limit, creds, registry, settings.webhook_body_timeout)
+        read = _read_body(request, limit, creds, registry, settings.webhook_body_timeout, trace=trace)
     except _BodyTooLarge:
         return _too_large(limit)
     except ClientDisconnected:
@@ -303,6 +307,8 @@ def _read_body(
     creds: _Credentials,
     registry: Registry | None,
     timeout: float,
+    *,
+    trace: audit.Trace,
 ) -> _Read:
     """The body (at most `limit` bytes), read within `timeout` seconds. A signed body is fed to
     the HMACs of its candidate secrets as it arrives, and held in a temporary file beyond
@@ -325,8 +331,10 @@ def _read_body(
                     raise _BodyTooLarge
                 if verifier is not None:
                     verifier.update(chunk)
+                trace.update(chunk)
                 buffer.write(chunk)
                 chunk = stream.read(min(READ_CHUNK, limit + 1 - size))
+            trace.done()
             if verifier is None:
                 return _Read(buffer.value(), False, sniffed)
             owners = verifier.matched(creds.signature)

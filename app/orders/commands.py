@@ -1,4 +1,4 @@
-"""User commands: /notify on|off, /status, /cancel, /help, and `LINK 123456`.
+"""User commands: /notify on|off, /status, /cancel, /search <words>, /help, and `LINK 123456`.
 
 A command always gets an answer (an unknown one gets the help text); it is never kept as a note.
 """
@@ -15,8 +15,10 @@ from app.chatwoot import outbox
 from app.db import queries
 from app.orders import clarify as orders
 from app.orders import i18n
+from app.records import search
 from app.users import contacts as users
 from app.users.link_codes import redeem_link_code
+from app.users.service import NotFound
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,10 @@ _ALIASES: dict[str, str] = {
     "ayuda": "help",
     "start": "help",
     "link": "link",
+    "search": "search",
+    "buscar": "search",
+    "pesquisar": "search",
+    "procurar": "search",
 }
 _ON = {"on", "yes", "sim", "si", "ligar", "activar", "ativar"}
 _OFF = {"off", "no", "nao", "desligar", "desactivar", "desativar"}
@@ -80,6 +86,10 @@ def parse(text: str | None) -> Command | None:
         return Command("unknown", argument)
     if name == "link":
         return Command("link", "".join(words[1:]) or None)
+    if name == "search":
+        # The words as written (accents and case kept): the search reads them itself.
+        rest = stripped[1:].split(None, 1)
+        return Command("search", rest[1] if len(rest) > 1 else None)
     if name is None:
         return Command("unknown", words[0])
     return Command(name)
@@ -134,6 +144,8 @@ def execute(cur: Any, turn: orders.Turn, command: Command, link: LinkOutcome | N
             reply = "\n".join(i18n.t("cancel.done", lang, order_id=i) for i in cancelled)
         else:
             reply = i18n.t("cancel.nothing", lang)
+    elif command.name == "search":
+        reply = _search(cur, turn, command.argument)
     elif command.name == "link":
         outcome = link or LinkOutcome(False, "invalid_code")
         reply = i18n.t("link.ok" if outcome.ok else LINK_REPLIES.get(outcome.reason, "link.failed"), lang)
@@ -187,4 +199,40 @@ def _status(cur: Any, turn: orders.Turn) -> str:
         },
     )
     lines.append(i18n.t("status.notes", lang, count=int(count["notes"]) if count else 0))
+    return "\n".join(lines)
+
+
+SEARCH_RESULTS = 5
+"""Matches a user's /search answers with, newest first."""
+SEARCH_EXCERPT = 160
+"""Characters of each match shown at most."""
+
+
+def _search(cur: Any, turn: orders.Turn, words: str | None) -> str:
+    """The user's five most recent notes with these words: only the user's own messages (never
+    ours, never commands), only for a number linked to a user."""
+    lang = turn.language
+    user_id = linked_user(cur, turn)
+    if not user_id:
+        return i18n.t("search.unlinked", lang)
+    query = search.Query(
+        words or "", user_id=user_id, limit=SEARCH_RESULTS, own_only=True, exclude_id=turn.note_id
+    )
+    try:
+        found = search.run(cur, query, headline=search.USER_HEADLINE)
+    except search.BadSearch:
+        if words and len(" ".join(words.split())) > search.MAX_WORDS_LENGTH:
+            return i18n.t("search.too_long", lang, limit=search.MAX_WORDS_LENGTH)
+        return i18n.t("search.usage", lang)
+    except NotFound:
+        return i18n.t("search.unlinked", lang)
+    shown = " ".join((words or "").split())
+    if not found:
+        return i18n.t("search.none", lang, words=shown)
+    lines = [i18n.t("search.found", lang, count=len(found), words=shown)]
+    for row in found:
+        excerpt = " ".join(str(row["excerpt"] or "").split())
+        if len(excerpt) > SEARCH_EXCERPT:
+            excerpt = excerpt[: SEARCH_EXCERPT - 1].rstrip() + "…"
+        lines.append(i18n.t("search.line", lang, date=str(row["message_at"])[:10], excerpt=excerpt))
     return "\n".join(lines)

@@ -82,6 +82,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "en": "Commands:\n"
         "/status: your order in progress and recent notes\n"
         "/cancel: cancel the order in progress\n"
+        "/search <words>: your five most recent notes with those words\n"
         "/notify on: a message when your content is ready\n"
         "/notify off: no more of those messages\n"
         "LINK <code>: link your account with the code from the app\n"
@@ -90,6 +91,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "pt": "Comandos:\n"
         "/status: seu pedido em andamento e notas recentes\n"
         "/cancel: cancela o pedido em andamento\n"
+        "/search <palavras>: suas cinco notas mais recentes com essas palavras\n"
         "/notify on: uma mensagem quando seu conteúdo estiver pronto\n"
         "/notify off: sem essas mensagens\n"
         "LINK <código>: vincula sua conta com o código do app\n"
@@ -98,6 +100,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "es": "Comandos:\n"
         "/status: tu pedido en curso y notas recientes\n"
         "/cancel: cancela el pedido en curso\n"
+        "/search <palabras>: tus cinco notas más recientes con esas palabras\n"
         "/notify on: un mensaje cuando tu contenido esté listo\n"
         "/notify off: sin esos mensajes\n"
         "LINK <código>: vincula tu cuenta con el código de la app\n"
@@ -186,6 +189,32 @@ TEXTS: dict[str, dict[str, str]] = {
         "en": "Linking isn't available right now. Please try again later.",
         "pt": "A vinculação não está disponível agora. Tente de novo mais tarde.",
         "es": "La vinculación no está disponible ahora. Inténtalo de nuevo más tarde.",
+    },
+    "search.found": {
+        "en": "Your {count} most recent notes with “{words}”:",
+        "pt": "Suas {count} notas mais recentes com “{words}”:",
+        "es": "Tus {count} notas más recientes con “{words}”:",
+    },
+    "search.line": {"en": "{date}: {excerpt}", "pt": "{date}: {excerpt}", "es": "{date}: {excerpt}"},
+    "search.none": {
+        "en": "No note of yours has “{words}”.",
+        "pt": "Nenhuma nota sua tem “{words}”.",
+        "es": "Ninguna nota tuya tiene “{words}”.",
+    },
+    "search.usage": {
+        "en": "Send /search followed by the words to look for, e.g. /search invoice march",
+        "pt": "Envie /search seguido das palavras que procura, por exemplo /search fatura março",
+        "es": "Envía /search seguido de las palabras que buscas, por ejemplo /search factura marzo",
+    },
+    "search.too_long": {
+        "en": "That search is too long: use at most {limit} characters.",
+        "pt": "Essa busca é longa demais: use no máximo {limit} caracteres.",
+        "es": "Esa búsqueda es demasiado larga: usa como máximo {limit} caracteres.",
+    },
+    "search.unlinked": {
+        "en": "Search works once your number is linked to your account: send LINK and the code from the app.",
+        "pt": "A busca funciona quando seu número está vinculado à sua conta: envie LINK e o código do app.",
+        "es": "La búsqueda funciona cuando tu número está vinculado a tu cuenta: envía LINK y el código de la app.",
     },
 }
 

@@ -12,6 +12,7 @@ from flask import Flask
 from flask.cli import AppGroup
 
 from app.cli import fail, print_table
+from app.records import exports, holds
 from app.users import link_codes as links
 from app.users import service, tombstones
 from app.users.erase import StorageUnavailable, erase_user
@@ -229,6 +230,8 @@ def users_erase(user_id: str, yes: bool) -> None:
         report = erase_user(user_id)
     except StorageUnavailable as exc:
         raise fail(f"erasure stopped part-way ({exc}): run the command again") from None
+    except holds.OnLegalHold as exc:
+        raise fail(str(exc)) from None
     data = report.as_dict()
     click.echo(f"erased {user_id} (bucket {report.bucket_name})")
     click.echo(
@@ -269,6 +272,96 @@ def users_reconsent(user_id: str, yes: bool) -> None:
 def users_unmapped(limit: int, offset: int) -> None:
     """Contacts with archived messages but no user, most messages first."""
     click.echo(print_table(service.unmapped_contacts(limit, offset)))
+
+
+def _actor(given: str | None) -> str:
+    """Who runs the command, as recorded: --by, or the shell user."""
+    import getpass
+
+    return given or f"cli:{getpass.getuser()}"
+
+
+@users_cli.command("export")
+@click.argument("user_id")
+@click.option("--by", "by", help="Who asks for it, as recorded (default: cli:<shell user>).")
+@click.option("--queue", is_flag=True, help="Leave it to the workers instead of building it here.")
+def users_export(user_id: str, by: str | None, queue: bool) -> None:
+    """Export a user's archive: a zip of every message, update, attachment and transcript with a
+    manifest (SHA-256 of every file), in the user's bucket; prints a signed URL that expires."""
+    try:
+        export = exports.request(user_id, _actor(by), queue=queue)
+    except service.NotFound as exc:
+        raise fail(str(exc)) from None
+    click.echo(f"export {export['id']} of {user_id} requested")
+    if queue:
+        click.echo(f"queued; `flask exports show {export['id']}` follows it")
+        return
+    try:
+        built = exports.build(int(export["id"]))
+    except Exception as exc:
+        raise fail(
+            f"export {export['id']} failed ({type(exc).__name__}); run `flask exports show {export['id']}`"
+        ) from None
+    counts = built.summary.get("counts", {})
+    click.echo(
+        f"built gs://{export['bucket_name']}/{built.object_name}: {built.size_bytes} bytes, sha256 {built.sha256}"
+    )
+    click.echo("  " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
+    link = exports.issue_url(int(export["id"]), _actor(by))
+    click.echo(
+        f"download ({'signed, ' if link['signed'] else 'not signed (emulator), '}until {link['expires_at']}):"
+    )
+    click.echo(link["url"])
+
+
+@users_cli.command("hold")
+@click.argument("user_id")
+@click.option("--reason", required=True, help="Why (a case, a dispute); recorded and shown in every refusal.")
+@click.option("--by", "by", help="Who places it, as recorded (default: cli:<shell user>).")
+def users_hold(user_id: str, reason: str, by: str | None) -> None:
+    """Put a user on legal hold: no erasure, retention or export deletion until it is lifted."""
+    try:
+        hold = holds.place(user_id, reason, _actor(by))
+    except (service.NotFound, service.Conflict, service.Invalid) as exc:
+        raise fail(str(exc)) from None
+    click.echo(
+        f"legal hold #{hold['id']} placed on {user_id} ({hold['reason']}); GCS holds: {hold['storage']}"
+    )
+
+
+@users_cli.command("unhold")
+@click.argument("user_id")
+@click.argument("hold_id", type=click.IntRange(min=1))
+@click.option("--by", "by", help="Who lifts it, as recorded (default: cli:<shell user>).")
+@click.option("--reason", help="Why it is lifted.")
+def users_unhold(user_id: str, hold_id: int, by: str | None, reason: str | None) -> None:
+    """Lift one legal hold of a user (HOLD_ID as shown by `flask users holds`)."""
+    try:
+        hold = holds.lift(user_id, hold_id, _actor(by), reason)
+    except (service.NotFound, service.Conflict, service.Invalid) as exc:
+        raise fail(str(exc)) from None
+    left = hold["holds_left"]
+    click.echo(
+        f"legal hold #{hold_id} lifted on {user_id}; "
+        + (f"{left} hold(s) still on" if left else f"no hold left; GCS holds released: {hold['storage']}")
+    )
+
+
+@users_cli.command("holds")
+@click.argument("user_id", required=False)
+def users_holds(user_id: str | None) -> None:
+    """The legal holds of a user (all, lifted ones too), or every hold on now."""
+    if user_id is None:
+        click.echo(print_table(holds.all_active()))
+        return
+    try:
+        found = holds.of_user(user_id)
+    except (service.NotFound, service.Conflict) as exc:
+        raise fail(str(exc)) from None
+    click.echo(
+        f"{user_id}: {'ON LEGAL HOLD' if found['on_hold'] else 'not on hold'}; GCS: {found['storage']}"
+    )
+    click.echo(print_table(found["holds"]))
 
 
 def register(app: Flask) -> None:

@@ -27,6 +27,7 @@ from app import context
 from app.archive import storage
 from app.db import queries
 from app.ingest import spool
+from app.records import holds
 from app.users import contacts as users
 from app.users import tombstones
 
@@ -124,6 +125,7 @@ def erase_user(user_id: str) -> ErasureReport:
     """Delete everything kept about a user (GDPR erasure) and keep it from coming back; safe to
     run again. Raises StorageUnavailable when GCS fails part-way (the next run finishes)."""
     db = context.db()
+    holds.refuse_if_held(user_id)  # OnLegalHold: nothing is deleted while a legal hold is on
     user = db.fetch_one("users.user_get", {"user_id": user_id})
     bucket = str(user["bucket_name"]) if user else storage.bucket_name(user_id)
     report = ErasureReport(user_id, bucket, user_existed=user is not None)

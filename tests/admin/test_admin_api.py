@@ -59,6 +59,25 @@ def call(client: Any, method: str, path: str, body: Any = None, headers: dict[st
     return client.open(path, method=method, **kwargs)
 
 
+ENDPOINTS += [
+    # records: exports, legal holds, retention, search, the delivery audit trail
+    ("POST", "/admin/users/u1/exports"),
+    ("GET", "/admin/users/u1/exports"),
+    ("GET", "/admin/exports/3"),
+    ("POST", "/admin/exports/3/url"),
+    ("DELETE", "/admin/exports/3"),
+    ("GET", "/admin/users/u1/holds"),
+    ("POST", "/admin/users/u1/holds"),
+    ("DELETE", "/admin/users/u1/holds/5"),
+    ("GET", "/admin/holds"),
+    ("GET", "/admin/retention"),
+    ("PUT", "/admin/retention/7"),
+    ("DELETE", "/admin/retention/7"),
+    ("GET", "/admin/search"),
+    ("GET", "/admin/deliveries"),
+]
+
+
 def test_every_admin_route_is_in_the_table(app: Any) -> None:
     routes = {
         (method, rule.rule)
@@ -72,7 +91,9 @@ def test_every_admin_route_is_in_the_table(app: Any) -> None:
             m,
             p.replace("/links/1", "/links/<int:link_id>")
             .replace("/7", "/<int:account_id>")
-            .replace("/12/", "/<int:inbox_id>/"),
+            .replace("/12/", "/<int:inbox_id>/")
+            .replace("/exports/3", "/exports/<int:export_id>")
+            .replace("/holds/5", "/holds/<int:hold_id>"),
         )
         for m, p in expected
     }

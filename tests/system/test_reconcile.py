@@ -356,7 +356,11 @@ def test_one_cron_process_schedules_the_other_stands_by(db: Any, redis_conn: Any
         second.tick()
     assert first.leader.held and not second.leader.held
     # Each periodic job once, however many processes run.
-    assert _maintenance_funcs(redis_conn) == ["workers.backfill.backfill", "workers.reconcile.reconcile"]
+    assert _maintenance_funcs(redis_conn) == [
+        "workers.backfill.backfill",
+        "workers.reconcile.reconcile",
+        "workers.records.records",
+    ]
 
     first.shutdown()
     second.tick()

@@ -1,0 +1,1 @@
+"""What people rely on the archive for: exports, retention, legal holds and search."""
