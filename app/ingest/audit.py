@@ -32,7 +32,7 @@ import psycopg2.errors
 import psycopg2.extras
 
 from app import context
-from app.db import DatabaseUnavailable, plain
+from app.db import DatabaseUnavailable, plain, queries
 
 log = logging.getLogger(__name__)
 
@@ -46,24 +46,6 @@ PARTITION_DAYS_AHEAD = 7
 """Daily partitions the cron process keeps ready after today."""
 MAX_REASON = 200
 
-COLUMNS = (
-    "received_at",
-    "request_id",
-    "delivery_id",
-    "chatwoot_account_id",
-    "chatwoot_message_id",
-    "event",
-    "note_id",
-    "update_id",
-    "signature",
-    "http_status",
-    "outcome",
-    "reason",
-    "duration_ms",
-    "body_sha256",
-    "body_bytes",
-)
-_INSERT = f"INSERT INTO webhook_deliveries ({', '.join(COLUMNS)}) VALUES %s"
 _PAGE_ROWS = 1000
 """Rows a statement carries. (COPY is not available: the pool's wait callback, which keeps
 every statement within its time budget, rules out psycopg2's copy functions.)"""
@@ -126,7 +108,7 @@ def record(  # noqa: PLR0917 (one delivery's parts)
         message_id = fields.get("message_id")
         account_id = fields.get("account_id")
         _writer.add(
-            (
+            (  # the columns of deliveries_insert (app/queries/deliveries.sql), in order
                 datetime.fromtimestamp(time.time() - elapsed, UTC).isoformat(),
                 request_id,
                 delivery_id or None,
@@ -244,7 +226,9 @@ def _insert(db: Any, rows: list[tuple[Any, ...]]) -> None:
     # PostgreSQL text cannot hold NUL, which a body may put in a message id.
     clean = [tuple(v.replace("\x00", "") if isinstance(v, str) else v for v in row) for row in rows]
     with db.transaction() as cur:
-        psycopg2.extras.execute_values(cur, _INSERT, clean, page_size=_PAGE_ROWS)
+        psycopg2.extras.execute_values(
+            cur, queries["deliveries.deliveries_insert"], clean, page_size=_PAGE_ROWS
+        )
 
 
 # ------------------------------------------------------------------------------------------

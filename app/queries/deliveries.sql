@@ -1,5 +1,13 @@
 -- The delivery audit trail (migrations/0019, app/ingest/audit.py): what admins read.
 
+-- The writer's rows (app/ingest/audit.py), as many as psycopg2.extras.execute_values puts in
+-- VALUES %s.
+-- name: deliveries_insert
+INSERT INTO webhook_deliveries (received_at, request_id, delivery_id, chatwoot_account_id,
+                                chatwoot_message_id, event, note_id, update_id, signature,
+                                http_status, outcome, reason, duration_ms, body_sha256, body_bytes)
+VALUES %s;
+
 -- name: deliveries_find
 SELECT received_at, delivery_id, request_id, chatwoot_account_id, chatwoot_message_id, event,
        signature, http_status, outcome, reason, note_id, update_id, duration_ms, body_sha256,
