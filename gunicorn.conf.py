@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from prometheus_client import multiprocess
+
 preload_app = True
 """Load the app once in the master: a bad setting stops the start with one line."""
 accesslog = None
@@ -35,6 +37,4 @@ forwarded_allow_ips = "127.0.0.1,::1"
 def child_exit(server: Any, worker: Any) -> None:
     """A web worker exited: its live gauges stop counting in /metrics (multiprocess mode)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess
-
         multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]

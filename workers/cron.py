@@ -41,6 +41,7 @@ from app.ingest import spool
 from app.jobs import ALL_QUEUES, CRON_LEADER_KEY, CRON_LEADER_TTL, MAINTENANCE_QUEUE
 from workers.backfill import backfill
 from workers.reconcile import reconcile
+from workers.records import records
 
 log = logging.getLogger("workers.cron")
 
@@ -90,8 +91,6 @@ def build_scheduler(conn: Any, settings: Settings) -> Any:
             ttl=max(settings.backfill_interval, 60),
             name="backfill",
         )
-    from workers.records import records
-
     scheduler.register(
         records,
         queue_name=MAINTENANCE_QUEUE,

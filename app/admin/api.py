@@ -17,11 +17,14 @@ from flask import Blueprint, Response, jsonify, request
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from app import context, http_input
-from app.admin.auth import bearer_token, token_matches
+from app.admin.auth import bearer_token, client_address, token_matches
 from app.admin.stats import dashboard
+from app.chatwoot import account_ai, accounts
 from app.db import DatabaseUnavailable
 from app.errors import error_response
+from app.ingest import audit
 from app.records import exports, holds, retention, search
+from app.users import link_codes as links
 from app.users import tombstones
 from app.users.erase import StorageUnavailable, erase_user
 from app.users.service import (
@@ -265,8 +268,6 @@ def links_delete(user_id: str, link_id: int) -> Any:
 
 @bp.post("/users/<user_id>/link-code")
 def link_code_create(user_id: str) -> Any:
-    from app.users import link_codes as links
-
     body = LinkCodeCreate().load(json_body())
     try:
         issued = links.issue_code(user_id, body["chatwoot_account_id"])
@@ -297,15 +298,11 @@ def stats() -> Any:
 
 @bp.get("/accounts")
 def accounts_index() -> Any:
-    from app.chatwoot import accounts
-
     return jsonify(accounts=accounts.list_public())
 
 
 @bp.put("/accounts/<int:account_id>")
 def accounts_upsert(account_id: int) -> Any:
-    from app.chatwoot import accounts
-
     if not 1 <= account_id <= INT32_MAX:
         raise NotFound(f"no account {account_id}")
     body = accounts.AccountBody().load(json_body())
@@ -321,15 +318,11 @@ def accounts_upsert(account_id: int) -> Any:
 
 @bp.post("/accounts/<int:account_id>/finish-rotation")
 def accounts_finish_rotation(account_id: int) -> Any:
-    from app.chatwoot import accounts
-
     return jsonify(chatwoot_account_id=account_id, finished=accounts.finish_rotation(account_id))
 
 
 @bp.delete("/accounts/<int:account_id>")
 def accounts_delete(account_id: int) -> Any:
-    from app.chatwoot import accounts
-
     if not accounts.delete(account_id):
         raise NotFound(f"no account {account_id}")
     log.info("chatwoot account deleted", extra={"account_id": account_id})
@@ -344,8 +337,6 @@ class InboxSecretBody(_Strict):
 def inbox_secret_set(account_id: int, inbox_id: int) -> Any:
     """An API-channel inbox's webhook secret (Chatwoot 4.13+ signs that inbox's webhook with it);
     a new one keeps the old one valid until finish-rotation."""
-    from app.chatwoot import accounts
-
     if not (1 <= account_id <= INT32_MAX and 1 <= inbox_id <= INT32_MAX):
         raise NotFound(f"no account {account_id} or inbox {inbox_id}")
     body = InboxSecretBody().load(json_body())
@@ -361,16 +352,12 @@ def inbox_secret_set(account_id: int, inbox_id: int) -> Any:
 
 @bp.post("/accounts/<int:account_id>/inboxes/<int:inbox_id>/finish-rotation")
 def inbox_secret_finish_rotation(account_id: int, inbox_id: int) -> Any:
-    from app.chatwoot import accounts
-
     finished = accounts.finish_inbox_rotation(account_id, inbox_id)
     return jsonify(chatwoot_account_id=account_id, inbox_id=inbox_id, finished=finished)
 
 
 @bp.delete("/accounts/<int:account_id>/inboxes/<int:inbox_id>/secret")
 def inbox_secret_delete(account_id: int, inbox_id: int) -> Any:
-    from app.chatwoot import accounts
-
     if not accounts.delete_inbox_secret(account_id, inbox_id):
         raise NotFound(f"account {account_id} has no secret for inbox {inbox_id}")
     log.info("inbox secret deleted", extra={"account_id": account_id, "inbox_id": inbox_id})
@@ -394,15 +381,11 @@ def users_reconsent(user_id: str) -> Any:
 
 @bp.get("/accounts/ai")
 def accounts_ai_index() -> Any:
-    from app.chatwoot import account_ai
-
     return jsonify(accounts=account_ai.list_views())
 
 
 @bp.get("/accounts/<int:account_id>/ai")
 def accounts_ai_show(account_id: int) -> Any:
-    from app.chatwoot import account_ai
-
     view = account_ai.get_view(account_id) if 1 <= account_id <= INT32_MAX else None
     if view is None:
         raise NotFound(f"account {account_id} has no AI settings of its own (it uses the environment's)")
@@ -412,8 +395,6 @@ def accounts_ai_show(account_id: int) -> Any:
 @bp.put("/accounts/<int:account_id>/ai")
 def accounts_ai_set(account_id: int) -> Any:
     """Some of an account's AI settings: a field left out keeps its value, null clears it."""
-    from app.chatwoot import account_ai, accounts
-
     if not 1 <= account_id <= INT32_MAX:
         raise NotFound(f"no account {account_id}")
     body = json_body()
@@ -429,8 +410,6 @@ def accounts_ai_set(account_id: int) -> Any:
 
 @bp.delete("/accounts/<int:account_id>/ai")
 def accounts_ai_delete(account_id: int) -> Any:
-    from app.chatwoot import account_ai
-
     if not (1 <= account_id <= INT32_MAX and account_ai.delete(account_id)):
         raise NotFound(f"account {account_id} has no AI settings of its own")
     log.info("account AI settings deleted", extra={"account_id": account_id})
@@ -490,8 +469,6 @@ class DeliveriesQuery(Schema):
 
 
 def _actor(body: dict[str, Any]) -> str:
-    from app.admin.auth import client_address
-
     by = body.get("by") or "admin"
     return f"{by} (admin API, {client_address()})"[:200]
 
@@ -607,8 +584,6 @@ def search_messages() -> Any:
 
 @bp.get("/deliveries")
 def deliveries_show() -> Any:
-    from app.ingest import audit
-
     args = DeliveriesQuery().load(request.args)
     found = audit.find(
         message_id=args["message_id"],

@@ -12,7 +12,7 @@ from flask import Flask
 from flask.cli import AppGroup
 from marshmallow import ValidationError
 
-from app.chatwoot import account_ai, accounts
+from app.chatwoot import account_ai, accounts, check
 from app.cli import fail, print_table
 
 accounts_cli = AppGroup(
@@ -184,9 +184,6 @@ def chatwoot_check(account_ids: tuple[int, ...]) -> None:
 
     Exits 1 when something that sending needs is missing or refused.
     """
-    # Imported here: the web process registers this command, and must not load the API client.
-    from app.chatwoot import check
-
     ids = list(account_ids) or check.account_ids()
     if not ids:
         raise fail("no Chatwoot account: set CHATWOOT_ACCOUNT_ID or `flask accounts set`")

@@ -20,6 +20,6 @@ def chat_client(settings: Settings, *, timeout: float, max_retries: int) -> Any:
 
 @lru_cache(maxsize=8)
 def _client(api_key: str, base_url: str | None, timeout: float, max_retries: int) -> Any:
-    from openai import OpenAI
+    from openai import OpenAI  # noqa: PLC0415 (only processes that call a model load the SDK)
 
     return OpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries)

@@ -28,9 +28,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any
+from urllib.parse import quote
 
 import psycopg2
 import psycopg2.extras
+from google.api_core import exceptions as gexc
+from google.auth.transport.requests import Request
+from google.oauth2 import service_account
 from psycopg2.extras import Json
 
 from app import context
@@ -202,8 +206,6 @@ def _event(cur: Any, export_id: int, event: str, actor: str, detail: dict[str, A
 def signed_url(bucket_name: str, object_name: str, ttl: int, filename: str) -> tuple[str, bool]:
     """(URL, signed): a V4 signed URL valid `ttl` seconds. Against an emulator with no key to
     sign with, the emulator's plain download URL (not signed)."""
-    from urllib.parse import quote
-
     settings = context.settings()
     blob = context.gcs().bucket(bucket_name).blob(object_name)
     options: dict[str, Any] = {
@@ -223,8 +225,6 @@ def signed_url(bucket_name: str, object_name: str, ttl: int, filename: str) -> t
                 False,
             )
         # Platform credentials without a key (GCE, Cloud Run): signed by the IAM signBlob API.
-        from google.auth.transport.requests import Request
-
         platform = context.gcs()._credentials
         platform.refresh(Request())
         options["service_account_email"] = platform.service_account_email
@@ -235,8 +235,6 @@ def signed_url(bucket_name: str, object_name: str, ttl: int, filename: str) -> t
 
 def _signing_credentials() -> Any:
     """Credentials holding a private key: the GCS_* fields, or GOOGLE_APPLICATION_CREDENTIALS."""
-    from google.oauth2 import service_account
-
     settings = context.settings()
     if settings.gcs_private_key:
         info = {
@@ -487,8 +485,6 @@ def _message_ref(item: dict[str, Any]) -> dict[str, Any]:
 
 def _archived(item: dict[str, Any], manifest: _Manifest, kind: str) -> dict[str, Any]:
     """The archived JSON (from GCS); what was received when it cannot be read."""
-    from google.api_core import exceptions as gexc
-
     path = item["gcs_storage_path"]
     reason = "not archived yet"
     if path:
@@ -525,8 +521,6 @@ def _attachment(
 
 def _copy(gs: str, archive: zipfile.ZipFile, manifest: _Manifest, note_id: int, kind: str) -> str | None:
     """Copy an archived object into the zip under files/; its path there (None when unreadable)."""
-    from google.api_core import exceptions as gexc
-
     bucket_name, name = storage.parse_gs_uri(gs)
     path = f"{manifest.root}files/{name}"
     blob = context.gcs().bucket(bucket_name).blob(name)

@@ -19,6 +19,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from google.api_core import exceptions as gexc
+from google.api_core.exceptions import GoogleAPIError
+from requests import RequestException
+
 from app import context
 from app.archive import storage
 from app.db import plain, queries
@@ -239,9 +243,6 @@ class HoldStorageError(Exception):
 
 
 def storage_errors() -> tuple[type[BaseException], ...]:
-    from google.api_core.exceptions import GoogleAPIError
-    from requests import RequestException
-
     return (GoogleAPIError, RequestException, OSError, storage.StorageError)
 
 
@@ -249,8 +250,6 @@ def set_bucket_holds(user_id: str, bucket_name: str, on: bool) -> StorageResult:
     """With `on`: the bucket's default event-based hold first (objects written from then on are
     held), then a temporary hold on every object. Without: the default off first, then both holds
     released on every object."""
-    from google.api_core import exceptions as gexc
-
     client = context.gcs()
     bucket = client.bucket(bucket_name)
     try:
@@ -275,8 +274,6 @@ def _each_object(bucket_name: str, change: Callable[[Any], bool]) -> int:
 
 def _hold_object(blob: Any, on: bool) -> bool:
     """Set or release one object's holds; True when a request was sent."""
-    from google.api_core import exceptions as gexc
-
     if on and blob.temporary_hold is True:
         return False
     if not on and blob.temporary_hold is False and not blob.event_based_hold:

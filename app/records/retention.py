@@ -21,6 +21,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from google.api_core import exceptions as gexc
+from google.cloud.storage.bucket import LifecycleRuleDelete
 from psycopg2.extras import Json
 
 from app import context
@@ -257,9 +259,6 @@ def _known_accounts(by_account: dict[int, int]) -> set[int]:
 
 
 def _patch_lifecycle(bucket_name: str, messages_age: int | None, exports_age: int | None) -> None:
-    from google.api_core import exceptions as gexc
-    from google.cloud.storage.bucket import LifecycleRuleDelete
-
     try:
         bucket = context.gcs().get_bucket(bucket_name, timeout=storage.CALL_TIMEOUT)
     except gexc.NotFound:

@@ -38,7 +38,7 @@ def load_model(model_dir: str) -> Any:
             # A local directory needs no model hub; make sure nothing tries to reach one.
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             try:
-                from faster_whisper import WhisperModel
+                from faster_whisper import WhisperModel  # noqa: PLC0415 (optional, heavy)
             except ImportError:
                 raise TranscriptionError(
                     "TRANSCRIPTION_PROVIDER=local needs faster-whisper: pip install faster-whisper"

@@ -38,7 +38,7 @@ class OpenAIProvider:
         timeout: float,
         max_upload_bytes: int | None = OPENAI_MAX_UPLOAD_BYTES,
     ):
-        from openai import OpenAI
+        from openai import OpenAI  # noqa: PLC0415 (loaded by processes that transcribe only)
 
         self.model = model
         self.max_upload_bytes = max_upload_bytes
@@ -51,7 +51,7 @@ class OpenAIProvider:
         return self.model.lower().endswith(".en")
 
     def transcribe(self, audio_path: Path, *, language: str | None) -> TranscriptionResult:
-        import openai
+        import openai  # noqa: PLC0415 (as above)
 
         options: dict[str, Any] = {"model": self.model, "response_format": "json"}
         if language:

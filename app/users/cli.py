@@ -5,6 +5,7 @@ They do what the admin API does, for operators at a shell on the server.
 
 from __future__ import annotations
 
+import getpass
 from typing import Any
 
 import click
@@ -276,8 +277,6 @@ def users_unmapped(limit: int, offset: int) -> None:
 
 def _actor(given: str | None) -> str:
     """Who runs the command, as recorded: --by, or the shell user."""
-    import getpass
-
     return given or f"cli:{getpass.getuser()}"
 
 
