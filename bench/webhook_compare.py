@@ -9,7 +9,7 @@ seeded with 50 000 earlier messages, as bench/webhook_bench.py does. Then, per r
 gets a full-speed phase and a fixed-rate phase, in the order base, head, head, base, then the
 other way round: a machine whose speed drifts during the run favours neither side. The load is
 bench/webhook_bench.py's (the same mix, generators and CPU accounting: web, PostgreSQL and Redis
-processes, the delivery audit's writer thread and its COPY included, each phase's CPU read after
+processes, the delivery audit's writer thread and its INSERTs included, each phase's CPU read after
 a pause that lets the last second's audit rows reach PostgreSQL).
 
 It prints the medians per side and the change: deliveries made durable per second at full
