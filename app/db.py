@@ -335,6 +335,11 @@ class Database:
             return int(cur.rowcount)
 
     def run_prepared(self, name: str, params: Params = None) -> dict[str, Any] | None:
+        """The first row of `run_prepared_all`, or None."""
+        rows = self.run_prepared_all(name, params)
+        return rows[0] if rows else None
+
+    def run_prepared_all(self, name: str, params: Params = None) -> list[dict[str, Any]]:
         """Run the named query `module.execute_x` as its own transaction (autocommit): one round
         trip instead of three (BEGIN, statement, COMMIT), and no planning. On a connection that
         has not seen it, `module.prepare_x` is sent first, in the same round trip."""
@@ -350,13 +355,13 @@ class Database:
 
     def _execute_prepared(
         self, module: str, base: str, params: Params, *, prepare: bool | None
-    ) -> dict[str, Any] | None:
+    ) -> list[dict[str, Any]]:
         with _Spending():
             return self._run_prepared_statement(module, base, params, prepare=prepare)
 
     def _run_prepared_statement(
         self, module: str, base: str, params: Params, *, prepare: bool | None
-    ) -> dict[str, Any] | None:
+    ) -> list[dict[str, Any]]:
         # In autocommit there is no transaction to roll back: the errors of transaction() are
         # translated here without its context manager and dictionary cursor (the webhook's
         # statement runs on every delivery).
@@ -371,7 +376,7 @@ class Database:
         try:
             with conn.cursor() as cur:
                 cur.execute(sql, params)
-                found = cur.fetchone()
+                found = cur.fetchall()
                 names = [column.name for column in cur.description or ()]
         except psycopg2.errors.UniqueViolation as exc:
             raise UniqueViolation(_short(exc)) from None
@@ -385,7 +390,7 @@ class Database:
                 with suppress(psycopg2.Error):
                     conn.autocommit = False
         _prepared_on.add(key)
-        return dict(zip(names, found, strict=True)) if found else None
+        return [dict(zip(names, row, strict=True)) for row in found]
 
     def ping(self) -> None:
         with self.transaction() as cur:

@@ -357,11 +357,7 @@ def run_alone(note_id: int) -> str:
 
 
 def _load(note_ids: list[int]) -> list[dict[str, Any]]:
-    db = context.db()
-    if len(note_ids) == 1:
-        row = db.run_prepared("archive.load_note", {"note_id": note_ids[0]})
-        return [row] if row else []
-    return db.fetch_all("archive.load_notes", {"ids": note_ids})
+    return context.db().run_prepared_all("archive.load_notes", {"ids": note_ids})
 
 
 _scripts: dict[tuple[int, str], Any] = {}

@@ -31,13 +31,14 @@ UPDATE user_bucket_mapping
 SET bucket_created_at = COALESCE(bucket_created_at, now()), updated_at = now()
 WHERE bucket_name = %(bucket_name)s AND bucket_created_at IS NULL;
 
--- Everything the job needs in one round trip: the row, its attachments so far, and who owns it
--- (the row's user, else the user its contact is linked to: contact_user(), migrations/0009).
--- The payload comes as text, archived as it is (no parsing and writing again), with the few
--- parts of it the job reads.
--- Prepared once per connection (planning it costs more than running it); run with execute_load_note.
--- name: prepare_load_note
-PREPARE archive_load_note (bigint) AS
+-- Everything the job needs of the messages a batch took (app/archive/batch.py), in one round
+-- trip: the rows, their attachments so far, and who owns each (the row's user, else the user its
+-- contact is linked to: contact_user(), migrations/0009). The payload comes as text, archived as
+-- it is (no parsing and writing again): what Chatwoot sent, secrets removed (archive_payload,
+-- when the stored row is a trimmed copy), with the few parts of it the job reads. Prepared once
+-- per connection (planning it costs more than running it); run with execute_load_notes.
+-- name: prepare_load_notes
+PREPARE archive_load_notes (bigint[]) AS
 SELECT note.id, note.chatwoot_account_id, note.chatwoot_message_id, note.chatwoot_contact_id,
        note.user_id, note.message_type, note.processing_status, note.transcription_status,
        note.classification_status, note.message_created_at, note.created_at,
@@ -59,34 +60,9 @@ LEFT JOIN user_bucket_mapping owner ON owner.user_id = note.user_id
 LEFT JOIN LATERAL contact_user(
     note.chatwoot_account_id, note.chatwoot_contact_id::text, note.contact_identifier, note.contact_phone
 ) link ON true
-WHERE note.id = $1;
--- name: execute_load_note
-EXECUTE archive_load_note (%(note_id)s);
-
--- The same for the messages a batch took (app/archive/batch.py).
--- name: load_notes
-SELECT note.id, note.chatwoot_account_id, note.chatwoot_message_id, note.chatwoot_contact_id,
-       note.user_id, note.message_type, note.processing_status, note.transcription_status,
-       note.classification_status, note.message_created_at, note.created_at,
-       note.payload::text AS payload_json,
-       CASE WHEN jsonb_typeof(note.payload -> 'attachments') = 'array'
-            THEN note.payload -> 'attachments' END AS attachments,
-       note.payload ->> 'id' AS payload_message_id,
-       note.payload -> 'account' ->> 'id' AS payload_account_id,
-       note.gcs_storage_path, note.error_details, note.contact_phone, note.contact_identifier,
-       owner.bucket_name AS owner_bucket_name,
-       link.user_id AS linked_user_id,
-       link.bucket_name AS linked_bucket_name,
-       COALESCE(
-           (SELECT jsonb_agg(to_jsonb(a)) FROM message_attachments a WHERE a.meeting_note_id = note.id),
-           '[]'::jsonb
-       ) AS attachment_rows
-FROM meeting_notes note
-LEFT JOIN user_bucket_mapping owner ON owner.user_id = note.user_id
-LEFT JOIN LATERAL contact_user(
-    note.chatwoot_account_id, note.chatwoot_contact_id::text, note.contact_identifier, note.contact_phone
-) link ON true
-WHERE note.id = ANY(%(ids)s::bigint[]);
+WHERE note.id = ANY($1);
+-- name: execute_load_notes
+EXECUTE archive_load_notes (%(ids)s::bigint[]);
 
 -- An attachment's outcome; a stored attachment is never changed again.
 -- name: attachment_save

@@ -11,7 +11,7 @@ import pytest
 
 from app.archive import storage
 from app.users import contacts
-from tests.helpers.archive import read_json
+from tests.helpers.archive import ingest, note, read_json, run_archive, text_message
 from tests.helpers.common import load_fixture, sign
 
 URL = "/webhooks/chatwoot"
@@ -126,3 +126,26 @@ def test_a_body_that_drips_in_is_cut_off_at_the_deadline(app: Any, db: Any, use_
     with db.transaction() as cur:
         cur.execute("SELECT count(*) AS n FROM meeting_notes")
         assert cur.fetchone()["n"] == 0
+
+
+@pytest.mark.usefixtures("gcs")
+def test_an_email_archived_in_a_batch_with_other_messages_is_archived_whole(
+    client: Any, db: Any, run_jobs: Any
+) -> None:
+    """The batch's loading of its messages is the single message's: the archived JSON is what
+    Chatwoot sent, never the row's trimmed copy."""
+    others = [ingest(text_message(8100))]  # the leading job's; the email is among those it claims
+    payload = newsletter(0.5)
+    body = json.dumps(payload).encode()
+    assert client.post(URL, data=body, headers=sign(body)).status_code == 200
+    others += [ingest(text_message(8101 + i)) for i in range(2)]
+    assert run_archive(run_jobs) == 1  # one job archived the four
+    with db.transaction() as cur:
+        cur.execute(
+            "SELECT gcs_storage_path FROM meeting_notes WHERE chatwoot_message_id = %s",
+            (str(payload["id"]),),
+        )
+        path = cur.fetchone()["gcs_storage_path"]
+    archived = read_json(*storage.parse_gs_uri(path))
+    assert archived["conversation"]["messages"][0]["content_attributes"]["email"]["html_content"]["full"]
+    assert all(note(i)["processing_status"] == "stored" for i in others)
