@@ -133,10 +133,21 @@ def db(services: Services, settings: Any) -> Iterator[Any]:
                 "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename NOT LIKE '%yoyo%'"
             )
             _TABLES.extend(r["tablename"] for r in cur.fetchall())
+    _forget_audit_rows()
     with database.transaction() as cur:
         cur.execute(f"TRUNCATE {', '.join(_TABLES)} RESTART IDENTITY CASCADE")
     yield database
+    _forget_audit_rows()
     database.close()
+
+
+def _forget_audit_rows() -> None:
+    """The delivery audit's rows still buffered belong to the test that made them: never to the
+    next test's tables, nor written after the session at exit."""
+    from app.ingest import audit
+
+    with audit._writer.flushing:
+        audit._writer.rows.clear()
 
 
 @pytest.fixture
