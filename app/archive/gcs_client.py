@@ -11,8 +11,6 @@ from google.cloud import storage
 from google.oauth2 import service_account
 
 if TYPE_CHECKING:
-    from google.cloud import storage
-
     from app.config import Settings
 
 EMULATOR_PROJECT = "local-project"
@@ -23,16 +21,9 @@ def project_id(settings: Settings) -> str:
     return settings.gcs_project_id or EMULATOR_PROJECT
 
 
-def make_client(settings: Settings) -> storage.Client:
-
-    if settings.storage_emulator_host:
-        # The library also reads this variable for its upload and download URLs.
-        os.environ["STORAGE_EMULATOR_HOST"] = settings.storage_emulator_host
-        return storage.Client(
-            project=project_id(settings),
-            credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
-            client_options=ClientOptions(api_endpoint=settings.storage_emulator_host),
-        )
+def key_credentials(settings: Settings) -> service_account.Credentials | None:
+    """The service account's credentials from the GCS_* fields, or GOOGLE_APPLICATION_CREDENTIALS;
+    None when neither is set (the emulator, or the platform's credentials)."""
     if settings.gcs_private_key:
         info = {
             "type": "service_account",
@@ -42,7 +33,24 @@ def make_client(settings: Settings) -> storage.Client:
             "client_email": settings.gcs_client_email,
             "token_uri": "https://oauth2.googleapis.com/token",
         }
-        credentials = service_account.Credentials.from_service_account_info(info)  # type: ignore[no-untyped-call]
-        return storage.Client(project=settings.gcs_project_id, credentials=credentials)
+        return service_account.Credentials.from_service_account_info(info)  # type: ignore[no-untyped-call, no-any-return]
+    if settings.google_application_credentials:
+        return service_account.Credentials.from_service_account_file(  # type: ignore[no-untyped-call, no-any-return]
+            settings.google_application_credentials
+        )
+    return None
+
+
+def make_client(settings: Settings) -> storage.Client:
+    if settings.storage_emulator_host:
+        # The library also reads this variable for its upload and download URLs.
+        os.environ["STORAGE_EMULATOR_HOST"] = settings.storage_emulator_host
+        return storage.Client(
+            project=project_id(settings),
+            credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+            client_options=ClientOptions(api_endpoint=settings.storage_emulator_host),
+        )
+    if settings.gcs_private_key:
+        return storage.Client(project=settings.gcs_project_id, credentials=key_credentials(settings))
     # GOOGLE_APPLICATION_CREDENTIALS (or the platform's default credentials).
     return storage.Client(project=settings.gcs_project_id or None)

@@ -34,11 +34,11 @@ import psycopg2
 import psycopg2.extras
 from google.api_core import exceptions as gexc
 from google.auth.transport.requests import Request
-from google.oauth2 import service_account
 from psycopg2.extras import Json
 
 from app import context
 from app.archive import storage
+from app.archive.gcs_client import key_credentials
 from app.db import plain, queries
 from app.jobs import EXPORT_ARCHIVE, QueueUnavailable, enqueue
 from app.records import holds
@@ -236,24 +236,13 @@ def signed_url(bucket_name: str, object_name: str, ttl: int, filename: str) -> t
 def _signing_credentials() -> Any:
     """Credentials holding a private key: the GCS_* fields, or GOOGLE_APPLICATION_CREDENTIALS."""
     settings = context.settings()
-    if settings.gcs_private_key:
-        info = {
-            "type": "service_account",
-            "project_id": settings.gcs_project_id,
-            "private_key_id": settings.gcs_private_key_id,
-            "private_key": settings.gcs_private_key,
-            "client_email": settings.gcs_client_email,
-            "token_uri": "https://oauth2.googleapis.com/token",
-        }
-        return service_account.Credentials.from_service_account_info(info)  # type: ignore[no-untyped-call]
-    if settings.google_application_credentials:
-        return service_account.Credentials.from_service_account_file(  # type: ignore[no-untyped-call]
-            settings.google_application_credentials
-        )
+    found = key_credentials(settings)
+    if found is not None:
+        return found
     if settings.uses_gcs_emulator:
         return None
-    found = context.gcs()._credentials
-    return found if hasattr(found, "sign_bytes") and getattr(found, "signer_email", None) else None
+    platform = context.gcs()._credentials
+    return platform if hasattr(platform, "sign_bytes") and getattr(platform, "signer_email", None) else None
 
 
 # ------------------------------------------------------------------------------------------
