@@ -91,6 +91,10 @@ bench: install system-deps bench-deps
 bench-webhook: install system-deps bench-deps
 	@$(PY) bench/webhook_bench.py $(BENCH_ARGS)
 
+# The webhook before and after a change, in one run: make bench-compare BASE=<git revision>.
+bench-compare: install system-deps bench-deps
+	@$(PY) bench/webhook_compare.py $(if $(BASE),--base $(BASE)) $(BENCH_ARGS)
+
 bench-transcribe: install system-deps
 	@HF_HUB_OFFLINE=1 $(PY) bench/transcribe_bench.py $(BENCH_ARGS)
 
@@ -105,6 +109,6 @@ clean: reset
 
 # Note/order classifier on the labelled corpus (tests/corpus/classifier): precision, recall, misses.
 # EVAL_ARGS="--split heldout", "--model-stub"; the real model with OPENAI_API_KEY and CLASSIFIER_MODEL.
-.PHONY: eval-classify
+.PHONY: eval-classify bench-compare
 eval-classify: install
 	@$(PY) bench/eval_classify.py $(EVAL_ARGS)

@@ -120,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
         args.base = subprocess.run(
             ["git", "-C", str(ROOT), "merge-base", "HEAD", "main"], capture_output=True, text=True, check=True
         ).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        if args.base == head:
+            parser.error("this checkout is where main is: name the revision to compare with, --base REV")
 
     state = Path(tempfile.mkdtemp(prefix="webhook-compare-"))
     base_tree = state / "base"
