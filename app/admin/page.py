@@ -121,13 +121,13 @@ def headers(response: Response) -> Response:
 
 
 def _page(template: str, status: int = 200, **values: Any) -> Any:
+    shown = {"here": request.full_path.rstrip("?"), **values}  # `here`: where a form comes back to
     html = render_template(
         template,
         csrf=csrf_token(),
         nonce=g.csp_nonce,
         notices=get_flashed_messages(with_categories=True),
-        here=request.full_path.rstrip("?"),
-        **values,
+        **shown,
     )
     return html, status, {"Content-Type": "text/html; charset=utf-8"}
 
@@ -244,7 +244,8 @@ def _user_page(user_id: str, **values: Any) -> Any:
         data = browse.user_page(user_id)
     except service.NotFound:
         return _page("admin/error.html", 404, error=f"There is no user {user_id!r}.")
-    return _page("admin/user.html", data=data, **values)
+    here = url_for("admin_page.user", user_id=user_id)  # also after a POST that shows the page
+    return _page("admin/user.html", data=data, here=here, **values)
 
 
 RETRY_OUTCOMES = {

@@ -94,6 +94,7 @@ def test_a_download_link_is_recorded_and_shown_never_logged(
     for _ in range(3):
         add_note(user_id="ana", bucket=bucket)
     export_id = built_export()
+    add_note(user_id="ana", status="error", error="gcs unavailable")  # a Retry form on the page
     html = page(signed_in)
     row = html.split(f'data-export="{export_id}"')[1].split("</tr>")[0]
     assert 'status-done">done</span>' in row
@@ -111,6 +112,11 @@ def test_a_download_link_is_recorded_and_shown_never_logged(
     assert event["actor"] == ACTOR and event["detail"]["expires_at"]
     [line] = audited(caplog, "export_url")
     assert (line.export_id, line.client) == (export_id, "127.0.0.1")
+    # The page's other forms come back to the user's page, not to the POST that showed it.
+    assert (
+        'name="next" value="/admin/user/ana"' in shown
+        and f'/exports/{export_id}/url"' not in shown.split('id="recent"')[1]
+    )
     url = link.group(1).replace("&amp;", "&")
     assert all(url not in r.getMessage() and url not in str(vars(r)) for r in caplog.records)
 
