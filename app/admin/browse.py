@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, TypeVar
 
@@ -20,13 +20,13 @@ from app.records import search as records
 from app.records.search import BadSearch
 from app.users.service import NotFound, get_user
 
+WORDS = "words"
 MODES = {
-    "words": "words in the text or transcript",
+    WORDS: "words in the text or transcript",
     "contact": "contact (Chatwoot contact id or phone number)",
     "user": "user id",
 }
 """What a search can look in, and how the form names it."""
-WORDS = "words"
 PAGE_SIZE = 25
 """Messages per page of results."""
 MAX_PAGE = 40
@@ -51,9 +51,6 @@ DEAD_LETTER_STAGE = (
 
 T = TypeVar("T")
 
-FILTERS = ("user", "contact", "channel", "since", "until")
-"""The form's fields that narrow a word search (`Filters`)."""
-
 
 @dataclass(frozen=True)
 class Filters:
@@ -70,6 +67,10 @@ class Filters:
     def given(self) -> dict[str, str]:
         """The filters given, by name (for the links to the next page)."""
         return {k: v for k, v in vars(self).items() if v}
+
+
+FILTERS = tuple(f.name for f in fields(Filters))
+"""The form's fields that narrow a word search."""
 
 
 @dataclass
