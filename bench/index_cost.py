@@ -1,12 +1,12 @@
-"""What the admin search's indexes add to each webhook INSERT.
+"""What the admin page's contact search indexes add to each webhook INSERT.
 
     DATABASE_URL=postgresql://postgres@127.0.0.1:55432/meeting_notes_sqlbench \\
         .venv/bin/python bench/index_cost.py [--rows 200000] [--inserts 3000]
 
 Copies `--rows` messages of a loaded database (the one `make bench-sql BENCH_ARGS=--keep` leaves)
 into two scratch tables built like meeting_notes, one with and one without the search indexes of
-migrations/0011 (contact, phone, trigrams of the text and of the transcript; the last is partial,
-rows without a transcript are not in it). Then it inserts one message at a time, each in its own
+migrations/0011 that remain (contact, phone; migrations/0020 dropped its trigram indexes of the
+text and of the transcript, as the page's word search is the records search). Then it inserts one message at a time, each in its own
 transaction as the webhook does, alternately into the two tables, so that the machine's load
 falls on both alike, and prints the median time of each and the difference. The scratch schema is
 dropped at the end.
@@ -26,8 +26,6 @@ SCHEMA = "index_cost"
 SEARCH_INDEXES = (
     "meeting_notes_contact_idx",
     "meeting_notes_phone_idx",
-    "meeting_notes_content_trgm_idx",
-    "meeting_notes_transcript_trgm_idx",
 )
 
 
@@ -69,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         # The copies' indexes are named after their columns; drop those of the search from one.
         cur.execute(
             "SELECT indexname FROM pg_indexes WHERE schemaname = %s AND tablename = 'without_search' "
-            "AND (indexdef LIKE '%%gin_trgm_ops%%' OR indexdef LIKE '%%(contact_phone, created_at)%%' "
+            "AND (indexdef LIKE '%%(contact_phone, created_at)%%' "
             "OR indexdef LIKE '%%(chatwoot_contact_id, created_at)%%')",
             (SCHEMA,),
         )

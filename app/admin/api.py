@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from app import context, http_input
-from app.admin.auth import bearer_token, client_address, token_matches
+from app.admin.auth import actor, bearer_token, token_matches
 from app.admin.stats import dashboard
 from app.chatwoot import account_ai, accounts
 from app.db import DatabaseUnavailable
@@ -449,7 +449,7 @@ class SearchQuery(Schema):
     since = fields.AwareDateTime(load_default=None, default_timezone=UTC)
     until = fields.AwareDateTime(load_default=None, default_timezone=UTC)
     limit = fields.Integer(load_default=20, validate=validate.Range(1, 50))
-    before = fields.String(load_default=None, validate=validate.Regexp(r"^[0-9T:.Z+\-]{10,40},[0-9]{1,19}$"))
+    before = fields.String(load_default=None, validate=validate.Length(1, 80))
     """The `next` value of the previous page."""
 
 
@@ -469,8 +469,7 @@ class DeliveriesQuery(Schema):
 
 
 def _actor(body: dict[str, Any]) -> str:
-    by = body.get("by") or "admin"
-    return f"{by} (admin API, {client_address()})"[:200]
+    return actor("admin API", body.get("by"))
 
 
 @bp.errorhandler(holds.UserErased)
@@ -554,14 +553,6 @@ def retention_off(account_id: int) -> Any:
 @bp.get("/search")
 def search_messages() -> Any:
     args = SearchQuery().load(request.args)
-    before = None
-    if args["before"]:
-        at, _, row_id = args["before"].rpartition(",")
-        try:
-            moment = datetime.fromisoformat(at)
-        except ValueError:
-            raise ValidationError({"before": ["not the `next` value of a page"]}) from None
-        before = (moment if moment.tzinfo else moment.replace(tzinfo=UTC), int(row_id))
     query = search.Query(
         args["q"],
         user_id=args["user"],
@@ -571,14 +562,10 @@ def search_messages() -> Any:
         since=args["since"],
         until=args["until"],
         limit=args["limit"],
-        before=before,
+        before=search.parse_cursor(args["before"]) if args["before"] else None,
     )
     rows = search.search(query)
-    last = rows[-1] if len(rows) == query.limit else None
-    after = None
-    if last:
-        moment = datetime.fromisoformat(last["created_at"]).astimezone(UTC)
-        after = f"{moment:%Y-%m-%dT%H:%M:%S.%f}Z,{last['id']}"
+    after = search.cursor(rows[-1]) if len(rows) == query.limit else None
     return jsonify(results=rows, next=after)
 
 

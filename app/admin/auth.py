@@ -42,6 +42,12 @@ def client_address() -> str:
     return request.remote_addr or "unknown"
 
 
+def actor(where: str, by: str | None = None) -> str:
+    """Who acts, as the records keep it: the name given (else "admin"), where from, and the
+    client's address, e.g. `admin (admin page, 10.0.0.5)`."""
+    return f"{by or 'admin'} ({where}, {client_address()})"[:200]
+
+
 def token_fingerprint() -> str:
     """A keyed digest of the admin token: what the page's session holds instead of the token."""
     s = context.settings()

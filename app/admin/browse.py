@@ -1,39 +1,46 @@
-"""What the admin page shows beyond the numbers: messages found by contact, user, text or
-transcript (newest first, a page at a time), and a user's page."""
+"""What the admin page shows beyond the numbers: messages found by the words of their text or
+transcript (the records full-text search, app/records/search.py), by contact or by user (newest
+first, a page at a time), and a user's page with its exports and legal holds."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any, TypeVar
 
 import psycopg2.errors
 
 from app import context
 from app.chatwoot.payloads import normalize_phone
 from app.db import plain, queries
-from app.users.service import get_user
+from app.records import exports, holds
+from app.records import search as records
+from app.records.search import BadSearch
+from app.users.service import NotFound, get_user
 
+WORDS = "words"
 MODES = {
+    WORDS: "words in the text or transcript",
     "contact": "contact (Chatwoot contact id or phone number)",
     "user": "user id",
-    "text": "text of the message",
-    "transcript": "transcript of a voice note",
 }
 """What a search can look in, and how the form names it."""
 PAGE_SIZE = 25
 """Messages per page of results."""
 MAX_PAGE = 40
-"""Pages beyond this are refused: narrow the search instead (each page skips the ones before)."""
+"""Pages of a contact's or a user's messages beyond this are refused: narrow the search instead
+(each page skips the ones before; a word search pages by its `before` cursor instead)."""
 SEARCH_TIMEOUT_MS = 3000
-"""Milliseconds a search may take. Text found only in old messages, but in many of them, is the
-slow case (neither the newest-first scan nor the trigram index finds a page of it quickly)."""
-MIN_PATTERN = 3
-"""Characters a text or transcript search needs (the trigram index needs three)."""
-MAX_QUERY = 200
+"""Milliseconds a search may take (the page says so when one is stopped)."""
+MAX_QUERY = records.MAX_WORDS_LENGTH
 INT32_MAX = 2**31 - 1
 RECENT = 20
 """Messages shown on a user's page."""
+EXPORTS_SHOWN = 20
+"""A user's newest exports shown on its page."""
+CHANNEL = re.compile(r"[a-z_]{1,40}")
 
 DEAD_LETTER_STAGE = (
     ("processing_status", "error", "archive"),
@@ -42,9 +49,28 @@ DEAD_LETTER_STAGE = (
 )
 """A message in one of these states is in the dead letter of that stage, and can be retried."""
 
+T = TypeVar("T")
 
-class BadSearch(ValueError):
-    """A search the page cannot run; the message says what to change."""
+
+@dataclass(frozen=True)
+class Filters:
+    """What narrows a word search, as the form gives it ('' when not given)."""
+
+    user: str = ""
+    contact: str = ""
+    channel: str = ""
+    since: str = ""
+    """A day, YYYY-MM-DD: messages received on it or after."""
+    until: str = ""
+    """A day, YYYY-MM-DD: messages received on it or before."""
+
+    def given(self) -> dict[str, str]:
+        """The filters given, by name (for the links to the next page)."""
+        return {k: v for k, v in vars(self).items() if v}
+
+
+FILTERS = tuple(f.name for f in fields(Filters))
+"""The form's fields that narrow a word search."""
 
 
 @dataclass
@@ -53,27 +79,19 @@ class Results:
     q: str
     page: int
     looked_for: str
-    """What was searched, in words ("contact id 287", "text containing 'invoice'")."""
+    """What was searched, in words ("contact id 287", "the words 'invoice march'")."""
     rows: list[dict[str, Any]] = field(default_factory=list)
     has_next: bool = False
     timed_out: bool = False
     """The search took longer than SEARCH_TIMEOUT_MS and was stopped."""
-
-
-def _pattern(q: str) -> str:
-    """An ILIKE pattern matching `q` anywhere, with its own % and _ taken literally."""
-    escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
+    before: str | None = None
+    """A word search: the cursor this page started after (None: the newest)."""
+    next: str | None = None
+    """A word search: the cursor of the next page, when there is one."""
 
 
 def _statement(by: str, q: str) -> tuple[str, dict[str, Any], str]:
-    """(query name, its parameters, what is looked for) of a search, or BadSearch."""
-    if by not in MODES:
-        raise BadSearch(f"search by one of: {', '.join(MODES)}")
-    if not q:
-        raise BadSearch("type what to look for")
-    if len(q) > MAX_QUERY:
-        raise BadSearch(f"at most {MAX_QUERY} characters")
+    """(query name, its parameters, what is looked for) of a contact's or a user's messages."""
     if by == "contact":
         if re.fullmatch(r"\d{1,10}", q) and 0 < int(q) <= INT32_MAX:
             return "admin.search_by_contact_id", {"contact_id": int(q)}, f"contact id {int(q)}"
@@ -84,35 +102,103 @@ def _statement(by: str, q: str) -> tuple[str, dict[str, Any], str]:
                 "e.g. +5491155550123"
             )
         return "admin.search_by_phone", {"phone": phone}, f"phone {phone}"
-    if by == "user":
-        return "admin.search_by_user", {"user_id": q}, f"user {q}"
-    if len(q) < MIN_PATTERN:
-        raise BadSearch(f"type at least {MIN_PATTERN} characters")
-    what = "text" if by == "text" else "transcript"
-    return f"admin.search_by_{by}", {"pattern": _pattern(q)}, f"{what} containing {q!r}"
+    return "admin.search_by_user", {"user_id": q}, f"user {q}"
 
 
-def search(by: str, q: str, page: int = 1, size: int = PAGE_SIZE) -> Results:
-    """One page of the messages matching `q`, newest first."""
+def search(
+    by: str,
+    q: str,
+    page: int = 1,
+    size: int = PAGE_SIZE,
+    *,
+    filters: Filters | None = None,
+    before: str | None = None,
+) -> Results:
+    """One page of the messages matching `q`, newest first; BadSearch says what to change."""
+    if by not in MODES:
+        raise BadSearch(f"search by one of: {', '.join(MODES)}")
+    if by == WORDS:
+        return _words(q, filters or Filters(), before, size)
     q = q.strip()
+    if not q:
+        raise BadSearch("type what to look for")
+    if len(q) > MAX_QUERY:
+        raise BadSearch(f"at most {MAX_QUERY} characters, got {len(q)}")
     if not 1 <= page <= MAX_PAGE:
         raise BadSearch(f"pages go from 1 to {MAX_PAGE}; narrow the search to see older messages")
     name, params, looked_for = _statement(by, q)
-    rows = _fetch(name, {**params, "limit": size + 1, "offset": (page - 1) * size})
+    params = {**params, "limit": size + 1, "offset": (page - 1) * size}
+
+    def fetch(cur: Any) -> list[dict[str, Any]]:
+        cur.execute(queries[name], params)
+        return [dict(r) for r in cur.fetchall()]
+
+    rows = _within_timeout(fetch)
     if rows is None:
         return Results(by, q, page, looked_for, timed_out=True)
     return Results(by, q, page, looked_for, [_row(r) for r in rows[:size]], len(rows) > size)
 
 
-def _fetch(name: str, params: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """The rows of a search, or None when it ran past SEARCH_TIMEOUT_MS (the page says so; the
-    connection and its session stay as they were)."""
+def _words(q: str, filters: Filters, before: str | None, size: int) -> Results:
+    """A page of the records full-text search, one more row asked for to know if a next exists."""
+    q = records.check_words(q)
+    query = records.Query(
+        q,
+        user_id=filters.user or None,
+        contact_id=_contact_filter(filters.contact),
+        channel=_channel_filter(filters.channel),
+        since=_day(filters.since, "from"),
+        until=_day(filters.until, "to", after=True),
+        limit=size + 1,
+        before=records.parse_cursor(before) if before else None,
+    )
+    looked_for = f"the words {q!r}"
+    try:
+        rows = _within_timeout(lambda cur: records.run(cur, query))
+    except NotFound as exc:
+        raise BadSearch(str(exc)) from None
+    if rows is None:
+        return Results(WORDS, q, 1, looked_for, timed_out=True, before=before)
+    shown = rows[:size]
+    after = records.cursor(shown[-1]) if len(rows) > size else None
+    return Results(WORDS, q, 1, looked_for, shown, after is not None, before=before, next=after)
+
+
+def _contact_filter(value: str) -> int | None:
+    if not value:
+        return None
+    if re.fullmatch(r"\d{1,10}", value) and 0 < int(value) <= INT32_MAX:
+        return int(value)
+    raise BadSearch("the contact filter is a Chatwoot contact id (digits)")
+
+
+def _channel_filter(value: str) -> str | None:
+    if not value:
+        return None
+    if CHANNEL.fullmatch(value):
+        return value
+    raise BadSearch("the channel is a word of lower-case letters, e.g. whatsapp")
+
+
+def _day(value: str, name: str, *, after: bool = False) -> datetime | None:
+    """The start (UTC) of a YYYY-MM-DD day, or of the day after it (`after`: an inclusive end)."""
+    if not value:
+        return None
+    try:
+        day = date.fromisoformat(value)
+    except ValueError:
+        raise BadSearch(f"'{name}' is a day, YYYY-MM-DD") from None
+    return datetime.combine(day + timedelta(days=1 if after else 0), time(), UTC)
+
+
+def _within_timeout(work: Callable[[Any], T]) -> T | None:
+    """What `work` returns, run in a transaction limited to SEARCH_TIMEOUT_MS, or None when it ran
+    past that (the page says so; the connection and its session stay as they were)."""
     with context.db().transaction() as cur:
         cur.execute("SET LOCAL statement_timeout = %s", (SEARCH_TIMEOUT_MS,))
         cur.execute("SAVEPOINT search")
         try:
-            cur.execute(queries[name], params)
-            return [dict(r) for r in cur.fetchall()]
+            return work(cur)
         except psycopg2.errors.QueryCanceled:
             cur.execute("ROLLBACK TO SAVEPOINT search")
             return None
@@ -125,7 +211,8 @@ def _row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def user_page(user_id: str) -> dict[str, Any]:
-    """A user, its links and buckets, its messages by status, its orders and its latest messages.
+    """A user, its links and buckets, its messages by status, its orders, its latest messages, its
+    exports and its legal holds.
 
     NotFound (app.users.service) when there is no such user.
     """
@@ -138,4 +225,6 @@ def user_page(user_id: str) -> dict[str, Any]:
         "buckets": [plain(r) for r in db.fetch_all("admin.user_buckets", params)],
         "orders": [plain(r) for r in db.fetch_all("admin.user_orders_by_status", params)],
         "recent": search("user", user_id, 1, size=RECENT),
+        "exports": exports.of_user(user_id, limit=EXPORTS_SHOWN),
+        "holds": holds.of_user(user_id),
     }

@@ -1,13 +1,15 @@
 """The admin page (`/admin/`): a dashboard rendered on the server, a search of messages, a page
-per user, and two actions: retry work from the dead letter, link an unmapped contact to a user.
+per user, and its actions: retry work from the dead letter, link an unmapped contact to a user,
+and, on a user's page, export the user's archive (a download URL, deletion) and legal holds.
 
 A browser cannot send a bearer token when it navigates, so the admin signs in once with the
 admin token; the session is Flask's signed cookie (HttpOnly, SameSite=Strict, Secure in
 production, limited to /admin) and holds a keyed fingerprint of the token, never the token, so
 changing ADMIN_API_TOKEN signs every browser out. Every form carries a CSRF token kept in the
 session, and each action is written to the log (`app.admin.audit`) with the client's address.
-The actions go through the same code as the CLI: `flask requeue` for a retry, the users
-service's `add_link` for a link.
+The actions go through the same code as the CLI and the admin API: `flask requeue` for a retry,
+the users service's `add_link` for a link, `app.records` for exports and holds (which record who
+acted: `admin (admin page, <client address>)`).
 """
 
 from __future__ import annotations
@@ -36,10 +38,12 @@ from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 
 from app import context
 from app.admin import browse, requeue
-from app.admin.auth import signed_in, token_fingerprint, token_matches
+from app.admin.auth import actor, signed_in, token_fingerprint, token_matches
 from app.admin.stats import dashboard as numbers
 from app.db import DatabaseUnavailable
 from app.jobs import QueueUnavailable
+from app.records import exports, holds
+from app.records.search import BadSearch
 from app.users import service
 
 log = logging.getLogger(__name__)
@@ -117,13 +121,13 @@ def headers(response: Response) -> Response:
 
 
 def _page(template: str, status: int = 200, **values: Any) -> Any:
+    shown = {"here": request.full_path.rstrip("?"), **values}  # `here`: where a form comes back to
     html = render_template(
         template,
         csrf=csrf_token(),
         nonce=g.csp_nonce,
         notices=get_flashed_messages(with_categories=True),
-        here=request.full_path.rstrip("?"),
-        **values,
+        **shown,
     )
     return html, status, {"Content-Type": "text/html; charset=utf-8"}
 
@@ -203,22 +207,24 @@ def dashboard() -> Any:
 
 @bp.get("/messages")
 def messages() -> Any:
-    """Messages found by contact, user, text or transcript, newest first, a page at a time."""
+    """Messages found by the words of their text or transcript, by contact or by user, newest
+    first, a page at a time."""
     if not signed_in():
         return redirect(url_for("admin_page.login_form"))
-    by = request.args.get("by", "text")
-    q = request.args.get("q", "")
+    args = request.args
+    by = args.get("by", browse.WORDS)
+    q = args.get("q", "")
+    filters = browse.Filters(**{name: args.get(name, "").strip() for name in browse.FILTERS})
+    shown: dict[str, Any] = {"modes": browse.MODES, "by": by, "q": q, "filters": filters}
     try:
-        page = int(request.args.get("page", "1"))
-        results = browse.search(by, q, page)
-    except ValueError as exc:  # BadSearch, or a page that is not a number
-        error = str(exc) if isinstance(exc, browse.BadSearch) else "the page is a number"
-        return _page("admin/messages.html", 400, modes=browse.MODES, by=by, q=q, error=error, results=None)
+        page = int(args.get("page", "1"))
+        results = browse.search(by, q, page, filters=filters, before=args.get("before") or None)
+    except (BadSearch, ValueError) as exc:  # a page that is not a number is a ValueError
+        error = str(exc) if isinstance(exc, BadSearch) else "the page is a number"
+        return _page("admin/messages.html", 400, **shown, error=error, results=None)
     return _page(
         "admin/messages.html",
-        modes=browse.MODES,
-        by=by,
-        q=q,
+        **shown,
         error=None,
         results=results,
         timeout_seconds=browse.SEARCH_TIMEOUT_MS // 1000,
@@ -227,14 +233,19 @@ def messages() -> Any:
 
 @bp.get("/user/<user_id>")
 def user(user_id: str) -> Any:
-    """A user: its bucket(s), counts, links, orders and latest messages with their statuses."""
+    """A user: its bucket(s), counts, links, orders, latest messages, exports and legal holds."""
     if not signed_in():
         return redirect(url_for("admin_page.login_form"))
+    return _user_page(user_id)
+
+
+def _user_page(user_id: str, **values: Any) -> Any:
     try:
         data = browse.user_page(user_id)
     except service.NotFound:
         return _page("admin/error.html", 404, error=f"There is no user {user_id!r}.")
-    return _page("admin/user.html", data=data)
+    here = url_for("admin_page.user", user_id=user_id)  # also after a POST that shows the page
+    return _page("admin/user.html", data=data, here=here, **values)
 
 
 RETRY_OUTCOMES = {
@@ -317,6 +328,123 @@ def link_contact() -> Any:
     moving = " Its archived messages are moving to the user's bucket." if outcome.rehome_queued else ""
     flash(f"{what} is linked to user {user_id}.{moving}", "ok")
     return redirect(url_for("admin_page.user", user_id=user_id), 303)
+
+
+# ----------------------------------------------------------------------------------------------
+# a user's exports and legal holds (app/records/, as the admin API and the CLI do them)
+
+
+def _to_user(user_id: str) -> Any:
+    return redirect(url_for("admin_page.user", user_id=user_id), 303)
+
+
+def _export_refused(user_id: str, export_id: int) -> Any | None:
+    """The answer to an export's form posted without a session or its CSRF token, or naming an
+    export that is not this user's; else None."""
+    refused = _refused()
+    if refused is not None:
+        return refused
+    try:
+        export = exports.get(export_id)
+    except service.NotFound:
+        export = None
+    if export is None or export["user_id"] != user_id:
+        return _page("admin/error.html", 404, error=f"User {user_id} has no export {export_id}.")
+    return None
+
+
+@bp.post("/user/<user_id>/exports")
+def export_request(user_id: str) -> Any:
+    """Record an export of the user's archive and queue the job that builds it."""
+    refused = _refused()
+    if refused is not None:
+        return refused
+    try:
+        export = exports.request(user_id, requested_by=actor("admin page"))
+    except service.NotFound:
+        return _page("admin/error.html", 404, error=f"There is no user {user_id!r}.")
+    audit.info(
+        "admin requested an export",
+        extra=_who(action="export", user_id=user_id, export_id=export["id"], queued=export["queued"]),
+    )
+    later = "" if export["queued"] else " Redis is not answering: the cron process queues it shortly."
+    flash(f"Export {export['id']} of user {user_id} is requested; a worker builds it.{later}", "ok")
+    return _to_user(user_id)
+
+
+@bp.post("/user/<user_id>/exports/<int:export_id>/url")
+def export_url(user_id: str, export_id: int) -> Any:
+    """A download URL of a finished export, shown on the user's page (recorded, never logged)."""
+    refused = _export_refused(user_id, export_id)
+    if refused is not None:
+        return refused
+    try:
+        issued = exports.issue_url(export_id, actor("admin page"))
+    except service.Conflict as exc:  # not built yet, or deleted
+        flash(str(exc), "error")
+        return _to_user(user_id)
+    audit.info(
+        "admin issued an export URL",
+        extra=_who(
+            action="export_url", user_id=user_id, export_id=export_id, expires_at=issued["expires_at"]
+        ),
+    )
+    return _user_page(user_id, issued=issued)
+
+
+@bp.post("/user/<user_id>/exports/<int:export_id>/delete")
+def export_delete(user_id: str, export_id: int) -> Any:
+    """Delete an export's file; refused while the user is on legal hold (the refusal names it)."""
+    refused = _export_refused(user_id, export_id)
+    if refused is not None:
+        return refused
+    what = _who(action="export_delete", user_id=user_id, export_id=export_id)
+    try:
+        exports.delete(export_id, actor("admin page"))
+    except holds.OnLegalHold as exc:
+        audit.warning("admin export deletion refused", extra={**what, "outcome": "on_legal_hold"})
+        flash(str(exc), "error")
+        return _to_user(user_id)
+    audit.info("admin deleted an export", extra={**what, "outcome": "deleted"})
+    flash(f"Export {export_id} is deleted.", "ok")
+    return _to_user(user_id)
+
+
+@bp.post("/user/<user_id>/holds")
+def hold_place(user_id: str) -> Any:
+    """Put the user on legal hold (a reason is required)."""
+    refused = _refused()
+    if refused is not None:
+        return refused
+    try:
+        hold = holds.place(user_id, request.form.get("reason", ""), actor("admin page"))
+    except service.Invalid as exc:
+        flash(f"No hold placed: {exc}.", "error")
+        return _to_user(user_id)
+    except (service.NotFound, holds.UserErased) as exc:
+        return _page("admin/error.html", 404, error=str(exc))
+    audit.info("admin placed a legal hold", extra=_who(action="hold", user_id=user_id, hold_id=hold["id"]))
+    flash(
+        f"User {user_id} is on legal hold #{hold['id']}: nothing of theirs is deleted while it is on.", "ok"
+    )
+    return _to_user(user_id)
+
+
+@bp.post("/user/<user_id>/holds/<int:hold_id>/lift")
+def hold_lift(user_id: str, hold_id: int) -> Any:
+    """Lift one of the user's holds (a reason is optional)."""
+    refused = _refused()
+    if refused is not None:
+        return refused
+    try:
+        lifted = holds.lift(user_id, hold_id, actor("admin page"), request.form.get("reason") or None)
+    except (service.Invalid, service.Conflict, service.NotFound) as exc:  # UserErased is a Conflict
+        flash(f"Legal hold #{hold_id} is not lifted: {exc}.", "error")
+        return _to_user(user_id)
+    audit.info("admin lifted a legal hold", extra=_who(action="unhold", user_id=user_id, hold_id=hold_id))
+    left = f" {lifted['holds_left']} other hold(s) still on." if lifted["holds_left"] else ""
+    flash(f"Legal hold #{hold_id} of user {user_id} is lifted.{left}", "ok")
+    return _to_user(user_id)
 
 
 def _user_exists(user_id: str) -> bool:

@@ -258,9 +258,9 @@ GROUP BY what, error_details
 ORDER BY occurrences DESC, last_seen DESC
 LIMIT %(limit)s;
 
--- Browsing: messages found by contact, user, text or transcript, and a user's page ------------
--- Newest first, a page at a time. Text and transcript searches use the trigram indexes of
--- migrations/0011 (a pattern of 3 characters or more).
+-- Browsing: messages found by contact or user, and a user's page --------------------------------
+-- Newest first, a page at a time (the indexes of migrations/0011). A search by the words of the
+-- text or transcript is the records search (search.sql).
 
 -- name: search_by_contact_id
 SELECT n.id, n.created_at, n.chatwoot_account_id AS account_id, n.chatwoot_conversation_id AS conversation_id,
@@ -292,28 +292,6 @@ SELECT n.id, n.created_at, n.chatwoot_account_id AS account_id, n.chatwoot_conve
        n.error_details, n.gcs_storage_path, n.attempts
 FROM meeting_notes n
 WHERE n.user_id = %(user_id)s
-ORDER BY n.created_at DESC, n.id DESC
-LIMIT %(limit)s OFFSET %(offset)s;
-
--- name: search_by_text
-SELECT n.id, n.created_at, n.chatwoot_account_id AS account_id, n.chatwoot_conversation_id AS conversation_id,
-       n.chatwoot_contact_id AS contact_id, n.contact_phone AS phone, n.user_id, n.source_type, n.message_type,
-       n.content_type, left(n.content, 300) AS content, left(n.transcript, 300) AS transcript,
-       n.processing_status, n.transcription_status, n.classification_status, n.message_kind,
-       n.error_details, n.gcs_storage_path, n.attempts
-FROM meeting_notes n
-WHERE n.content ILIKE %(pattern)s
-ORDER BY n.created_at DESC, n.id DESC
-LIMIT %(limit)s OFFSET %(offset)s;
-
--- name: search_by_transcript
-SELECT n.id, n.created_at, n.chatwoot_account_id AS account_id, n.chatwoot_conversation_id AS conversation_id,
-       n.chatwoot_contact_id AS contact_id, n.contact_phone AS phone, n.user_id, n.source_type, n.message_type,
-       n.content_type, left(n.content, 300) AS content, left(n.transcript, 300) AS transcript,
-       n.processing_status, n.transcription_status, n.classification_status, n.message_kind,
-       n.error_details, n.gcs_storage_path, n.attempts
-FROM meeting_notes n
-WHERE n.transcript IS NOT NULL AND n.transcript ILIKE %(pattern)s
 ORDER BY n.created_at DESC, n.id DESC
 LIMIT %(limit)s OFFSET %(offset)s;
 

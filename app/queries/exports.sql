@@ -21,7 +21,8 @@ SELECT event, actor, at, detail FROM export_events WHERE export_id = %(export_id
 
 -- name: exports_of_user
 SELECT id, user_id, status, requested_by, requested_at, object_name, size_bytes, sha256,
-       finished_at, expires_at, deleted_at, error_details
+       finished_at, expires_at, deleted_at, error_details,
+       (summary #>> '{counts,messages}')::bigint AS messages, (summary #>> '{counts,files}')::bigint AS files
 FROM exports
 WHERE user_id = %(user_id)s
 ORDER BY id DESC

@@ -13,8 +13,9 @@ messages are deleted with their rows, and retention deletes old ones the same wa
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from app import context
@@ -66,6 +67,28 @@ def check_words(words: Any) -> str:
     if len(cleaned) > MAX_WORDS_LENGTH:
         raise BadSearch(f"a search is at most {MAX_WORDS_LENGTH} characters, got {len(cleaned)}")
     return cleaned
+
+
+CURSOR = re.compile(r"([0-9T:.Z+\-]{10,40}),([0-9]{1,19})")
+"""A page's `next` value: the (created_at, id) of its last result."""
+
+
+def cursor(row: dict[str, Any]) -> str:
+    """The `next` value of a page whose last result is `row` (the next page starts after it)."""
+    moment = datetime.fromisoformat(row["created_at"]).astimezone(UTC)
+    return f"{moment:%Y-%m-%dT%H:%M:%S.%f}Z,{row['id']}"
+
+
+def parse_cursor(value: str) -> tuple[datetime, int]:
+    """`Query.before` from a page's `next` value, or BadSearch."""
+    found = CURSOR.fullmatch(value)
+    try:
+        if found is None or int(found[2]) >= 2**63:
+            raise ValueError(value)
+        moment = datetime.fromisoformat(found[1])
+    except ValueError:
+        raise BadSearch("before: not the `next` value of a page") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC), int(found[2]))
 
 
 def search(query: Query, *, headline: str = ADMIN_HEADLINE) -> list[dict[str, Any]]:

@@ -270,8 +270,8 @@ def test_colours_search_user_page_retry_and_link(browser: Chromium, environ: dic
         assert colour(browser, ".legend .swatch.stored", "backgroundColor") == GREEN
         assert colour(browser, "rect.bar-stored", "fill") == GREEN
 
-        # Search by text, then follow the result to its user's page.
-        browser.evaluate("document.getElementById('search-by').value = 'text'")
+        # Search by words, then follow the result to its user's page.
+        browser.evaluate("document.getElementById('search-by').value = 'words'")
         browser.evaluate("document.getElementById('search-q').value = 'INVOICE'")
         click(browser, "#search-go")
         assert browser.evaluate("location.pathname") == "/admin/messages"
@@ -282,6 +282,12 @@ def test_colours_search_user_page_retry_and_link(browser: Chromium, environ: dic
         click(browser, f'tr[data-id="{invoice}"] td.user a')
         assert browser.evaluate("location.pathname") == "/admin/user/u1"
         assert browser.evaluate("document.getElementById('count-messages').textContent") == "4"
+
+        # Export the user's archive: the page lists the export it queued.
+        click(browser, "#export-request")
+        assert browser.evaluate("location.pathname") == "/admin/user/u1"
+        assert "is requested" in browser.evaluate("document.querySelector('.notice.ok').textContent")
+        assert browser.evaluate("document.querySelectorAll('tr[data-export]').length") == 1
 
         # Retry the dead letter from the dashboard.
         browser.navigate(server.url + "/admin/")
