@@ -167,7 +167,9 @@ class Stack:
         self.proxy: subprocess.Popen[bytes] | None = None
 
     def start_services(self, latency_ms: float) -> None:
-        services = devstack.start_services(self.state, fast=False, environ={})
+        services = devstack.start_services(
+            self.state, environ={}, stack=devstack.Stack(self.state, stable_ports=False)
+        )
         self.gcs_direct = services["STORAGE_EMULATOR_HOST"]
         self.env = {
             **os.environ,

