@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app import context
 from app.config import Settings
@@ -57,4 +58,6 @@ def create_app(settings: Settings | None = None, test_config: Mapping[str, Any] 
         area.register(app)
     records_cli.register(app)
     app.wsgi_app = WebhookRoute(app.wsgi_app)  # type: ignore[method-assign]
+    if current.trusted_proxies:  # the scheme comes from gunicorn (forwarded_allow_ips)
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=current.trusted_proxies)  # type: ignore[method-assign]
     return app

@@ -349,6 +349,13 @@ class Settings:
         section=SERVICE,
         parse=integer(1),
     )
+    trusted_proxies: int = setting(
+        "TRUSTED_PROXIES",
+        0,
+        "Reverse proxies in front of the web process that append to X-Forwarded-For (1 behind the nginx example): the client's address is read from that header, for the admin rate limits and the records of who acted. 0: the header is ignored (a client could forge it).",
+        section=SERVICE,
+        parse=integer(0),
+    )
 
     # --- PostgreSQL and Redis
     database_url: str = setting(

@@ -578,3 +578,26 @@ def test_database_down_is_503_json(client: Any, use_settings: Any) -> None:
     assert response.status_code == 503
     assert response.get_json()["error"] == "database_unavailable"
     assert call(client, "GET", "/admin/users").status_code == 200
+
+
+def test_behind_a_trusted_proxy_each_client_is_limited_apart(settings: Any, db: Any, redis_conn: Any) -> None:
+    from app import create_app
+
+    def guess(client: Any, address: str) -> int:
+        return int(
+            client.get(
+                "/admin/users",
+                headers={"Authorization": "Bearer guess", "X-Forwarded-For": address},
+                environ_base={"REMOTE_ADDR": "127.0.0.1"},
+            ).status_code
+        )
+
+    allowed = int(settings.admin_auth_failure_limit.split()[0])
+    proxied = create_app(replace(settings, trusted_proxies=1)).test_client()
+    assert [guess(proxied, "203.0.113.7") for _ in range(allowed + 1)][-1] == 429
+    assert guess(proxied, "198.51.100.20") == 401  # another client behind the same proxy
+
+    redis_conn.flushdb()
+    direct = create_app(settings).test_client()  # TRUSTED_PROXIES=0: the header is not believed
+    assert [guess(direct, "203.0.113.7") for _ in range(allowed + 1)][-1] == 429
+    assert guess(direct, "198.51.100.20") == 429
