@@ -151,6 +151,11 @@ def users_link(
     if contact_id is None and not phone and not identifier:
         raise click.UsageError("give --contact-id, --phone or --identifier")
     try:
+        account_id = service.default_account(account_id)
+    except service.Invalid:
+        raise click.UsageError("give --account (CHATWOOT_ACCOUNT_ID is not set)") from None
+    try:
+        service.link_values(contact_id, phone, identifier, region)  # bad input creates no user
         if create:
             created = service.ensure_user(user_id, display_name=display_name)
             label = "new user" if created["created"] else "user"

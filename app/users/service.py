@@ -45,7 +45,7 @@ class InvalidContact(Invalid):
     """A contact reference that cannot be used (no id, phone or identifier; a malformed phone)."""
 
 
-def _link_values(
+def link_values(
     contact_id: int | None, phone: str | None, identifier: str | None, region: str | None
 ) -> list[tuple[str, str]]:
     values: list[tuple[str, str]] = []
@@ -93,7 +93,7 @@ def link_contact(
     Raises LinkConflict when one of them is linked to another user and `replace` is False
     (nothing is changed then), InvalidContact for unusable input.
     """
-    values = _link_values(contact_id, phone, identifier, region)
+    values = link_values(contact_id, phone, identifier, region)
     user = ensure_user(user_id, display_name=display_name)
     result = LinkResult(user["user_id"], user["bucket_name"], bool(user["created"]))
     db = context.db()

@@ -108,6 +108,16 @@ def test_users_map_command_validates_input(runner: Any) -> None:
     result = runner.invoke(args=["users", "link", "u1", "--create", "--phone", "555"])
     assert result.exit_code != 0 and "not a valid phone number" in result.output
     assert "Traceback" not in result.output
+    with pytest.raises(service.NotFound):
+        service.get_user("u1")  # nothing half done
+
+
+def test_users_link_without_an_account_creates_nothing(runner: Any, use_settings: Any, db: Any) -> None:
+    use_settings(chatwoot_account_id=None)
+    result = runner.invoke(args=["users", "link", "u2", "--create", "--contact-id", "5"])
+    assert result.exit_code != 0 and "give --account" in result.output
+    with pytest.raises(service.NotFound):
+        service.get_user("u2")
 
 
 # ------------------------------------------------------------------------------------------
