@@ -135,7 +135,8 @@ VERBS |= frozenset(
 POST_VERBS = _set("post postar posta poste publish publicar publica postea postear")
 """To publish: asked of us, it asks for the piece too ("can you post about the webinar?")."""
 ES_SECOND_PERSON = _set(
-    "escribes haces creas preparas armas montas sacas redactas faz escreve cria prepara monta fazes escreves"
+    "escribes haces creas preparas armas montas sacas redactas faz escreve cria prepara monta fazes escreves "
+    "escribis haceis creais preparais redactais fazem escrevem criam preparam montam"
 )
 """In a question, "¿haces un post…?", "cê faz um post…?" ask for one."""
 TWEET_VERBS = _set("tweet tuit tuita tuite tuitea tuitar tuitear tweeta tweetar")
@@ -154,6 +155,8 @@ OPENERS = _set(
 FILLERS = _set(
     "umm uh uhh uhm hmm hm hum er erm eh ehh mmm mm ahn tipo o_sea you_know i_mean sabe sabes ne like_i_said"
 )
+PAUSES = _set("ha ah ahh oh e eh ai hein ne")
+"""Sounds that are a pause when they make a clause of their own ("eu queria, hã, um post")."""
 PLEASE = _set("please pls plz pfv pf porfa por_favor porfis pliz plis")
 ABOUT = _set("about on regarding re sobre acerca respeito")
 CONNECT = (
@@ -167,7 +170,8 @@ CONNECT = (
 )
 ARTICLES = _set(
     "a an one some another um uma un una outro outra otro otra mais two three four five dois duas tres "
-    "quatro cinco dos cuatro 2 3 4 5 6 7 8 9 10"
+    "quatro cinco dos cuatro 2 3 4 5 6 7 8 9 10 uns umas unos unas alguns algumas algunos algunas few "
+    "couple a_couple_of a_couple a_few um_par_de un_par_de several varios varias"
 )
 REQUESTS = (
     "can_you could_you would_you will_you can_u could_u would_u cna_you can_ya would_you_mind "
@@ -177,7 +181,8 @@ REQUESTS = (
     "want_you_to need_you_to quero_que queria_que preciso_que gostaria_que quiero_que queria_que "
     "necesito_que me_gustaria_que quisiera_que se_puede se_podria is_it_possible can_we could_we "
     "can_you_guys you_could you_can te_animas_a podemos podriamos podiamos podemos_fazer pedirte_que "
-    "pedir_que te_pedir_que"
+    "pedir_que te_pedir_que podem poderiam podiam conseguem conseguiriam podeis podiais podriais pueden "
+    "podrian could_you_possibly would_you_be_able_to could_you_guys can_y_all is_there_any_way any_way"
 )
 GETS = (
     "can_i_get could_i_get can_i_have could_i_have may_i_have can_we_get could_we_get can_we_have "
@@ -195,11 +200,18 @@ WANTS = (
     "needing want_to_see d_like_to_see would_like_to_see quero_ver queria_ver gostaria_de_ver quiero_ver "
     "queria_ver me_gustaria_ver"
 )
+POSSIBLE = (
+    "would_it_be_possible is_it_possible will_it_be_possible would_it_be_ok is_it_ok would_it_be_okay "
+    "is_there_any_way any_way_to seria_possivel sera_possivel e_possivel seria_posible sera_posible "
+    "es_posible habria_forma_de hay_forma_de teria_como tem_como daria_pra daria_para"
+)
+"""Asking whether a piece can be had: "would it be possible to get a post…", "¿sería posible un artículo…?"."""
+GET_VERBS = _set("get have receive see ter receber ver tener recibir conseguir")
 INTENSIFIERS = _set("really so muito mucho realmente")
 FIELD_WORDS = _set(
     "short shorter brief quick medium long longer lengthy detailed professional formal casual informal "
     "relaxed friendly warm authoritative curto curta curtinho curtinha rapidinho medio media longo longa "
-    "profissional descontraido descontraida amigavel autoritativo corto corta cortito cortita breve rapido rapida "
+    "profissional descontraido descontraida amigavel simpatico simpatica autoritativo corto corta cortito cortita breve rapido rapida "
     "mediano largo larga extenso extensa profesional relajado relajada cercano cercana amistoso "
     "amistosa amigable new nice little small quick cool novo nova nuevo nueva"
 )
@@ -284,11 +296,36 @@ KNOWN = frozenset(
 ) | frozenset(PLATFORM_WORDS)
 
 
+_TYPO_TARGETS = frozenset(
+    w for group in (IMPERATIVES, STRONG_VERBS, NOUNS, ABOUT) for w in group if "_" not in w
+) | frozenset(PLATFORM_WORDS)
+"""Words a slip of the fingers is read back to: a doubled consonant ("writte"), two letters swapped
+("abuot"). A doubled vowel may be a word of its own ("tuiteé" is "I tweeted")."""
+
+
+def _typo(token: str) -> str | None:
+    if len(token) >= 4:
+        single = re.sub(r"([^aeiou])\1+", r"\1", token)
+        if single != token and single in _TYPO_TARGETS:
+            return single
+    if len(token) >= 5:
+        for i in range(len(token) - 1):
+            swapped = token[:i] + token[i + 1] + token[i] + token[i + 2 :]
+            if swapped in _TYPO_TARGETS:
+                return swapped
+    return None
+
+
 @lru_cache(maxsize=4096)
 def _spell(token: str) -> str:
     if token in ALIASES:
         return ALIASES[token]
-    if len(token) < 6 or token in KNOWN or token.isdigit():
+    if token in KNOWN or token.isdigit():
+        return token
+    typo = _typo(token)
+    if typo is not None:
+        return typo
+    if len(token) < 6:
         return token
     found = process.extractOne(token, _FUZZY_TARGETS, scorer=OSA.distance, score_cutoff=1)
     if found:
@@ -305,7 +342,10 @@ _SENTENCE_BREAKS = re.compile(
     '->|=>|[.!?;:\n()\\[\\]"\u201c\u201d\u00ab\u00bb\u2026\u2014\u2013\u2022]+|\\s-+\\s'
 )
 _CLAUSE_BREAKS = re.compile(r"[,+&/]")
-_MULTI_WORD_FILLERS = re.compile(rf"\b(?:{'|'.join(w.replace('_', ' ') for w in FILLERS if '_' in w)})\b")
+_MULTI_WORD_FILLERS = re.compile(
+    rf"(?<!\bdo )(?<!\bdid )(?<!\bdoes )\b(?:{'|'.join(w.replace('_', ' ') for w in FILLERS if '_' in w)})\b"
+)
+"""Fillers of more than one word; "do you know if…" is a question, not "you know"."""
 
 
 _HAZ_MISSPELLED = re.compile(r"([|,] )(?:as|has|ase) (?=un |una |me )")
@@ -334,7 +374,7 @@ class Reading:
                 words = [_spell(w) for w in re.findall(r"[^\W_]+", clause)]
                 joined = _MULTI_WORD_FILLERS.sub(" ", " ".join(words))
                 kept = [w for w in joined.split() if w not in FILLERS]
-                if kept:
+                if kept and not set(kept) <= PAUSES:
                     clauses.append(" ".join(kept))
             if clauses:
                 sentences.append(" , ".join(clauses))
@@ -381,6 +421,11 @@ _SOMETHING = (
 )
 _WISH = _p(WISHES)
 _SELF = _p(SELF)
+_GERUND = (
+    r"(?!(?:getting|going|doing|performing|trending|blowing|sitting|bombando|viralizando|indo|yendo|"
+    r"rodando|circulando|fazendo|haciendo|dando)\b)[a-z]{3,}(?:ing|ando|endo|indo)\b"
+)
+"""What the piece does ("reminding parents…", "lembrando os pacientes…"), not how a post fares."""
 
 ORDER_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     # "write a LinkedIn post", "escreve um post", "hazme un artículo", "make this a post"
@@ -408,6 +453,14 @@ ORDER_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
         "request",
         re.compile(
             rf"\b(?:help me with|help with|give me a hand with|me ajuda com|me ajudar com|ajuda com|me da uma mao com|me ayudas con|ayudame con|me echas una mano con|echame una mano con|dame una mano con|me echas un cable con|echame un cable con) {_g(3)}{_NOUN}\b"
+        ),
+    ),
+    # "help me write a post", "me ajuda a criar um post", "ayúdame a crear un post"
+    (
+        "request",
+        re.compile(
+            rf"(?:{_START}(?:help|ajuda|ajude|ajudem|ayuda|ayudad)(?: me| us| nos| a gente)?|\b(?:ayudame|ayudanos))"
+            rf" (?:to |a |com |con |with )?{_p(VERBS)} {_g(4)}{_NOUN}\b"
         ),
     ),
     # "can you post about the webinar?", "publica algo sobre el webinar"
@@ -496,12 +549,21 @@ ORDER_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
             rf"redactarias|crearias) {_g(6)}{_NOUN}\b"
         ),
     ),
+    # "would it be possible to get a blog post…", "¿sería posible un artículo para el blog…?"
+    (
+        "request",
+        re.compile(
+            rf"\b{_p(POSSIBLE)} (?:(?:for you|for us|to|de|que|para|pra|a|me|us|nos|you|voces|ustedes) ){{0,3}}"
+            rf"(?:{_p(VERBS | GET_VERBS)} (?:me |us |nos |you )?)?(?:{_p(ARTICLES)} )?(?:{_MOD} ){{0,3}}{_NOUN}\b"
+        ),
+    ),
     # "I need a LinkedIn post", "quero um artigo", "me encantaría un post", "we need content"
     ("request", re.compile(rf"\b{_p(GETS)} (?:{_p(ARTICLES)} )?(?:{_MOD} ){{0,3}}{_NOUN}\b")),
+    # (a transcript may pause between the want and its object: "eu queria, hã, um post curtinho")
     (
         "want",
         re.compile(
-            rf"\b{_p(WANTS)} (?:{_p(INTENSIFIERS)} )?(?:(?:{_p(ARTICLES)} )(?:{_W} ){{0,2}}|(?:{_MOD} ){{0,3}})"
+            rf"\b{_p(WANTS)} (?:, )?(?:{_p(INTENSIFIERS)} )?(?:(?:{_p(ARTICLES)} )(?:{_W} ){{0,2}}|(?:{_MOD} ){{0,3}})"
             rf"{_NOUN}\b"
         ),
     ),
@@ -513,12 +575,13 @@ ORDER_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("convert", re.compile(rf"\b(?:vira|hazlo|haz) {_STRONG_NOUN}\b")),
     # "use my last notes to write a post"
     ("convert", re.compile(rf"{_START}(?:use|usa|utiliza|using|usando) {_g(8)}{_p(VERBS)} {_g(4)}{_NOUN}\b")),
-    # "LinkedIn post about the offsite?", "post com dicas…", "un hilo en twitter explicando…"
+    # "LinkedIn post about the offsite?", "post com dicas…", "un hilo en twitter explicando…",
+    # "um post simpático lembrando os pacientes…" (what the piece does, in a gerund)
     (
         "headline",
         re.compile(
             rf"^\| {_LEAD}(?:{_p(ARTICLES)} )?(?:{_HEAD_MOD} ){{0,4}}{_p(HEADLINE_NOUNS)} (?:{_HEAD_MOD} ){{0,3}}"
-            rf"(?:{_p(CONNECT)}|,|\|)"
+            rf"(?:{_p(CONNECT)}|,|\||{_GERUND})"
         ),
     ),
     (
@@ -696,7 +759,8 @@ _FIELD_VALUES: dict[str, dict[str, str]] = {
             "Casual",
         ),
         **dict.fromkeys(
-            _set("friendly warm amigavel amistoso amistosa amigable cercano cercana"), "Friendly"
+            _set("friendly warm amigavel simpatico simpatica amistoso amistosa amigable cercano cercana"),
+            "Friendly",
         ),
         **dict.fromkeys(
             _set(
@@ -709,9 +773,7 @@ _FIELD_VALUES: dict[str, dict[str, str]] = {
     "topic": {
         **dict.fromkeys(_set("trend trends trending tendencia tendencias"), "Trends"),
         **dict.fromkeys(
-            _set(
-                "news announcement announcing noticia noticias novidade novidades novedad novedades anuncio"
-            ),
+            _set("news announcement noticia noticias novidade novidades novedad novedades anuncio"),
             "News",
         ),
         **dict.fromkeys(_set("tip tips advice dica dicas consejo consejos truques trucos"), "Tips"),

@@ -54,16 +54,29 @@ def test_stated_fields_are_read_on_the_test_split() -> None:
     assert report.complete_as_stated / report.overall.orders >= 0.95
 
 
+def test_the_held_out_split_is_the_set_not_tuned_on() -> None:
+    assert ev.FILES["heldout"] == "heldout-4"
+    assert "heldout" not in ev.TUNING and "heldout-3" in ev.TUNING
+    assert {r["id"][:3] for r in ev.load("heldout")} == {"h4-"}
+    assert {r["id"][:3] for r in ev.load("heldout-3")} == {"h3-"}
+
+
 @pytest.mark.xfail(
     strict=True,
-    reason="measured once on each of three held-out sets (order recall 0.889, 0.889, 0.796 against "
-    "0.974-1.000 on the test split): the rules do not yet generalise within 0.05",
+    reason="measured once on each of four held-out sets (order recall 0.889, 0.889, 0.796, 0.778 against "
+    "0.974-1.000 on the test split; the fourth, heldout-4: precision 1.000, recall 0.778, by language "
+    "en 0.889, pt 0.778, es 0.667, against 1.000 everywhere on the test split): the rules do not yet "
+    "generalise within 0.05",
 )
 def test_the_held_out_set_scores_within_005_of_the_test_split() -> None:
     test = ev.evaluate(ev.load("test"), RULES_ONLY, "test", "rules alone")
     held = ev.evaluate(ev.load("heldout"), RULES_ONLY, "heldout", "rules alone")
-    for metric in ("precision", "recall"):
-        assert abs((getattr(held.overall, metric) or 0) - (getattr(test.overall, metric) or 0)) <= 0.05
+    pairs = [(held.overall, test.overall)] + [
+        (held.languages[lang], test.languages[lang]) for lang in ev.LANGUAGES
+    ]
+    for held_scores, test_scores in pairs:
+        for metric in ("precision", "recall"):
+            assert abs((getattr(held_scores, metric) or 0) - (getattr(test_scores, metric) or 0)) <= 0.05
 
 
 def test_the_model_path_asks_the_chat_model_about_every_message_but_commands() -> None:
