@@ -272,10 +272,10 @@ def with_database(url: str, name: str) -> str:
     return urlunparse(parsed._replace(path=f"/{name}"))
 
 
-def create_database(server_url: str, reuse: bool) -> tuple[str, bool]:
-    """(URL of the bench database, whether it already holds the data)."""
+def create_database(server_url: str, reuse: bool, suffix: str = "sqlbench") -> tuple[str, bool]:
+    """(URL of the bench database `<name>_<suffix>`, whether it already holds the data)."""
     base = urlparse(server_url).path.lstrip("/") or "meeting_notes"
-    name = f"{base}_sqlbench"
+    name = f"{base}_{suffix}"
     admin = psycopg2.connect(with_database(server_url, "postgres"))
     admin.autocommit = True
     try:
@@ -597,22 +597,7 @@ def search_params(cur: Any, given: dict[str, Any]) -> dict[str, Any]:
 
 
 def search_database(server_url: str, reuse: bool) -> tuple[str, bool]:
-    base = urlparse(server_url).path.lstrip("/") or "meeting_notes"
-    name = f"{base}_searchbench"
-    admin = psycopg2.connect(with_database(server_url, "postgres"))
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-            exists = cur.fetchone() is not None
-            if exists and reuse:
-                return with_database(server_url, name), True
-            if exists:
-                cur.execute("DROP DATABASE " + psycopg2.extensions.quote_ident(name, cur) + " WITH (FORCE)")
-            cur.execute("CREATE DATABASE " + psycopg2.extensions.quote_ident(name, cur))
-    finally:
-        admin.close()
-    return with_database(server_url, name), False
+    return create_database(server_url, reuse, suffix="searchbench")
 
 
 def search_load(url: str, rows: int, users: int, days: int) -> None:

@@ -7,14 +7,12 @@ can show (that GCS enforces the settings) is left to GCS; what the code sends is
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
-import devstack  # scripts/, on the path from tests/conftest.py
 import pytest
+
+from tests.helpers.archive import metadata_emulator as own_emulator
 
 pytestmark = pytest.mark.usefixtures("archive_env")
 
@@ -28,29 +26,9 @@ OUR_TRANSITIONS = [
 @pytest.fixture
 def metadata_emulator(app: Any, use_settings: Any) -> Iterator[str]:
     """A gcp-storage-emulator of this test's own (in memory), as the service's GCS."""
-    port = devstack.free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "gcp_storage_emulator", "start", "--in-memory", "--quiet"]
-    proc = subprocess.Popen(
-        [*command, "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-    def answers() -> bool:
-        try:
-            with urllib.request.urlopen(f"{url}/storage/v1/b?project=local-project", timeout=1):
-                return True
-        except OSError:
-            return False
-
-    try:
-        devstack.wait_for(answers, "gcp-storage-emulator", timeout=30)
+    with own_emulator() as url:
         use_settings(storage_emulator_host=url)
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def transitions(bucket: Any) -> list[tuple[int, str, str]]:

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import devstack  # scripts/, on the path from tests/conftest.py
 import pytest
 import responses
 
@@ -199,3 +204,32 @@ def work_until(
         worker = SimpleWorker([Queue(q, connection=redis_conn) for q in queues], connection=redis_conn)
         worker.work(burst=True, with_scheduler=True, logging_level="WARNING")
         time.sleep(0.1)
+
+
+@contextmanager
+def metadata_emulator() -> Iterator[str]:
+    """A gcp-storage-emulator of the caller's own, in memory; its URL. Unlike fake-gcs-server (the
+    suite's emulator) it keeps a bucket's lifecycle rules, access settings and labels, so they
+    can be read back."""
+    port = devstack.free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "gcp_storage_emulator", "start", "--in-memory", "--quiet"]
+    proc = subprocess.Popen(
+        [*command, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(f"{url}/storage/v1/b?project=local-project", timeout=1):
+                return True
+        except OSError:
+            return False
+
+    try:
+        devstack.wait_for(answers, "gcp-storage-emulator", timeout=30)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import responses
 
+from tests.helpers import archive as archive_helpers
 from tests.helpers.archive import ingest, mock_attachment, text_message, voice_note
 from tests.helpers.common import add_user
 
@@ -116,35 +117,8 @@ def gcs_requests(settings: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Gcs
 
 @pytest.fixture
 def metadata_emulator(records_env: Any, use_settings: Any, http: responses.RequestsMock) -> Iterator[str]:
-    """A gcp-storage-emulator of the test's own as the service's GCS: unlike fake-gcs-server it
-    keeps a bucket's lifecycle rules, so they can be read back."""
-    import subprocess
-    import sys
-    import urllib.request
-
-    import devstack  # scripts/, on the path from tests/conftest.py
-
-    port = devstack.free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "gcp_storage_emulator", "start", "--in-memory", "--quiet"]
-    proc = subprocess.Popen(
-        [*command, "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-    def answers() -> bool:
-        try:
-            with urllib.request.urlopen(f"{url}/storage/v1/b?project=local-project", timeout=1):
-                return True
-        except OSError:
-            return False
-
-    try:
-        devstack.wait_for(answers, "gcp-storage-emulator", timeout=30)
+    """A gcp-storage-emulator of the test's own as the service's GCS (it keeps lifecycle rules)."""
+    with archive_helpers.metadata_emulator() as url:
         http.add_passthru(url)
         use_settings(storage_emulator_host=url)
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
