@@ -298,17 +298,37 @@ def table_exists(cur: Any, name: str) -> bool:
 
 
 def load(url: str, rows: int, users: int, days: int) -> None:
+    bulk_load(
+        url,
+        LOAD_STATEMENTS,
+        {"rows": rows, "users": users, "days": days},
+        work_mem="256MB",
+        after=rebuild_rollups,
+        vacuum="VACUUM (ANALYZE)",
+    )
+
+
+def bulk_load(
+    url: str,
+    statements: Any,
+    params: dict[str, Any],
+    *,
+    work_mem: str,
+    vacuum: str,
+    after: Any = None,
+) -> None:
+    """Run (label, statement) pairs with the row triggers off and meeting_notes' indexes (but its
+    keys) dropped, then build the indexes again, run `after(cur)` and vacuum."""
     conn = psycopg2.connect(url)
-    params = {"rows": rows, "users": users, "days": days}
     try:
         with conn.cursor() as cur:
             cur.execute("SET synchronous_commit = off")
-            cur.execute("SET maintenance_work_mem = '256MB'")
+            cur.execute("SET maintenance_work_mem = %s", (work_mem,))
             # Row triggers keep the roll-ups current one row at a time; a bulk load rebuilds them once.
             cur.execute("SET session_replication_role = replica")
             # So do indexes: those of meeting_notes (but its keys) are built again after the load.
             deferred = deferred_indexes(cur)
-            for label, statement in LOAD_STATEMENTS:
+            for label, statement in statements:
                 table = REQUIRED_TABLES.get(label)
                 if table and not table_exists(cur, table):
                     print(f"  {label:14} skipped (no table {table})", flush=True)
@@ -327,12 +347,13 @@ def load(url: str, rows: int, users: int, days: int) -> None:
                 f"  {'indexes':14} {len(deferred):>9}       {time.perf_counter() - started:6.1f} s",
                 flush=True,
             )
-            rebuild_rollups(cur)
-            conn.commit()
+            if after is not None:
+                after(cur)
+                conn.commit()
         conn.autocommit = True
         with conn.cursor() as cur:
             started = time.perf_counter()
-            cur.execute("VACUUM (ANALYZE)")
+            cur.execute(vacuum)
             print(f"  {'vacuum':14} {'':>9}       {time.perf_counter() - started:6.1f} s", flush=True)
     finally:
         conn.close()
@@ -601,52 +622,13 @@ def search_database(server_url: str, reuse: bool) -> tuple[str, bool]:
 
 
 def search_load(url: str, rows: int, users: int, days: int) -> None:
-    conn = psycopg2.connect(url)
-    params = {"rows": rows, "users": users, "days": days, "words": SEARCH_WORDS}
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SET synchronous_commit = off")
-            cur.execute("SET maintenance_work_mem = '512MB'")
-            cur.execute("SET session_replication_role = replica")
-            deferred = deferred_search_indexes(cur)
-            for label, statement in SEARCH_LOAD:
-                started = time.perf_counter()
-                cur.execute(statement, params)
-                conn.commit()
-                count = cur.rowcount if cur.rowcount >= 0 else 0
-                print(f"  {label:14} {count:>9} rows  {time.perf_counter() - started:6.1f} s", flush=True)
-            cur.execute("SET session_replication_role = DEFAULT")
-            started = time.perf_counter()
-            for statement in deferred:
-                cur.execute(statement)
-            conn.commit()
-            print(
-                f"  {'indexes':14} {len(deferred):>9}       {time.perf_counter() - started:6.1f} s",
-                flush=True,
-            )
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            started = time.perf_counter()
-            cur.execute("VACUUM (ANALYZE) meeting_notes")
-            print(f"  {'vacuum':14} {'':>9}       {time.perf_counter() - started:6.1f} s", flush=True)
-    finally:
-        conn.close()
-
-
-def deferred_search_indexes(cur: Any) -> list[str]:
-    """Drop the indexes of meeting_notes that back no constraint; the statements that rebuild them."""
-    cur.execute(
-        """
-        SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid)
-          FROM pg_index i
-         WHERE i.indrelid = 'meeting_notes'::regclass
-           AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)
-        """
+    bulk_load(
+        url,
+        SEARCH_LOAD,
+        {"rows": rows, "users": users, "days": days, "words": SEARCH_WORDS},
+        work_mem="512MB",
+        vacuum="VACUUM (ANALYZE) meeting_notes",
     )
-    found = cur.fetchall()
-    for name, _ in found:
-        cur.execute("DROP INDEX " + name)
-    return [ddl for _, ddl in found]
 
 
 def search_bench(server: str, args: argparse.Namespace) -> bool:

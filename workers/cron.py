@@ -70,37 +70,25 @@ REPLAY_JOB_ID = "reconcile-spool"
 def build_scheduler(conn: Any, settings: Settings) -> Any:
     """A CronScheduler with the service's periodic jobs registered."""
     scheduler = CronScheduler(connection=conn, logging_level=settings.log_level)
-    scheduler.register(
-        reconcile,
-        queue_name=MAINTENANCE_QUEUE,
-        interval=settings.reconcile_interval,
-        job_timeout=RECONCILE_TIMEOUT,
-        result_ttl=HISTORY_TTL,
-        failure_ttl=HISTORY_TTL * 24,
-        ttl=max(settings.reconcile_interval * 2, 60),
-        name="reconcile",
-    )
-    if settings.backfill_interval > 0:
+    periodic = [
+        # (job, interval, timeout, how long a run may wait in the queue before it is dropped)
+        (reconcile, settings.reconcile_interval, RECONCILE_TIMEOUT, settings.reconcile_interval * 2),
+        (backfill, settings.backfill_interval, BACKFILL_TIMEOUT, settings.backfill_interval),
+        (records, settings.retention_interval, RECORDS_TIMEOUT, settings.retention_interval),
+    ]
+    for job, interval, timeout, wait in periodic:
+        if interval <= 0:  # BACKFILL_INTERVAL=0 turns the backfill off
+            continue
         scheduler.register(
-            backfill,
+            job,
             queue_name=MAINTENANCE_QUEUE,
-            interval=settings.backfill_interval,
-            job_timeout=BACKFILL_TIMEOUT,
+            interval=interval,
+            job_timeout=timeout,
             result_ttl=HISTORY_TTL,
             failure_ttl=HISTORY_TTL * 24,
-            ttl=max(settings.backfill_interval, 60),
-            name="backfill",
+            ttl=max(wait, 60),
+            name=job.__name__,
         )
-    scheduler.register(
-        records,
-        queue_name=MAINTENANCE_QUEUE,
-        interval=settings.retention_interval,
-        job_timeout=RECORDS_TIMEOUT,
-        result_ttl=HISTORY_TTL,
-        failure_ttl=HISTORY_TTL * 24,
-        ttl=max(settings.retention_interval, 60),
-        name="records",
-    )
     return scheduler
 
 

@@ -130,15 +130,7 @@ class Processes:
     def stop_all(self) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:
-                with suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                with suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                devstack.stop_pid(proc.pid, timeout=20)
 
     def tail(self, lines: int = 15) -> str:
         out = []

@@ -26,7 +26,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -52,6 +51,7 @@ from tests.helpers.common import (
     load_fixture,
     sign,
 )
+from tests.helpers.faults import Processes, children
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -210,57 +210,6 @@ class ChatwootStub:
 
 # ---------------------------------------------------------------------------------------------
 # processes
-
-
-def children(pid: int) -> list[int]:
-    """Direct child processes of `pid` (from /proc)."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid:
-            out.append(int(entry.name))
-    return out
-
-
-@dataclass
-class Processes:
-    env: dict[str, str]
-    logs: Path
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-
-    def start(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
-        self.logs.mkdir(parents=True, exist_ok=True)
-        with open(self.logs / f"{name}.log", "ab") as out:
-            proc = subprocess.Popen(
-                cmd,
-                cwd=devstack.ROOT,
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        self.procs[name] = proc
-        return proc
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                devstack.stop_pid(proc.pid, timeout=20)
-
-    def tail(self, lines: int = 15) -> str:
-        out = []
-        for path in sorted(self.logs.glob("*.log")):
-            text = path.read_text(errors="replace").splitlines()[-lines:]
-            out.append(f"--- {path.name}\n" + "\n".join(text))
-        return "\n".join(out)
 
 
 def gunicorn_cmd(port: int) -> list[str]:

@@ -30,10 +30,10 @@ import requests
 
 from tests.helpers.admin import AUTH
 from tests.helpers.common import WEBHOOK_SECRET, base_environ, sign
+from tests.helpers.faults import Processes
 from tests.system.test_faults import (  # noqa: F401 (private_gcs is a fixture)
     MESSAGE_JSON,
     ChatwootStub,
-    Processes,
     Sent,
     _gcs_url,
     _spooled,

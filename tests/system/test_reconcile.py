@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -469,3 +470,16 @@ def test_reconcile_replays_the_spool_once_postgres_answers(
         cur.execute("SELECT chatwoot_message_id FROM meeting_notes")
         assert [r["chatwoot_message_id"] for r in cur.fetchall()] == ["9876"]
     assert run_once().steps["spool"] == "empty"
+
+
+def test_the_schedule_holds_each_periodic_job_at_its_interval(redis_conn: Any, settings: Any) -> None:
+    from workers.cron import build_scheduler
+
+    jobs = {j.name: j.interval for j in build_scheduler(redis_conn, settings).get_jobs()}
+    assert jobs == {
+        "reconcile": settings.reconcile_interval,
+        "backfill": settings.backfill_interval,
+        "records": settings.retention_interval,
+    }
+    without_backfill = build_scheduler(redis_conn, replace(settings, backfill_interval=0)).get_jobs()
+    assert [j.name for j in without_backfill] == ["reconcile", "records"]

@@ -30,7 +30,8 @@ from tests.helpers.common import (
     load_fixture,
     sign,
 )
-from tests.system.test_faults import IMAGE_BYTES, ChatwootStub, Processes, wait_http
+from tests.helpers.faults import Processes
+from tests.system.test_faults import IMAGE_BYTES, ChatwootStub, wait_http
 
 URL_TOKEN = "url-token-0123456789abcdef"
 PHONE = "+5491155550123"

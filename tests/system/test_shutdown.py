@@ -17,7 +17,8 @@ from rq import Queue
 
 from app.jobs import ARCHIVE_MESSAGE, job_id
 from tests.helpers.common import base_environ, sign
-from tests.system.test_faults import ChatwootStub, Processes, gunicorn_cmd, message, wait_http
+from tests.helpers.faults import Processes
+from tests.system.test_faults import ChatwootStub, gunicorn_cmd, message, wait_http
 
 pytestmark = pytest.mark.slow
 
