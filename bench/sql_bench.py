@@ -385,10 +385,10 @@ def rebuild_rollups(cur: Any) -> None:
 
 
 PAGE_SEARCHES: list[tuple[str, str, dict[str, Any]]] = [
-    ("by contact id", "admin.search_by_contact_id", {"contact_id": 100001}),
-    ("by phone", "admin.search_by_phone", {"phone": "+5511000100001"}),
-    ("by user", "admin.search_by_user", {"user_id": "user-0001"}),
-    ("by user, page 40", "admin.search_by_user", {"user_id": "user-0001", "offset": 975}),
+    ("by contact id", "admin.browse_messages", {"contact_id": 100001}),
+    ("by phone", "admin.browse_messages", {"phone": "+5511000100001"}),
+    ("by user", "admin.browse_messages", {"user_id": "user-0001"}),
+    ("by user, page 40", "admin.browse_messages", {"user_id": "user-0001", "offset": 975}),
     ("user's counts", "admin.user_message_counts", {"user_id": "user-0001"}),
     ("user's buckets", "admin.user_buckets", {"user_id": "user-0001"}),
     ("user's orders", "admin.user_orders_by_status", {"user_id": "user-0001"}),
@@ -405,6 +405,7 @@ def monitoring_queries() -> list[tuple[str, str, dict[str, Any]]]:
     found: list[tuple[str, str, dict[str, Any]]] = [
         (p.name, p.read_text(), {}) for p in sorted((ROOT / "sql").glob("*.sql"))
     ]
+    from app.admin.browse import BROWSE_FILTERS
     from app.db import load_queries
 
     page = load_queries()
@@ -412,7 +413,8 @@ def monitoring_queries() -> list[tuple[str, str, dict[str, Any]]]:
         if key.startswith("admin.dashboard_") or key == "admin.unmapped_contacts":
             found.append((f"page: {key}", page[key], page_params(page[key])))
     for label, key, params in PAGE_SEARCHES:
-        found.append((f"page: {key} ({label})", page[key], {"limit": 26, "offset": 0, **params}))
+        defaults = {**BROWSE_FILTERS, "limit": 26, "offset": 0}
+        found.append((f"page: {key} ({label})", page[key], {**defaults, **params}))
     return found
 
 

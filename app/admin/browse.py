@@ -90,19 +90,24 @@ class Results:
     """A word search: the cursor of the next page, when there is one."""
 
 
-def _statement(by: str, q: str) -> tuple[str, dict[str, Any], str]:
-    """(query name, its parameters, what is looked for) of a contact's or a user's messages."""
+BROWSE_FILTERS: dict[str, Any] = {"contact_id": None, "phone": None, "user_id": None}
+"""The filters of `admin.browse_messages`, none given."""
+
+
+def _statement(by: str, q: str) -> tuple[dict[str, Any], str]:
+    """(the one of `admin.browse_messages`' filters given, what is looked for) of a contact's or a
+    user's messages."""
     if by == "contact":
         if re.fullmatch(r"\d{1,10}", q) and 0 < int(q) <= INT32_MAX:
-            return "admin.search_by_contact_id", {"contact_id": int(q)}, f"contact id {int(q)}"
+            return {"contact_id": int(q)}, f"contact id {int(q)}"
         phone = normalize_phone(q, None)
         if not phone:
             raise BadSearch(
                 "a contact is a Chatwoot contact id (digits) or a phone number with its country code, "
                 "e.g. +5491155550123"
             )
-        return "admin.search_by_phone", {"phone": phone}, f"phone {phone}"
-    return "admin.search_by_user", {"user_id": q}, f"user {q}"
+        return {"phone": phone}, f"phone {phone}"
+    return {"user_id": q}, f"user {q}"
 
 
 def search(
@@ -126,11 +131,11 @@ def search(
         raise BadSearch(f"at most {MAX_QUERY} characters, got {len(q)}")
     if not 1 <= page <= MAX_PAGE:
         raise BadSearch(f"pages go from 1 to {MAX_PAGE}; narrow the search to see older messages")
-    name, params, looked_for = _statement(by, q)
-    params = {**params, "limit": size + 1, "offset": (page - 1) * size}
+    given, looked_for = _statement(by, q)
+    params = {**BROWSE_FILTERS, **given, "limit": size + 1, "offset": (page - 1) * size}
 
     def fetch(cur: Any) -> list[dict[str, Any]]:
-        cur.execute(queries[name], params)
+        cur.execute(queries["admin.browse_messages"], params)
         return [dict(r) for r in cur.fetchall()]
 
     rows = _within_timeout(fetch)

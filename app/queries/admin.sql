@@ -262,36 +262,18 @@ LIMIT %(limit)s;
 -- Newest first, a page at a time (the indexes of migrations/0011). A search by the words of the
 -- text or transcript is the records search (search.sql).
 
--- name: search_by_contact_id
+-- One of contact_id, phone or user_id is given, the others are NULL (the driver sends them as
+-- literals, so the planner drops the unused conditions and uses that column's index).
+-- name: browse_messages
 SELECT n.id, n.created_at, n.chatwoot_account_id AS account_id, n.chatwoot_conversation_id AS conversation_id,
        n.chatwoot_contact_id AS contact_id, n.contact_phone AS phone, n.user_id, n.source_type, n.message_type,
        n.content_type, left(n.content, 300) AS content, left(n.transcript, 300) AS transcript,
        n.processing_status, n.transcription_status, n.classification_status, n.message_kind,
        n.error_details, n.gcs_storage_path, n.attempts
 FROM meeting_notes n
-WHERE n.chatwoot_contact_id = %(contact_id)s
-ORDER BY n.created_at DESC, n.id DESC
-LIMIT %(limit)s OFFSET %(offset)s;
-
--- name: search_by_phone
-SELECT n.id, n.created_at, n.chatwoot_account_id AS account_id, n.chatwoot_conversation_id AS conversation_id,
-       n.chatwoot_contact_id AS contact_id, n.contact_phone AS phone, n.user_id, n.source_type, n.message_type,
-       n.content_type, left(n.content, 300) AS content, left(n.transcript, 300) AS transcript,
-       n.processing_status, n.transcription_status, n.classification_status, n.message_kind,
-       n.error_details, n.gcs_storage_path, n.attempts
-FROM meeting_notes n
-WHERE n.contact_phone = %(phone)s
-ORDER BY n.created_at DESC, n.id DESC
-LIMIT %(limit)s OFFSET %(offset)s;
-
--- name: search_by_user
-SELECT n.id, n.created_at, n.chatwoot_account_id AS account_id, n.chatwoot_conversation_id AS conversation_id,
-       n.chatwoot_contact_id AS contact_id, n.contact_phone AS phone, n.user_id, n.source_type, n.message_type,
-       n.content_type, left(n.content, 300) AS content, left(n.transcript, 300) AS transcript,
-       n.processing_status, n.transcription_status, n.classification_status, n.message_kind,
-       n.error_details, n.gcs_storage_path, n.attempts
-FROM meeting_notes n
-WHERE n.user_id = %(user_id)s
+WHERE (%(contact_id)s::integer IS NULL OR n.chatwoot_contact_id = %(contact_id)s)
+  AND (%(phone)s::text IS NULL OR n.contact_phone = %(phone)s)
+  AND (%(user_id)s::text IS NULL OR n.user_id = %(user_id)s)
 ORDER BY n.created_at DESC, n.id DESC
 LIMIT %(limit)s OFFSET %(offset)s;
 
