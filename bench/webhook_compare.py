@@ -125,6 +125,13 @@ def main(argv: list[str] | None = None) -> int:
         ).stdout.strip()
         if args.base == head:
             parser.error("this checkout is where main is: name the revision to compare with, --base REV")
+    known = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", f"{args.base}^{{commit}}"],
+        capture_output=True,
+        text=True,
+    )
+    if known.returncode != 0:
+        parser.error(f"--base {args.base}: not a commit of this repository")
 
     state = Path(tempfile.mkdtemp(prefix="webhook-compare-"))
     base_tree = state / "base"

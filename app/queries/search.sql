@@ -10,7 +10,7 @@
 -- rows only.
 
 -- name: search_messages
-WITH hits AS MATERIALIZED (
+WITH matching AS NOT MATERIALIZED (  -- the filters, written once; inlined where each reads it
     SELECT n.id, n.created_at
     FROM meeting_notes n
     WHERE n.search_vector @@ search_query(%(words)s, %(languages)s)
@@ -24,28 +24,17 @@ WITH hits AS MATERIALIZED (
       AND (%(exclude_id)s::bigint IS NULL OR n.id <> %(exclude_id)s)
       AND (NOT %(own_only)s OR (n.message_type = 'incoming' AND n.message_kind IS DISTINCT FROM 'command'))
       AND (%(before_id)s::bigint IS NULL OR (n.created_at, n.id) < (%(before_at)s::timestamptz, %(before_id)s))
-    LIMIT %(probe)s
+), hits AS MATERIALIZED (
+    SELECT id, created_at FROM matching LIMIT %(probe)s
 ), page AS (
     (SELECT id, created_at FROM hits
       WHERE (SELECT count(*) FROM hits) < %(probe)s
       ORDER BY created_at DESC, id DESC
       LIMIT %(limit)s)
     UNION ALL
-    (SELECT n.id, n.created_at
-       FROM meeting_notes n
+    (SELECT id, created_at FROM matching
       WHERE (SELECT count(*) FROM hits) >= %(probe)s
-        AND n.search_vector @@ search_query(%(words)s, %(languages)s)
-        AND n.processing_status = 'stored'
-        AND (%(user_id)s::text IS NULL OR n.user_id = %(user_id)s)
-        AND (%(account_id)s::integer IS NULL OR n.chatwoot_account_id = %(account_id)s)
-        AND (%(contact_id)s::integer IS NULL OR n.chatwoot_contact_id = %(contact_id)s)
-        AND (%(channel)s::text IS NULL OR n.source_type = %(channel)s)
-        AND (%(since)s::timestamptz IS NULL OR n.created_at >= %(since)s)
-        AND (%(until)s::timestamptz IS NULL OR n.created_at < %(until)s)
-        AND (%(exclude_id)s::bigint IS NULL OR n.id <> %(exclude_id)s)
-        AND (NOT %(own_only)s OR (n.message_type = 'incoming' AND n.message_kind IS DISTINCT FROM 'command'))
-        AND (%(before_id)s::bigint IS NULL OR (n.created_at, n.id) < (%(before_at)s::timestamptz, %(before_id)s))
-      ORDER BY n.created_at DESC, n.id DESC
+      ORDER BY created_at DESC, id DESC
       LIMIT %(limit)s)
 )
 SELECT n.id, n.user_id, n.chatwoot_account_id, n.chatwoot_contact_id, n.chatwoot_conversation_id,
