@@ -555,6 +555,37 @@ def process_tree_cpu(roots: list[int]) -> float:
     return total
 
 
+def start_gunicorn(
+    tree: Path, env: dict[str, str], port: int, workers: int, log: Path, *, name: str = "gunicorn"
+) -> subprocess.Popen[bytes]:
+    """gunicorn serving `tree` as the benchmark measures it (sync workers, preloaded, a deep
+    backlog), started in a session of its own; returned once /healthz answers."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "gunicorn"),
+                "wsgi:app",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                str(workers),
+                "--worker-class",
+                "sync",
+                "--preload",
+                "--no-control-socket",
+                "--backlog",
+                "2048",
+            ],
+            cwd=tree,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    devstack.wait_for(lambda: devstack._http_ok(f"http://127.0.0.1:{port}/healthz"), name, log=log)
+    return proc
+
+
 class Server:
     def __init__(self, workers: int, keep: bool):
         self.keep = keep
@@ -589,32 +620,7 @@ class Server:
 
         upgrade(self.env["DATABASE_URL"])
         self.port = devstack.free_port()
-        log = self.state / "gunicorn.log"
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [
-                    str(Path(sys.executable).parent / "gunicorn"),
-                    "wsgi:app",
-                    "--bind",
-                    f"127.0.0.1:{self.port}",
-                    "--workers",
-                    str(self.workers),
-                    "--worker-class",
-                    "sync",
-                    "--preload",
-                    "--no-control-socket",
-                    "--backlog",
-                    "2048",
-                ],
-                cwd=ROOT,
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        devstack.wait_for(
-            lambda: devstack._http_ok(f"http://127.0.0.1:{self.port}/healthz"), "gunicorn", log=log
-        )
+        self.proc = start_gunicorn(ROOT, self.env, self.port, self.workers, self.state / "gunicorn.log")
 
     def pids(self) -> list[int]:
         roots = [self.proc.pid] if self.proc else []

@@ -59,29 +59,9 @@ class Side:
         self.name = name
         self.tree = tree
         self.port = devstack.free_port()
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [
-                    str(Path(sys.executable).parent / "gunicorn"),
-                    "wsgi:app",
-                    "--bind",
-                    f"127.0.0.1:{self.port}",
-                    "--workers",
-                    str(workers),
-                    "--worker-class",
-                    "sync",
-                    "--preload",
-                    "--no-control-socket",
-                    "--backlog",
-                    "2048",
-                ],
-                cwd=tree,
-                env={**env, "PYTHONPATH": str(tree)},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        devstack.wait_for(lambda: devstack._http_ok(f"http://127.0.0.1:{self.port}/healthz"), name, log=log)
+        self.proc = wb.start_gunicorn(
+            tree, {**env, "PYTHONPATH": str(tree)}, self.port, workers, log, name=name
+        )
 
     def cpu(self, shared: list[int]) -> Any:
         def parts() -> dict[str, float]:
