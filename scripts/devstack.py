@@ -197,10 +197,27 @@ def pg_bindir() -> Path:
     )
 
 
+PG_LOCATION_FILE = "pg-location"
+"""The file of the state folder that says where its PostgreSQL data lives."""
+
+
 def pg_data_root(state: Path) -> Path:
-    """Under the system temp folder: the `postgres` user must reach it (a home folder may be 0700)."""
+    """Where the stack of `state` keeps PostgreSQL's data: under the system temp folder (the
+    `postgres` user must reach it; a home folder may be 0700), at a name chosen when the state
+    folder is made and written in it. A checkout deleted and cloned again at the same path
+    therefore starts on an empty database, never on the one its predecessor left behind."""
+    marker = state / PG_LOCATION_FILE
+    if marker.exists():
+        return Path(marker.read_text().strip())
     digest = hashlib.sha256(str(state.resolve()).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"meeting-notes-pg-{digest}"
+    earlier = Path(tempfile.gettempdir()) / f"meeting-notes-pg-{digest}"
+    if (state / "ports.json").exists() and earlier.exists():
+        root = earlier  # a stack made before the location was written down keeps its data
+    else:
+        root = Path(tempfile.gettempdir()) / f"meeting-notes-pg-{secrets.token_hex(8)}"
+    state.mkdir(parents=True, exist_ok=True)
+    marker.write_text(str(root))
+    return root
 
 
 def _as_pg_user(cmd: list[str]) -> list[str]:

@@ -62,7 +62,6 @@ def stack_env(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
     )
     yield state, env
     _run(state, "reset", env)
-    shutil.rmtree(devstack.pg_data_root(state), ignore_errors=True)
 
 
 def _get(url: str) -> tuple[int, dict[str, object]]:
@@ -237,6 +236,32 @@ def test_half_initialised_postgres_folder_is_started_over(tmp_path: Path) -> Non
     finally:
         devstack.stop_services(state)
         shutil.rmtree(devstack.pg_data_root(state), ignore_errors=True)
+
+
+def test_a_new_state_folder_at_an_old_path_starts_on_an_empty_database(tmp_path: Path) -> None:
+    """A checkout deleted (its .dev with it) and cloned again at the same path: the PostgreSQL
+    data its predecessor left in the temp folder is not picked up."""
+    state = tmp_path / "again"
+    first = devstack.pg_data_root(state)
+    assert devstack.pg_data_root(state) == first  # one location for the life of the folder
+    try:
+        url = devstack.Stack(state, fast=True).start_postgres()
+        with psycopg2.connect(url) as conn, conn.cursor() as cur:
+            cur.execute("CREATE TABLE left_behind (x int)")
+        conn.close()
+        devstack.stop_services(state)
+        shutil.rmtree(state)  # the checkout goes; the data folder in the temp folder stays
+        second = devstack.pg_data_root(state)
+        assert second != first
+        url = devstack.Stack(state, fast=True).start_postgres()
+        with psycopg2.connect(url) as conn, conn.cursor() as cur:
+            cur.execute("SELECT to_regclass('left_behind') IS NULL")
+            assert cur.fetchone()[0]
+        conn.close()
+    finally:
+        devstack.stop_services(state)
+        for root in {first, devstack.pg_data_root(state)}:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def test_bad_configuration_stops_up_with_one_line_and_nothing_left_running(
