@@ -55,6 +55,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -533,8 +534,8 @@ def _proc_stat(pid: int) -> tuple[int, float] | None:
     return ppid, ticks / CLK_TCK
 
 
-def process_tree_cpu(roots: list[int]) -> float:
-    """CPU seconds used so far by the processes `roots` and all their descendants."""
+def process_tree_cpu(roots: list[int], skip: Collection[int] = ()) -> float:
+    """CPU seconds used so far by the processes `roots` and all their descendants (but `skip`)."""
     stats: dict[int, tuple[int, float]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -547,7 +548,7 @@ def process_tree_cpu(roots: list[int]) -> float:
     total, todo, seen = 0.0, list(roots), set()
     while todo:
         pid = todo.pop()
-        if pid in seen or pid not in stats:
+        if pid in seen or pid not in stats or pid in skip:
             continue
         seen.add(pid)
         total += stats[pid][1]
