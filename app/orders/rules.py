@@ -71,7 +71,10 @@ STRONG_NOUNS = _set(
 )
 HEADLINE_NOUNS = STRONG_NOUNS - _set("posts postagens content conteudo contenido newsletter")
 """A message that starts with one of these asks for it ("LinkedIn post about…", not "posts on LinkedIn get…")."""
-WEAK_NOUNS = _set("piece update atualizacao actualizacion texto textinho text copy one something algo coisa")
+WEAK_NOUNS = _set(
+    "piece update atualizacao actualizacion texto textinho text copy one something algo coisa lineas linhas "
+    "lines palabrinhas"
+)
 NOUNS = STRONG_NOUNS | WEAK_NOUNS
 
 # Verbs of writing, as a request uses them. Strong ones take "something about…" or "about…".
@@ -81,9 +84,12 @@ _PT_STRONG = (
     "escreve escreva escrevam redige redija cria crie prepara prepare rascunha rascunhe gera gere "
     "elabora elabore reescreve tuita tuite"
 )
-_PT_WEAK = "faz faca fas fazei monta monte manda solta bota transforma transforme converte converta vira usa"
+_PT_WEAK = (
+    "faz faca fas fazei monta monte manda solta bota transforma transforme converte converta vira usa bola bole "
+    "adapta adapte"
+)
 _ES_STRONG = "escribe escriba redacta redacte crea cree prepara genera elabora reescribe tuitea"
-_ES_WEAK = "haz haga hagamos arma monta saca convierte transforma pasa usa manda"
+_ES_WEAK = "haz haga hagamos arma monta saca convierte transforma pasa usa manda adapta"
 _ES_CLITIC_BASES = (
     "escribe redacta crea prepara genera elabora haz arma monta saca convierte transforma pasa tuitea manda "
     "publica postea"
@@ -111,7 +117,10 @@ VERBS = (
         "faria montaria hacer armar montar sacar convertir transformar pasar haces armas montas sacas "
         "conviertes pasas harias fizesse escrevesse criasse preparasse montasse escribieras hicieras "
         "prepararas crearas redactaras escribiera hiciera curra currate currarte help escribas hagas crees prepares "
-        "redactes armes monte redija ajudar ajuda ajude ayudar ayudas ayudame"
+        "redactes armes monte redija ajudar ajuda ajude ayudar ayudas ayudame mandar enviar adaptar bolar "
+        "fazerem escreverem criarem prepararem montarem fazem escrevem criam preparam montam escribierais "
+        "escribieran escribiesen hicierais hicieran prepararais redactarais crearais come_up_with think_up "
+        "put_together send adapt"
     )
 )
 VERBS |= frozenset(
@@ -142,7 +151,7 @@ ES_SECOND_PERSON = _set(
 TWEET_VERBS = _set("tweet tuit tuita tuite tuitea tuitar tuitear tweeta tweetar")
 CONVERT_VERBS = _set(
     "turn convert transform change transforma transforme transformar converte converta converter vira "
-    "virar convierte conviertelo convertir transformalo pasa pasalo pasar"
+    "virar convierte conviertelo convertir transformalo pasa pasalo pasar adapt adapta adapte adaptar adaptalo"
 )
 INTO = _set("into in to em no num numa en a pra para as como")
 
@@ -182,7 +191,8 @@ REQUESTS = (
     "necesito_que me_gustaria_que quisiera_que se_puede se_podria is_it_possible can_we could_we "
     "can_you_guys you_could you_can te_animas_a podemos podriamos podiamos podemos_fazer pedirte_que "
     "pedir_que te_pedir_que podem poderiam podiam conseguem conseguiriam podeis podiais podriais pueden "
-    "podrian could_you_possibly would_you_be_able_to could_you_guys can_y_all is_there_any_way any_way"
+    "podrian could_you_possibly would_you_be_able_to could_you_guys can_y_all is_there_any_way any_way "
+    "ver_se_voces ver_se_voce ver_se_da ver_si_podeis ver_si_puedes ver_si_podrias"
 )
 GETS = (
     "can_i_get could_i_get can_i_have could_i_have may_i_have can_we_get could_we_get can_we_have "
@@ -198,7 +208,10 @@ WANTS = (
     "hace_falta faz_falta me_vendria_bien me_vendria_genial viria_bem viria_a_calhar would_be_great_to_have "
     "would_be_nice_to_have would_be_good_to_have pedir pido ask_for asking_for request pedirte pedirle te_pedir lhe_pedir ask_you_for precisando_de "
     "needing want_to_see d_like_to_see would_like_to_see quero_ver queria_ver gostaria_de_ver quiero_ver "
-    "queria_ver me_gustaria_ver"
+    "queria_ver me_gustaria_ver necesitariamos necesitariamos_de me_haria_falta nos_haria_falta haria_falta "
+    "queriamos queriamos_pedir what_i_need_is what_i_actually_need_is what_we_need_is what_i_d_like_is "
+    "what_i_want_is lo_que_te_queria_pedir_es lo_que_queria_pedirte_es lo_que_necesito_es "
+    "lo_que_necesitamos_es o_que_eu_queria_era o_que_eu_preciso_e o_que_a_gente_precisa_e"
 )
 POSSIBLE = (
     "would_it_be_possible is_it_possible will_it_be_possible would_it_be_ok is_it_ok would_it_be_okay "
@@ -218,7 +231,7 @@ FIELD_WORDS = _set(
 REPORTS = _set(
     "is are was were got gets get had has did went blew performed looks seems worked loved liked saw "
     "foi era teve tem ficou deu bombou saiu fue tuvo tiene quedo peto salio funciono tinha estava tenia "
-    "estaba fez hizo viralizou had did made"
+    "estaba fez fiz fizemos hice hicimos wrote escrevi escribi hizo viralizou had did made perde ganha rende pierde gana rinde loses"
 )
 """Finite verbs of a report ("a post about burnout got 2k likes"): a headline with one is a note."""
 WISHES = (
@@ -281,6 +294,14 @@ ALIASES: dict[str, str] = {
     "linkdin": "linkedin",
     "linkedn": "linkedin",
     "linkedim": "linkedin",
+    "pd": "pode",
+    "asme": "hazme",
+    "kiero": "quiero",
+    "kero": "quiero",
+    "pal": "para",
+    "draf": "draft",
+    "blgo": "blog",
+    "pots": "post",
 }
 _FUZZY_TARGETS = sorted(
     _set(
@@ -303,7 +324,19 @@ _TYPO_TARGETS = frozenset(
 ("abuot"). A doubled vowel may be a word of its own ("tuiteé" is "I tweeted")."""
 
 
+_DROPPED = {
+    target[:i] + target[i + 1 :]: target
+    for target in sorted(_TYPO_TARGETS)
+    if len(target) >= 6
+    for i in range(1, len(target) - 1)
+}
+"""Words with an inner letter left out ("escrve", "escrbeme"), read back to the word (6 letters or
+more); not the last letter: "escribi" is "I wrote", not "escribir"."""
+
+
 def _typo(token: str) -> str | None:
+    if token in _DROPPED:
+        return _DROPPED[token]
     if len(token) >= 4:
         single = re.sub(r"([^aeiou])\1+", r"\1", token)
         if single != token and single in _TYPO_TARGETS:
@@ -342,6 +375,8 @@ _SENTENCE_BREAKS = re.compile(
     '->|=>|[.!?;:\n()\\[\\]"\u201c\u201d\u00ab\u00bb\u2026\u2014\u2013\u2022]+|\\s-+\\s'
 )
 _CLAUSE_BREAKS = re.compile(r"[,+&/]")
+_ELLIPSIS = re.compile(r"(?:\.{2,}|\u2026)(?=\s*[^\W\d_])(?!\s*[A-Z])")
+"""An ellipsis before a word in lower case: a pause in the sentence ("what I need is, uh... a post")."""
 _MULTI_WORD_FILLERS = re.compile(
     rf"(?<!\bdo )(?<!\bdid )(?<!\bdoes )\b(?:{'|'.join(w.replace('_', ' ') for w in FILLERS if '_' in w)})\b"
 )
@@ -357,6 +392,10 @@ def _plain(text: str) -> str:
     return "".join(c for c in decomposed if not unicodedata.combining(c))
 
 
+_CONTINUATIONS = _set("que to de para")
+"""Words that continue the clause before a pause ("eu queria, tipo, que você fizesse…")."""
+
+
 @dataclass(frozen=True)
 class Reading:
     """The normalized message: words with `,` between clauses and `|` between sentences."""
@@ -366,16 +405,24 @@ class Reading:
 
     @classmethod
     def of(cls, text: str) -> Reading:
-        plain = _plain(text).replace("\u2019", "'").replace("'", " ")
+        plain = _ELLIPSIS.sub(" , ", _plain(text).replace("\u2019", "'").replace("'", " "))
         sentences = []
         for sentence in _SENTENCE_BREAKS.split(plain):
-            clauses = []
+            clauses: list[str] = []
+            paused = False
             for clause in _CLAUSE_BREAKS.split(sentence):
                 words = [_spell(w) for w in re.findall(r"[^\W_]+", clause)]
                 joined = _MULTI_WORD_FILLERS.sub(" ", " ".join(words))
                 kept = [w for w in joined.split() if w not in FILLERS]
                 if kept and not set(kept) <= PAUSES:
-                    clauses.append(" ".join(kept))
+                    if paused and clauses and (kept[0] in ARTICLES or kept[0] in _CONTINUATIONS):
+                        # "eu queria, tipo, que você fizesse…": a pause joins what it split.
+                        clauses[-1] += " " + " ".join(kept)
+                    else:
+                        clauses.append(" ".join(kept))
+                    paused = False
+                elif words:
+                    paused = True
             if clauses:
                 sentences.append(" , ".join(clauses))
         flat = "| " + " | ".join(sentences) + " |" if sentences else "|"
@@ -420,6 +467,7 @@ _SOMETHING = (
     r"um lance|una cosa|un texto|um texto)"
 )
 _WISH = _p(WISHES)
+CHANNELS = frozenset(PLATFORM_WORDS) | _set("facebook fb face tiktok whatsapp threads x youtube pinterest")
 _SELF = _p(SELF)
 _GERUND = (
     r"(?!(?:getting|going|doing|performing|trending|blowing|sitting|bombando|viralizando|indo|yendo|"
@@ -452,7 +500,7 @@ ORDER_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     (
         "request",
         re.compile(
-            rf"\b(?:help me with|help with|give me a hand with|me ajuda com|me ajudar com|ajuda com|me da uma mao com|me ayudas con|ayudame con|me echas una mano con|echame una mano con|dame una mano con|me echas un cable con|echame un cable con) {_g(3)}{_NOUN}\b"
+            rf"\b(?:help me with|help with|give me a hand with|me ajuda com|me ajudar com|ajuda com|me da uma mao com|me ayudas con|ayudame con|da uma forca com|da uma forca ai com|me echas una mano con|echame una mano con|dame una mano con|me echas un cable con|echame un cable con) {_g(3)}{_NOUN}\b"
         ),
     ),
     # "help me write a post", "me ajuda a criar um post", "ayúdame a crear un post"
@@ -570,7 +618,10 @@ ORDER_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     # "turn this into a post", "transforma isso num post", "convierte esto en un tuit"
     (
         "convert",
-        re.compile(rf"\b{_p(CONVERT_VERBS)} {_g(8)}{_p(INTO)} (?:{_p(ARTICLES)} )?(?:{_W} ){{0,2}}{_NOUN}\b"),
+        re.compile(
+            rf"\b{_p(CONVERT_VERBS)} {_g(12)}{_p(INTO)} (?:(?:{_p(ARTICLES)} )?(?:{_W} ){{0,2}}{_NOUN}\b|"
+            rf"{_SOMETHING} (?:for|para|pro|pra|en) )"
+        ),
     ),
     ("convert", re.compile(rf"\b(?:vira|hazlo|haz) {_STRONG_NOUN}\b")),
     # "use my last notes to write a post"
@@ -580,7 +631,7 @@ ORDER_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     (
         "headline",
         re.compile(
-            rf"^\| {_LEAD}(?:{_p(ARTICLES)} )?(?:{_HEAD_MOD} ){{0,4}}{_p(HEADLINE_NOUNS)} (?:{_HEAD_MOD} ){{0,3}}"
+            rf"^\| {_LEAD}(?:{_p(ARTICLES)} )?(?:{_HEAD_MOD} ){{0,4}}{_p(HEADLINE_NOUNS)} (?:{_HEAD_MOD} (?:(?:and|e|y) )?){{0,3}}"
             rf"(?:{_p(CONNECT)}|,|\||{_GERUND})"
         ),
     ),
@@ -593,7 +644,26 @@ ORDER_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     # "um texto longo sobre a história da pizzaria pfv"
     (
         "headline",
-        re.compile(rf"^\| {_LEAD}(?:{_p(ARTICLES)} )?{_p(WEAK_NOUNS)} (?:{_HEAD_MOD} ){{1,3}}{_p(ABOUT)} "),
+        re.compile(
+            rf"^\| {_LEAD}(?:{_p(ARTICLES)} )?{_p(WEAK_NOUNS)} (?:{_HEAD_MOD} ){{1,3}}(?:{_p(ABOUT)} |{_GERUND})"
+        ),
+    ),
+    # "another one for facebook pls", "mais um pro insta", "otro igual pero para LinkedIn"
+    (
+        "follow-up",
+        re.compile(
+            rf"^\| {_LEAD}(?:another|one more|mais um|mais uma|outro|outra|otro|otra)"
+            rf"(?: one| igual| parecido| parecida| assim| asi| like that| like it| version| versao| version)* "
+            rf"(?:but |pero |mas |only |so |)(?:for|on|para|en|no|na) (?:the |o |el )?{_p(CHANNELS)}\b"
+        ),
+    ),
+    # "this is for linkedin, can you write up the survey results"
+    (
+        "request",
+        re.compile(
+            rf"^(?=.*\b(?:{_p(frozenset(PLATFORM_WORDS))}|{_STRONG_NOUN})\b).*"
+            rf"\b{_p(REQUESTS)} {_g(2)}{_p(STRONG_VERBS)} (?:up |out )?(?:the |our |my |a |o |a |os |as |el |la |los |las )"
+        ),
     ),
     # "Insta: short and friendly, about the new flavour"
     (
@@ -657,7 +727,7 @@ _NOTE_HEADER = re.compile(
 
 _QUOTED = re.compile(r"[\"\u201c\u00ab][^\"\u201d\u00bb]*[\"\u201d\u00bb]")
 _REPORTED = re.compile(
-    r"\b(?:asked|asks|said|says|told|wants|pediu|pede|perguntou|disse|falou|quer|pidio|pide|pregunto|dijo|quiere)\b"
+    r"\b(?:asked|asks|said|says|told|wants|pediu|pede|perguntou|disse|falou|quer(?! dizer)|pidio|pide|pregunto|dijo|quiere)\b"
 )
 
 
@@ -699,6 +769,8 @@ def _read(text: str) -> tuple[str, str]:
         kind, reason = _read(text.split(":", 1)[1])
         if kind == "order" and reason == "headline":
             return kind, "headline after a colon"
+    if _addressed(flat):
+        return "order", "addressed"
     for name, pattern in _ASK_RULES:
         if pattern.search(flat) and not _FIRM_WISH_RE.search(flat):
             return "unsure", name
@@ -709,11 +781,41 @@ def _read(text: str) -> tuple[str, str]:
     return "note", "no request"
 
 
+YOU = _set("you voce voces vcs tu usted ustedes vosotros vosotras vos vcs you_guys y_all")
+"""Whom a request is addressed to."""
+MAKE_VERBS = STRONG_VERBS | _set(
+    "make making made_up fazer faz fazem fazerem faria fariam fizesse fizessem hacer haces hagas harias "
+    "hicieras hicierais hicieran montar monta montas monte armar arma armas sacar saca sacas bolar bola "
+    "come_up_with put_together whip_up think_up mandar manda send enviar envia adaptar adapta adapt"
+)
+"""Verbs that make the piece, in any person ("você fizesse um post", "send me a caption")."""
+_PIECE = rf"(?:{_STRONG_NOUN}|texto|text|legenda|caption|lineas|linhas)\b"
+_ADDRESSED = re.compile(
+    rf"\b(?:{_p(YOU)}|{_p(REQUESTS)}|{_p(PLEASE)})\b.*\b(?:{_p(MAKE_VERBS)}\b.*\b{_PIECE}|"
+    rf"{_p(ARTICLES)} (?:{_MOD} ){{0,3}}{_PIECE})|\b{_p(ARTICLES)} (?:{_MOD} ){{0,3}}{_PIECE}.*\b{_p(PLEASE)}\b"
+)
+
+
+def _addressed(flat: str) -> bool:
+    """A sentence that asks us (you, please, can you…) for a piece ("a post", "uma legenda"), or to
+    make (write, send, come up with…) one, in words no rule above knows: "any chance you could come
+    up with 3 tweets…". Not a question
+    that asks for information ("how…", "do you know…"), a report, a wish, or the writer's plan."""
+    for sentence in flat.split("|"):
+        words = sentence.split()
+        if not words or words[0] in QUESTION_WORDS or not _ADDRESSED.search(sentence):
+            continue
+        if _REPORT.search(sentence) or _WISH_RE.search(sentence) or _SELF_BEFORE.search(sentence):
+            continue
+        return True
+    return False
+
+
 def _blocked(flat: str, match: re.Match[str], rule: str) -> str | None:
     """Why a match is not a request after all: a wish, the writer's own plan, a report."""
     sentence_start = flat.rfind("|", 0, match.start() + 1)
     before = flat[sentence_start : match.start() + 2]
-    wish = _WISH_RE.search(flat)
+    wish = _FIRM_WISH_RE.search(flat) or _WISH_RE.search(flat)
     if wish is not None:
         if wish.group(0) in _MAYBE:
             # "maybe a post about hiring?": a request, or a thought: worth asking.
@@ -723,7 +825,11 @@ def _blocked(flat: str, match: re.Match[str], rule: str) -> str | None:
         return "the writer's own plan"
     if rule == "headline":
         end = flat.find("|", match.end() - 1)
-        if _REPORT.search(flat[: end if end > 0 else len(flat)]):
+        window = flat[match.start() : end if end > 0 else len(flat)]
+        content = re.search(rf"\b(?:que|that|which|{_GERUND})", window[len(match.group(0)) - 1 :])
+        if content:  # what the piece will say ("avisando que não tem aula") is not a report
+            window = window[: len(match.group(0)) - 1 + content.start()]
+        if _REPORT.search(window):
             return "a report"
     return None
 
