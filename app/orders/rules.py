@@ -73,12 +73,12 @@ HEADLINE_NOUNS = STRONG_NOUNS - _set("posts postagens content conteudo contenido
 """A message that starts with one of these asks for it ("LinkedIn post about…", not "posts on LinkedIn get…")."""
 WEAK_NOUNS = _set(
     "piece update atualizacao actualizacion texto textinho text copy one something algo coisa lineas linhas "
-    "lines palabrinhas"
+    "lines palabrinhas chamada anuncio flyer folheto panfleto slogan"
 )
 NOUNS = STRONG_NOUNS | WEAK_NOUNS
 
 # Verbs of writing, as a request uses them. Strong ones take "something about…" or "about…".
-_EN_STRONG = "write draft compose craft create prepare produce generate rewrite tweet"
+_EN_STRONG = "write draft compose craft create prepare produce generate rewrite tweet come_up_with"
 _EN_WEAK = "make do put give whip turn convert transform use help"
 _PT_STRONG = (
     "escreve escreva escrevam redige redija cria crie prepara prepare rascunha rascunhe gera gere "
@@ -89,7 +89,7 @@ _PT_WEAK = (
     "adapta adapte"
 )
 _ES_STRONG = "escribe escriba redacta redacte crea cree prepara genera elabora reescribe tuitea"
-_ES_WEAK = "haz haga hagamos arma monta saca convierte transforma pasa usa manda adapta"
+_ES_WEAK = "haz haga hagamos arma monta saca convierte transforma pasa usa manda adapta currate curratelo"
 _ES_CLITIC_BASES = (
     "escribe redacta crea prepara genera elabora haz arma monta saca convierte transforma pasa tuitea manda "
     "publica postea"
@@ -118,7 +118,7 @@ VERBS = (
         "conviertes pasas harias fizesse escrevesse criasse preparasse montasse escribieras hicieras "
         "prepararas crearas redactaras escribiera hiciera curra currate currarte help escribas hagas crees prepares "
         "redactes armes monte redija ajudar ajuda ajude ayudar ayudas ayudame mandar enviar adaptar bolar "
-        "fazerem escreverem criarem prepararem montarem fazem escrevem criam preparam montam escribierais "
+        "fizessem escrevessem criassem preparassem montassem fazerem escreverem criarem prepararem montarem fazem escrevem criam preparam montam escribierais "
         "escribieran escribiesen hicierais hicieran prepararais redactarais crearais come_up_with think_up "
         "put_together send adapt"
     )
@@ -159,12 +159,12 @@ OPENERS = _set(
     "hey hi hello hiya um ok okay okey so yeah yes yep also and then now please pls plz basically just oh "
     "alright well right again quick quickly kindly let_s lets let_us oi ola entao e bom beleza ah ta "
     "agora ai tambem ei opa bora vamos so por_favor pfv pf hola bueno pues vale venga oye mira y "
-    "entonces porfa tambien va"
+    "entonces porfa tambien va go_ahead_and go_ahead feel_free_to actually"
 )
 FILLERS = _set(
     "umm uh uhh uhm hmm hm hum er erm eh ehh mmm mm ahn tipo o_sea you_know i_mean sabe sabes ne like_i_said"
 )
-PAUSES = _set("ha ah ahh oh e eh ai hein ne")
+PAUSES = _set("ha ah ahh oh e eh ai hein ne like")
 """Sounds that are a pause when they make a clause of their own ("eu queria, hã, um post")."""
 PLEASE = _set("please pls plz pfv pf porfa por_favor porfis pliz plis")
 ABOUT = _set("about on regarding re sobre acerca respeito")
@@ -192,7 +192,8 @@ REQUESTS = (
     "can_you_guys you_could you_can te_animas_a podemos podriamos podiamos podemos_fazer pedirte_que "
     "pedir_que te_pedir_que podem poderiam podiam conseguem conseguiriam podeis podiais podriais pueden "
     "podrian could_you_possibly would_you_be_able_to could_you_guys can_y_all is_there_any_way any_way "
-    "ver_se_voces ver_se_voce ver_se_da ver_si_podeis ver_si_puedes ver_si_podrias"
+    "ver_se_voces ver_se_voce ver_se_da ver_si_podeis ver_si_puedes ver_si_podrias se_puder se_puderem "
+    "se_voce_puder se_voces_puderem si_puedes si_pudieras si_podeis si_pudierais if_you_could if_you_can"
 )
 GETS = (
     "can_i_get could_i_get can_i_have could_i_have may_i_have can_we_get could_we_get can_we_have "
@@ -216,7 +217,7 @@ WANTS = (
 POSSIBLE = (
     "would_it_be_possible is_it_possible will_it_be_possible would_it_be_ok is_it_ok would_it_be_okay "
     "is_there_any_way any_way_to seria_possivel sera_possivel e_possivel seria_posible sera_posible "
-    "es_posible habria_forma_de hay_forma_de teria_como tem_como daria_pra daria_para"
+    "es_posible habria_forma_de hay_forma_de teria_como tem_como daria_pra daria_para rola_de rola"
 )
 """Asking whether a piece can be had: "would it be possible to get a post…", "¿sería posible un artículo…?"."""
 GET_VERBS = _set("get have receive see ter receber ver tener recibir conseguir")
@@ -239,7 +240,7 @@ WISHES = (
     "note_to_self um_dia algum_dia qualquer_dia um_dia_desses quando_der nota_pra_mim "
     "nota_para_mim nota_mental algun_dia un_dia un_dia_de_estos cuando_se mas_adelante "
     "maybe perhaps talvez quizas quiza tal_vez would_be_cool would_be_nice seria_legal seria_bom "
-    "estaria_guay estaria_bien thinking_about pensando_em pensando_en not_now agora_nao ahora_no "
+    "estaria_guay estaria_bien not_now agora_nao ahora_no "
     "not_this_week not_today nah no_need to_do reminder lembrete recordatorio"
 )
 SELF = (
@@ -302,6 +303,9 @@ ALIASES: dict[str, str] = {
     "draf": "draft",
     "blgo": "blog",
     "pots": "post",
+    "artical": "article",
+    "articel": "article",
+    "artcle": "article",
 }
 _FUZZY_TARGETS = sorted(
     _set(
@@ -488,7 +492,7 @@ ORDER_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
         "imperative",
         re.compile(
             rf"{_START}{_p(STRONG_VERBS & IMPERATIVES)} (?:up |me |us )?"
-            rf"(?:{_SOMETHING} {_g(3)}{_p(ABOUT | _set('for para'))}|{_p(ABOUT)}) "
+            rf"(?:{_SOMETHING} (?:{_g(3)}{_p(ABOUT | _set('for para to pra'))} |{_GERUND})|{_p(ABOUT)} )"
         ),
     ),
     # "let's do a post", "bora fazer um post", "hagamos un post"
@@ -581,7 +585,7 @@ ORDER_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     (
         "request",
         re.compile(
-            rf"\b{_p(REQUESTS)} {_g(3)}{_p(VERBS)} {_g(6)}(?:{_NOUN}\b|{_SOMETHING} {_g(4)}{_p(ABOUT | _set('for para'))} )"
+            rf"\b{_p(REQUESTS)} {_g(3)}{_p(VERBS)} {_g(6)}(?:{_NOUN}\b|{_SOMETHING} (?:{_g(4)}{_p(ABOUT | _set('for para'))} |{_GERUND}))"
         ),
     ),
     ("request", re.compile(rf"\b{_p(REQUESTS)} {_g(3)}{_p(TWEET_VERBS)} ")),
@@ -652,7 +656,8 @@ ORDER_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     (
         "follow-up",
         re.compile(
-            rf"^\| {_LEAD}(?:another|one more|mais um|mais uma|outro|outra|otro|otra)"
+            rf"^\| {_LEAD}(?:(?:and|e|y) )?(?:{_p(IMPERATIVES)} (?:me |us |nos )?)?"
+            rf"(?:another|one more|mais um|mais uma|outro|outra|otro|otra)"
             rf"(?: one| igual| parecido| parecida| assim| asi| like that| like it| version| versao| version)* "
             rf"(?:but |pero |mas |only |so |)(?:for|on|para|en|no|na) (?:the |o |el )?{_p(CHANNELS)}\b"
         ),
@@ -665,7 +670,13 @@ ORDER_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
             rf"\b{_p(REQUESTS)} {_g(2)}{_p(STRONG_VERBS)} (?:up |out )?(?:the |our |my |a |o |a |os |as |el |la |los |las )"
         ),
     ),
-    # "Insta: short and friendly, about the new flavour"
+    # "Insta: short and friendly, about the new flavour", "instagram, casual, 5 tips for…"
+    (
+        "headline",
+        re.compile(
+            rf"^\| {_LEAD}{_p(frozenset(PLATFORM_WORDS))} , (?:{_p(FIELD_WORDS - _set('new nice little small cool novo nova nuevo nueva'))} (?:(?:and|e|y) )?)+[,|] "
+        ),
+    ),
     (
         "headline",
         re.compile(
@@ -699,6 +710,9 @@ _MAYBE = (
     "estaria bien",
 )
 _FIRM_WISH_RE = re.compile(rf"\b{_p(frozenset(WISHES.split()) - {w.replace(' ', '_') for w in _MAYBE})}\b")
+_MUSING = re.compile(r"\b(?:thinking about|thinking of|pensando em|pensando en)\b")
+"""A thought ("I'm thinking about a post on…"), in the clause of the request itself: an earlier
+"I was thinking about the hiring thing, … go ahead and write it up" is context."""
 _SELF_BEFORE = re.compile(rf"\b{_SELF} [^|]*$")
 _ASK_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     # "New post: 5 lessons from freelancing" (a piece to write, or one just published)
@@ -799,13 +813,16 @@ _ADDRESSED = re.compile(
 def _addressed(flat: str) -> bool:
     """A sentence that asks us (you, please, can you…) for a piece ("a post", "uma legenda"), or to
     make (write, send, come up with…) one, in words no rule above knows: "any chance you could come
-    up with 3 tweets…". Not a question
-    that asks for information ("how…", "do you know…"), a report, a wish, or the writer's plan."""
+    up with 3 tweets…". Not a question that asks for information ("how…", "do you know…"), a wish,
+    or, from the request on, a report or the writer's own plan (what a transcript says before the
+    request is its context: "this week was mad, so I'd like you to do a post…")."""
     for sentence in flat.split("|"):
         words = sentence.split()
-        if not words or words[0] in QUESTION_WORDS or not _ADDRESSED.search(sentence):
+        found = _ADDRESSED.search(sentence)
+        if not words or words[0] in QUESTION_WORDS or found is None or _WISH_RE.search(sentence):
             continue
-        if _REPORT.search(sentence) or _WISH_RE.search(sentence) or _SELF_BEFORE.search(sentence):
+        rest = sentence[found.start() :]
+        if _REPORT.search(rest) or _SELF_BEFORE.search(rest):
             continue
         return True
     return False
@@ -820,6 +837,8 @@ def _blocked(flat: str, match: re.Match[str], rule: str) -> str | None:
         if wish.group(0) in _MAYBE:
             # "maybe a post about hiring?": a request, or a thought: worth asking.
             return None if rule in ("request", "want", "convert") else "maybe"
+        return "a wish"
+    if _MUSING.search(before.rsplit(",", 1)[-1]):
         return "a wish"
     if rule in ("imperative", "tweet", "headline") and _SELF_BEFORE.search(before):
         return "the writer's own plan"
