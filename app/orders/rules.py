@@ -72,7 +72,7 @@ STRONG_NOUNS = _set(
 HEADLINE_NOUNS = STRONG_NOUNS - _set("posts postagens content conteudo contenido newsletter")
 """A message that starts with one of these asks for it ("LinkedIn post about…", not "posts on LinkedIn get…")."""
 WEAK_NOUNS = _set(
-    "piece update atualizacao actualizacion texto textinho text copy one something algo coisa lineas linhas "
+    "explainer tutorial piece update atualizacao actualizacion texto textinho text copy one something algo coisa lineas linhas "
     "lines palabrinhas chamada anuncio flyer folheto panfleto slogan"
 )
 NOUNS = STRONG_NOUNS | WEAK_NOUNS
@@ -151,7 +151,8 @@ ES_SECOND_PERSON = _set(
 TWEET_VERBS = _set("tweet tuit tuita tuite tuitea tuitar tuitear tweeta tweetar")
 CONVERT_VERBS = _set(
     "turn convert transform change transforma transforme transformar converte converta converter vira "
-    "virar convierte conviertelo convertir transformalo pasa pasalo pasar adapt adapta adapte adaptar adaptalo"
+    "virar convierte conviertelo convertir transformalo pasa pasalo pasar adapt adapta adapte adaptar adaptalo "
+    "rewrite reescreve reescribe"
 )
 INTO = _set("into in to em no num numa en a pra para as como")
 
@@ -159,7 +160,7 @@ OPENERS = _set(
     "hey hi hello hiya um ok okay okey so yeah yes yep also and then now please pls plz basically just oh "
     "alright well right again quick quickly kindly let_s lets let_us oi ola entao e bom beleza ah ta "
     "agora ai tambem ei opa bora vamos so por_favor pfv pf hola bueno pues vale venga oye mira y "
-    "entonces porfa tambien va go_ahead_and go_ahead feel_free_to actually"
+    "entonces porfa tambien va go_ahead_and go_ahead feel_free_to actually maybe talvez quizas quiza"
 )
 FILLERS = _set(
     "umm uh uhh uhm hmm hm hum er erm eh ehh mmm mm ahn tipo o_sea you_know i_mean sabe sabes ne like_i_said"
@@ -241,7 +242,7 @@ WISHES = (
     "nota_para_mim nota_mental algun_dia un_dia un_dia_de_estos cuando_se mas_adelante "
     "maybe perhaps talvez quizas quiza tal_vez would_be_cool would_be_nice seria_legal seria_bom "
     "estaria_guay estaria_bien not_now agora_nao ahora_no "
-    "not_this_week not_today nah no_need to_do reminder lembrete recordatorio"
+    "not_this_week not_today nah no_need reminder lembrete recordatorio"
 )
 SELF = (
     "i_should i_ll i_will i_must i_have_to i_need_to i_want_to i_d_like_to i_would_like_to i_m_going_to "
@@ -303,6 +304,10 @@ ALIASES: dict[str, str] = {
     "draf": "draft",
     "blgo": "blog",
     "pots": "post",
+    "presiso": "preciso",
+    "precizo": "preciso",
+    "nesesito": "necesito",
+    "nececito": "necesito",
     "artical": "article",
     "articel": "article",
     "artcle": "article",
@@ -471,7 +476,9 @@ _SOMETHING = (
     r"um lance|una cosa|un texto|um texto)"
 )
 _WISH = _p(WISHES)
-CHANNELS = frozenset(PLATFORM_WORDS) | _set("facebook fb face tiktok whatsapp threads x youtube pinterest")
+CHANNELS = frozenset(PLATFORM_WORDS) | _set(
+    "facebook fb face tiktok whatsapp threads x youtube pinterest newsletter"
+)
 _SELF = _p(SELF)
 _GERUND = (
     r"(?!(?:getting|going|doing|performing|trending|blowing|sitting|bombando|viralizando|indo|yendo|"
@@ -504,7 +511,7 @@ ORDER_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     (
         "request",
         re.compile(
-            rf"\b(?:help me with|help with|give me a hand with|me ajuda com|me ajudar com|ajuda com|me da uma mao com|me ayudas con|ayudame con|da uma forca com|da uma forca ai com|me echas una mano con|echame una mano con|dame una mano con|me echas un cable con|echame un cable con) {_g(3)}{_NOUN}\b"
+            rf"\b(?:help me with|help with|give me a hand with|me ajuda com|me ajudar com|ajuda com|me da uma mao com|me ayudas con|ayudame con|da uma forca com|da uma forca ai com|me echas una mano con|nos echas una mano con|echanos una mano con|echame una mano con|dame una mano con|me echas un cable con|echame un cable con) {_g(3)}{_NOUN}\b"
         ),
     ),
     # "help me write a post", "me ajuda a criar um post", "ayúdame a crear un post"
@@ -605,7 +612,7 @@ ORDER_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     (
         "request",
         re.compile(
-            rf"\b{_p(POSSIBLE)} (?:(?:for you|for us|to|de|que|para|pra|a|me|us|nos|you|voces|ustedes) ){{0,3}}"
+            rf"\b{_p(POSSIBLE)} (?:(?:for you|for us|to|de|que|para|pra|a|me|us|nos|you|guys|voces|ustedes) ){{0,4}}"
             rf"(?:{_p(VERBS | GET_VERBS)} (?:me |us |nos |you )?)?(?:{_p(ARTICLES)} )?(?:{_MOD} ){{0,3}}{_NOUN}\b"
         ),
     ),
@@ -657,9 +664,9 @@ ORDER_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
         "follow-up",
         re.compile(
             rf"^\| {_LEAD}(?:(?:and|e|y) )?(?:{_p(IMPERATIVES)} (?:me |us |nos )?)?"
-            rf"(?:another|one more|mais um|mais uma|outro|outra|otro|otra)"
+            rf"(?:another|one more|mais um|mais uma|outro|outra|otro|otra|one|um|uma|un|una)"
             rf"(?: one| igual| parecido| parecida| assim| asi| like that| like it| version| versao| version)* "
-            rf"(?:but |pero |mas |only |so |)(?:for|on|para|en|no|na) (?:the |o |el )?{_p(CHANNELS)}\b"
+            rf"(?:but |pero |mas |only |so |)(?:for|on|para|en|no|na) (?:the |o |el |la |a )?{_p(CHANNELS)}\b"
         ),
     ),
     # "this is for linkedin, can you write up the survey results"
@@ -898,7 +905,10 @@ _FIELD_VALUES: dict[str, dict[str, str]] = {
     "topic": {
         **dict.fromkeys(_set("trend trends trending tendencia tendencias"), "Trends"),
         **dict.fromkeys(
-            _set("news announcement noticia noticias novidade novidades novedad novedades anuncio"),
+            _set(
+                "news announcement announcing noticia noticias novidade novidades novedad novedades anuncio "
+                "anunciando"
+            ),
             "News",
         ),
         **dict.fromkeys(_set("tip tips advice dica dicas consejo consejos truques trucos"), "Tips"),
@@ -910,7 +920,7 @@ _LENGTH_CONTEXT = (
     | FIELD_WORDS
     | frozenset(PLATFORM_WORDS)
     | _set(
-        "it one version bem muito mas more keep tone tom tono way jeito manera style estilo and e y please pls"
+        "it one version bem muito mas more keep tone tom tono way jeito manera style estilo and e y please pls sea seja"
     )
 )
 """Words next to which "short", "long", "friendly"… describe the piece, not something else."""
