@@ -55,9 +55,16 @@ def test_stated_fields_are_read_on_the_test_split() -> None:
 
 
 def test_the_held_out_split_is_the_set_not_tuned_on() -> None:
-    assert ev.FILES["heldout"] == "heldout-6"
-    assert "heldout" not in ev.TUNING and {"heldout-3", "heldout-4", "heldout-5", "train-2"} <= set(ev.TUNING)
-    assert {r["id"][:3] for r in ev.load("heldout")} == {"h6-"}
+    assert ev.FILES["heldout"] == "heldout-7"
+    assert "heldout" not in ev.TUNING and {
+        "heldout-3",
+        "heldout-4",
+        "heldout-5",
+        "heldout-6",
+        "train-2",
+    } <= set(ev.TUNING)
+    assert {r["id"][:3] for r in ev.load("heldout")} == {"h7-"}
+    assert {r["id"][:3] for r in ev.load("heldout-6")} == {"h6-"}
     assert {r["id"][:3] for r in ev.load("heldout-5")} == {"h5-"}
     assert {r["id"][:3] for r in ev.load("heldout-3")} == {"h3-"}
     assert {r["id"][:3] for r in ev.load("heldout-4")} == {"h4-"}
