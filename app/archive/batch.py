@@ -208,8 +208,10 @@ class _Batch:
             else:
                 self.in_hand[claim.note_id] = claim
                 fresh.append(claim)
+        erased: set[str] = set()
         try:
             rows = {int(r["id"]): r for r in _load([c.note_id for c in fresh])}
+            erased = stage.erased_owners(rows.values())
         except DatabaseError as exc:
             rows = {}
             for claim in fresh:
@@ -220,9 +222,9 @@ class _Batch:
             if row is None:
                 nothing.append((claim, stage.Archived(claim.note_id, "gone")))
             elif pool is None:
-                nothing.append((claim, stage.archive_row(row, claim.attempt)))
+                nothing.append((claim, stage.archive_row(row, claim.attempt, erased)))
             else:
-                self.pending[pool.submit(stage.archive_row, row, claim.attempt)] = claim
+                self.pending[pool.submit(stage.archive_row, row, claim.attempt, erased)] = claim
         self.settle(nothing)
 
     def collect(self, timeout: float) -> None:

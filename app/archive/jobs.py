@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +56,7 @@ from app.jobs import (
 )
 from app.metrics import JOBS
 from app.users import contacts as users
+from app.users import tombstones
 
 log = logging.getLogger(__name__)
 
@@ -181,8 +183,20 @@ def _defer(spec: JobSpec, item_id: int, exc: storage.BucketCreationThrottled) ->
 # messages
 
 
-def archive_row(row: dict[str, Any], attempt: Attempt) -> Archived:
-    """Archive one loaded row (any thread; never raises): its JSON and attachments, not its status."""
+def erased_owners(rows: Iterable[dict[str, Any]]) -> set[str]:
+    """The buckets of loaded rows whose owner is an erased user (one query for a batch): their
+    messages are not written, and no bucket is created for them."""
+    return tombstones.erased_buckets(
+        _owner(r).bucket_name for r in rows if r["processing_status"] != "stored"
+    )
+
+
+def archive_row(row: dict[str, Any], attempt: Attempt, erased: Collection[str] = ()) -> Archived:
+    """Archive one loaded row (any thread; never raises): its JSON and attachments, not its status.
+
+    `erased`: the buckets of the batch found to be erased users' when the rows were loaded
+    (`erased_owners`). A row erased after its load is written, then taken back when its status is
+    settled (the row is gone: app/archive/batch.py)."""
     started = time.perf_counter()
     note_id = int(row["id"])
     result = Archived(note_id, "failed")
@@ -192,9 +206,8 @@ def archive_row(row: dict[str, Any], attempt: Attempt) -> Archived:
             result.statuses = (row["transcription_status"], row["classification_status"])
             return result
         owner = _owner(row)
-        fence = storage.write_fence(note_id, owner.bucket_name)
-        if fence:  # erased (or being erased): nothing is written, no bucket is created
-            result.outcome = fence
+        if owner.bucket_name in erased:  # nothing is written, no bucket is created
+            result.outcome = "owner erased"
             return result
         bucket = _bucket_for(owner)
         result.path, prefix = _write_message(row, bucket)

@@ -35,16 +35,21 @@ RETURNING erased_at, restored_at;
 -- name: tombstone_release_contacts
 DELETE FROM erased_contacts WHERE user_hash = %(user_hash)s;
 
--- name: bucket_erased
-SELECT 1 AS erased FROM erased_users WHERE bucket_name = %(bucket_name)s AND restored_at IS NULL LIMIT 1;
+-- Which of these buckets are erased users' (bucket_of_erased_user(), migrations/0021, is the
+-- rule): a batch of the archive asks once for all its messages' buckets. Prepared once per
+-- connection; run with execute_erased_buckets.
+-- name: prepare_erased_buckets
+PREPARE erase_erased_buckets (text[]) AS
+SELECT name AS bucket_name FROM unnest($1) AS name WHERE bucket_of_erased_user(name);
+-- name: execute_erased_buckets
+EXECUTE erase_erased_buckets (%(names)s::text[]);
 
 -- An archive job's check before it writes: the message is gone (erased), or its bucket is an
 -- erased user's. Prepared once per connection and run in one round trip (it runs for every
 -- message archived); run with execute_write_fence.
 -- name: prepare_write_fence
 PREPARE erase_write_fence (bigint, text) AS
-SELECT NOT EXISTS (SELECT FROM meeting_notes WHERE id = $1) AS gone,
-       EXISTS (SELECT FROM erased_users WHERE bucket_name = $2 AND restored_at IS NULL) AS erased;
+SELECT NOT EXISTS (SELECT FROM meeting_notes WHERE id = $1) AS gone, bucket_of_erased_user($2) AS erased;
 -- name: execute_write_fence
 EXECUTE erase_write_fence (%(note_id)s, %(bucket_name)s);
 

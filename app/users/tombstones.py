@@ -99,7 +99,16 @@ def lift(user_id: str) -> dict[str, Any] | None:
 
 def bucket_erased(bucket_name: str) -> bool:
     """True when the bucket belongs to a user whose erasure holds."""
-    return context.db().fetch_one("erase.bucket_erased", {"bucket_name": bucket_name}) is not None
+    return bool(erased_buckets([bucket_name]))
+
+
+def erased_buckets(bucket_names: Iterable[str]) -> set[str]:
+    """Those of the buckets that belong to users whose erasure holds (one round trip)."""
+    names = sorted(set(bucket_names))
+    if not names:
+        return set()
+    rows = context.db().run_prepared_all("erase.erased_buckets", {"names": names})
+    return {str(r["bucket_name"]) for r in rows}
 
 
 def erased_contact_keys(account_id: int) -> set[str]:

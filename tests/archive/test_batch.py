@@ -134,10 +134,10 @@ def test_a_warm_shutdown_finishes_what_it_holds_and_claims_nothing_more(
     ids = [ingest(text_message(7200 + i)) for i in range(6)]
     archive_row = jobs.archive_row
 
-    def asked_to_stop(row: dict[str, Any], attempt: Any) -> Any:
+    def asked_to_stop(row: dict[str, Any], attempt: Any, erased: Any) -> Any:
         if int(row["id"]) == ids[0]:
             os.kill(os.getpid(), signal.SIGTERM)  # as the worker pool or systemd would
-        return archive_row(row, attempt)
+        return archive_row(row, attempt, erased)
 
     monkeypatch.setattr(jobs, "archive_row", asked_to_stop)
     SimpleWorker([Queue("archive", connection=redis_conn)], connection=redis_conn).work(
@@ -163,10 +163,10 @@ def test_a_job_that_times_out_gives_its_claims_back(
     release = threading.Event()
     archive_row = jobs.archive_row
 
-    def slow(row: dict[str, Any], attempt: Any) -> Any:
+    def slow(row: dict[str, Any], attempt: Any, erased: Any) -> Any:
         if int(row["id"]) != ids[0]:
             release.wait(30)
-        return archive_row(row, attempt)
+        return archive_row(row, attempt, erased)
 
     def timed_out(self: Any, timeout: float) -> None:
         raise JobTimeoutException("Task exceeded maximum timeout value")
@@ -198,3 +198,42 @@ def test_jobs_run_with_the_timeout_of_the_settings(use_settings: Any, redis_conn
         )
     ]
     assert timeouts == [77, 77, 77, 3600]  # a transcription keeps its own, longer limit
+
+
+def test_a_batch_asks_once_which_owners_are_erased_and_writes_nothing_of_theirs(
+    monkeypatch: pytest.MonkeyPatch, run_jobs: Any, use_settings: Any
+) -> None:
+    """The write fence of a batch is one query for all its messages' buckets: a message whose
+    owner is an erased user (re-created by hand, without re-consent) is not written and its bucket
+    is not created, while its neighbours are stored."""
+    from app import context
+    from app.archive import jobs, storage
+    from app.users import erase, service
+    from tests.helpers.admin import add_note
+
+    use_settings(archive_concurrency=8)  # room for every message in the first claim
+    service.create_user("nadia")
+    erase.erase_user("nadia")
+    service.create_user("nadia")  # by hand, without the user's re-consent
+    erased_bucket = storage.bucket_name("nadia")
+    ids = [ingest(text_message(7600 + i, contact_id=900 + i)) for i in range(5)]
+    held = add_note(user_id="nadia", status="received", contact_id=555, phone=None)
+    enqueue(ARCHIVE_MESSAGE, held)
+
+    asked: list[set[str]] = []
+    real = jobs.erased_owners
+
+    def counted(rows: Any) -> set[str]:
+        found = real(rows)
+        asked.append(found)
+        return found
+
+    monkeypatch.setattr(jobs, "erased_owners", counted)
+    assert run_archive(run_jobs) == 1
+    assert set(statuses(ids).values()) == {"stored"}
+    assert note(held)["processing_status"] == "received"
+    assert context.gcs().lookup_bucket(erased_bucket) is None
+    # One question per load of the batch (the leader's row, then the five claimed with it), never
+    # one per message.
+    assert len(asked) == 2
+    assert any(erased_bucket in found for found in asked)
