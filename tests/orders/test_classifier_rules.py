@@ -164,6 +164,43 @@ NOTES = [
 ]
 
 
+@pytest.mark.parametrize(
+    ("text", "kind", "reason"),
+    [
+        # A pause ("tipo", "eh", "uh…") does not split a request from its object.
+        ("eu queria, tipo, que você fizesse um post sobre o bazar de sábado", "order", "request"),
+        ("um, so, what I need is, uh... a linkedin post about the merger", "order", "want"),
+        ("queríamos, eh, un artículo sobre la mudanza", "order", "want"),
+        # A letter left out is read back; a past tense one letter off is not.
+        ("escrve um post sobre a reforma da loja", "order", "imperative"),
+        ("Escribí un post ayer sobre la reforma", "note", "no request"),
+        # Follow-ups, and a platform followed by the fields.
+        ("another one for facebook pls", "order", "follow-up"),
+        ("y otro para instagram, porfa", "order", "follow-up"),
+        ("instagram, casual, tips for the rainy season", "order", "headline"),
+        ("post curto e descontraído pro instagram sobre o bazar", "order", "headline"),
+        # A thought stops a request in its own clause only.
+        (
+            "I was thinking about the launch, anyway go ahead and write it up for linkedin",
+            "order",
+            "imperative",
+        ),
+        ("thinking about a post on the launch", "note", "no request"),
+        # A piece asked of us in words no other rule knows.
+        ("you would be a star if you sent me a caption for the new menu", "order", "addressed"),
+        ("ustedes me mandan un texto para la vidriera?", "order", "addressed"),
+        ("did you read my article yet?", "note", "no request"),
+        ("thanks for the post, you're the best", "note", "no request"),
+        ("you saw the post we made for the fair?", "note", "no request"),
+    ],
+)
+def test_requests_are_read_through_pauses_typos_and_unknown_wording(
+    text: str, kind: str, reason: str
+) -> None:
+    kind_read, reason_read = rules.read(text)
+    assert (kind_read, reason_read) == (kind, reason)
+
+
 @pytest.mark.parametrize("text", ORDERS)
 def test_requests_for_content_are_orders(text: str) -> None:
     found = rules.classify_text(text, RULES_ONLY)
