@@ -563,7 +563,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     fast2, slow2 = drains[(0.0, 2)], drains[(slow, 2)]
     ratio = slow2.rate / fast2.rate
-    worst_cpu = max(d.service_cpu for d in drains.values())
+    (worst_ms, worst_p), worst = max(drains.items(), key=lambda item: item[1].service_cpu)
+    worst_cpu = worst.service_cpu
+    # Where the worst phase spent it: the emulator's share varies most with the host's speed.
+    worst_at = f"{worst_p} process(es) at {worst_ms:g} ms, the emulator {worst.cpu.get('gcs', 0):.1f} of it"
     failures = []
     for label, ok in (
         (
@@ -575,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
             ratio >= TARGET_LATENCY_RATIO,
         ),
         (
-            f"CPU per message, every run, <= {TARGET_CPU_MS:g} ms (worst {worst_cpu:.1f})",
+            f"CPU per message, every run, <= {TARGET_CPU_MS:g} ms (worst {worst_cpu:.1f}: {worst_at})",
             worst_cpu <= TARGET_CPU_MS,
         ),
         (
