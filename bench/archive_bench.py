@@ -230,19 +230,7 @@ class Stack:
         )
 
     def web(self, port: int) -> subprocess.Popen[bytes]:
-        proc = self.spawn(
-            "web",
-            [
-                str(Path(sys.executable).parent / "gunicorn"),
-                "wsgi:app",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--workers",
-                "2",
-                "--preload",
-                "--no-control-socket",
-            ],
-        )
+        proc = self.spawn("web", devstack.gunicorn_command(port, 2))
         devstack.wait_for(lambda: devstack._http_ok(f"http://127.0.0.1:{port}/healthz"), "gunicorn")
         return proc
 

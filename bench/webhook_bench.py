@@ -563,20 +563,9 @@ def start_gunicorn(
     backlog), started in a session of its own; returned once /healthz answers."""
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "gunicorn"),
-                "wsgi:app",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--workers",
-                str(workers),
-                "--worker-class",
-                "sync",
-                "--preload",
-                "--no-control-socket",
-                "--backlog",
-                "2048",
-            ],
+            devstack.gunicorn_command(
+                port, workers, "--worker-class", "sync", "--backlog", "2048", config=False
+            ),
             cwd=tree,
             env=env,
             stdout=out,

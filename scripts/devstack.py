@@ -608,24 +608,30 @@ def check_config(env: dict[str, str]) -> None:
         raise StackError(f"configuration error: {(result.stdout or result.stderr).strip()}")
 
 
+def gunicorn_command(port: int | str, workers: int | str, *options: str, config: bool = True) -> list[str]:
+    """How the web app is served, here, in the tests and in the benchmarks: gunicorn on loopback,
+    the app preloaded, no control socket, with gunicorn.conf.py (`config=False`: gunicorn's own
+    defaults, for a benchmark that compares with a revision older than that file)."""
+    command = [
+        venv_bin("gunicorn"),
+        "wsgi:app",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(workers),
+        "--preload",
+        "--no-control-socket",
+    ]
+    if config:
+        command += ["--config", str(ROOT / "gunicorn.conf.py")]
+    return command + list(options)
+
+
 def app_commands(env: dict[str, str]) -> dict[str, list[str]]:
     port = env.get("WEB_PORT", "8000")
     web_workers = env.get("WEB_CONCURRENCY", "4")
     return {
-        "web": [
-            venv_bin("gunicorn"),
-            "wsgi:app",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            web_workers,
-            "--preload",
-            "--config",
-            str(ROOT / "gunicorn.conf.py"),
-            "--no-control-socket",
-            "--timeout",
-            "30",
-        ],
+        "web": gunicorn_command(port, web_workers, "--timeout", "30"),
         "worker": [sys.executable, "-m", "workers"],
         "transcriber": [sys.executable, "-m", "workers", "--queues", "transcribe", "--processes", "1"],
         "cron": [sys.executable, "-m", "workers.cron"],

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import devstack  # scripts/, on the path from tests/conftest.py
 import pytest
 
 from tests.helpers.common import add_note_row
@@ -175,20 +176,7 @@ class Server:
         import urllib.request
 
         self.proc = subprocess.Popen(
-            [
-                str(ROOT / ".venv" / "bin" / "gunicorn")
-                if (ROOT / ".venv" / "bin" / "gunicorn").exists()
-                else "gunicorn",
-                "wsgi:app",
-                "--bind",
-                f"127.0.0.1:{self.port}",
-                "--workers",
-                str(self.workers),
-                "--config",
-                str(ROOT / "gunicorn.conf.py"),
-                "--no-control-socket",
-                "--preload",
-            ],
+            devstack.gunicorn_command(self.port, self.workers),
             cwd=ROOT,
             env=self.env,
             stdout=subprocess.DEVNULL,

@@ -107,18 +107,7 @@ class Processes:
     def web(self, port: int, workers: int = 2, *options: str) -> subprocess.Popen[bytes]:
         return self.start(
             "web",
-            [
-                devstack.venv_bin("gunicorn"),
-                "wsgi:app",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--workers",
-                str(workers),
-                "--config",
-                str(devstack.ROOT / "gunicorn.conf.py"),
-                "--no-control-socket",
-                *options,
-            ],
+            devstack.gunicorn_command(port, workers, *options),
         )
 
     def workers(self, processes: int = 2) -> subprocess.Popen[bytes]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -131,16 +130,7 @@ def gunicorn_url(services: Any, tmp_path: Path, db: Any, redis_conn: Any) -> Ite
     log = tmp_path / "gunicorn.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "gunicorn"),
-                "wsgi:app",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--workers",
-                "4",
-                "--preload",
-                "--no-control-socket",
-            ],
+            devstack.gunicorn_command(port, 4),
             cwd=ROOT,
             env=env,
             stdout=out,
