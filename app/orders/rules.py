@@ -665,7 +665,7 @@ ORDER_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
         re.compile(
             rf"^\| {_LEAD}(?:(?:and|e|y) )?(?:{_p(IMPERATIVES)} (?:me |us |nos )?)?"
             rf"(?:another|one more|mais um|mais uma|outro|outra|otro|otra|one|um|uma|un|una)"
-            rf"(?: one| igual| parecido| parecida| assim| asi| like that| like it| version| versao| version)* "
+            rf"(?: one| igual| parecido| parecida| assim| asi| like that| like it| version| versao)* "
             rf"(?:but |pero |mas |only |so |)(?:for|on|para|en|no|na) (?:the |o |el |la |a )?{_p(CHANNELS)}\b"
         ),
     ),
@@ -674,7 +674,7 @@ ORDER_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
         "request",
         re.compile(
             rf"^(?=.*\b(?:{_p(frozenset(PLATFORM_WORDS))}|{_STRONG_NOUN})\b).*"
-            rf"\b{_p(REQUESTS)} {_g(2)}{_p(STRONG_VERBS)} (?:up |out )?(?:the |our |my |a |o |a |os |as |el |la |los |las )"
+            rf"\b{_p(REQUESTS)} {_g(2)}{_p(STRONG_VERBS)} (?:up |out )?(?:the |our |my |a |o |os |as |el |la |los |las )"
         ),
     ),
     # "Insta: short and friendly, about the new flavour", "instagram, casual, 5 tips for…"
@@ -721,6 +721,8 @@ _MUSING = re.compile(r"\b(?:thinking about|thinking of|pensando em|pensando en)\
 """A thought ("I'm thinking about a post on…"), in the clause of the request itself: an earlier
 "I was thinking about the hiring thing, … go ahead and write it up" is context."""
 _SELF_BEFORE = re.compile(rf"\b{_SELF} [^|]*$")
+_CONTENT_START = re.compile(rf"\b(?:que|that|which|{_GERUND})")
+"""Where what a headline's piece will say begins ("…avisando que não tem aula")."""
 _ASK_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     # "New post: 5 lessons from freelancing" (a piece to write, or one just published)
     (
@@ -802,10 +804,10 @@ def _read(text: str) -> tuple[str, str]:
     return "note", "no request"
 
 
-YOU = _set("you voce voces vcs tu usted ustedes vosotros vosotras vos vcs you_guys y_all")
+YOU = _set("you voce voces vcs tu usted ustedes vosotros vosotras vos you_guys y_all")
 """Whom a request is addressed to."""
 MAKE_VERBS = STRONG_VERBS | _set(
-    "make making made_up fazer faz fazem fazerem faria fariam fizesse fizessem hacer haces hagas harias "
+    "make making fazer faz fazem fazerem faria fariam fizesse fizessem hacer haces hagas harias "
     "hicieras hicierais hicieran montar monta montas monte armar arma armas sacar saca sacas bolar bola "
     "come_up_with put_together whip_up think_up mandar manda send enviar envia adaptar adapta adapt"
 )
@@ -852,7 +854,7 @@ def _blocked(flat: str, match: re.Match[str], rule: str) -> str | None:
     if rule == "headline":
         end = flat.find("|", match.end() - 1)
         window = flat[match.start() : end if end > 0 else len(flat)]
-        content = re.search(rf"\b(?:que|that|which|{_GERUND})", window[len(match.group(0)) - 1 :])
+        content = _CONTENT_START.search(window[len(match.group(0)) - 1 :])
         if content:  # what the piece will say ("avisando que não tem aula") is not a report
             window = window[: len(match.group(0)) - 1 + content.start()]
         if _REPORT.search(window):
