@@ -19,6 +19,8 @@ help:
 	@echo "make bench-webhook  webhook throughput, latency and CPU per delivery"
 	@echo "make bench-archive  messages archived per second, webhook-to-stored latency"
 	@echo "make bench-sql      each monitoring query on 1 million messages: time and plan"
+	@echo "make eval-classify  the note/order classifier on its labelled corpus"
+	@echo "make train-classifier  train the learned reading again (after the corpus or the rules' words change)"
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-local.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -109,6 +111,10 @@ clean: reset
 
 # Note/order classifier on the labelled corpus (tests/corpus/classifier): precision, recall, misses.
 # EVAL_ARGS="--split heldout", "--model-stub"; the real model with OPENAI_API_KEY and CLASSIFIER_MODEL.
-.PHONY: eval-classify bench-compare
+.PHONY: eval-classify train-classifier bench-compare
 eval-classify: install
 	@$(PY) bench/eval_classify.py $(EVAL_ARGS)
+
+# The learned reading (app/orders/learned_model.json), trained again on the corpus's tuning splits.
+train-classifier: install
+	@$(PY) bench/train_classifier.py

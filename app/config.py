@@ -758,6 +758,14 @@ class Settings:
         "Chat model that classifies messages and extracts order fields (only with OPENAI_API_KEY); rules otherwise.",
         section=ORDERS,
     )
+    learned_classifier: bool = setting(
+        "LEARNED_CLASSIFIER",
+        True,
+        "Without a chat model, the learned reading (app/orders/learned.py) reads what the rules find no request in; "
+        "false leaves the rules alone.",
+        section=ORDERS,
+        parse=boolean,
+    )
     generation_provider: str = setting(
         "GENERATION_PROVIDER",
         "",

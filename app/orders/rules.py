@@ -721,6 +721,8 @@ _MUSING = re.compile(r"\b(?:thinking about|thinking of|pensando em|pensando en)\
 """A thought ("I'm thinking about a post on…"), in the clause of the request itself: an earlier
 "I was thinking about the hiring thing, … go ahead and write it up" is context."""
 _SELF_BEFORE = re.compile(rf"\b{_SELF} [^|]*$")
+_OWN_PLAN = re.compile(rf"(?:^|[|,] )(?:{_p(OPENERS)} )*{_SELF} (?:{_W} ){{0,2}}{_p(VERBS)}\b")
+"""A clause in which the writer says they will make something ("I'll write…", "preciso fazer…")."""
 _CONTENT_START = re.compile(rf"\b(?:que|that|which|{_GERUND})")
 """Where what a headline's piece will say begins ("…avisando que não tem aula")."""
 _ASK_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
@@ -752,6 +754,10 @@ _QUOTED = re.compile(r"[\"\u201c\u00ab][^\"\u201d\u00bb]*[\"\u201d\u00bb]")
 _REPORTED = re.compile(
     r"\b(?:asked|asks|said|says|told|wants|pediu|pede|perguntou|disse|falou|quer(?! dizer)|pidio|pide|pregunto|dijo|quiere)\b"
 )
+
+
+NO_REQUEST = "no request"
+"""The reason of a note in which no rule found a request, nor a reason to stop one."""
 
 
 def read(text: str) -> tuple[str, str]:
@@ -801,7 +807,12 @@ def _read(text: str) -> tuple[str, str]:
         first = flat[2:].split(" ", 1)[0]
         if first not in QUESTION_WORDS and not _REPORT.search(flat) and not _FIRM_WISH_RE.search(flat):
             return "unsure", "question about a post"
-    return "note", "no request"
+    # Nothing to read further in what the writer marks as a wish or as their own plan.
+    if _FIRM_WISH_RE.search(flat):
+        return "note", "a wish"  # "someday I should write about burnout"
+    if _OWN_PLAN.search(flat):
+        return "note", "the writer's own plan"  # "gotta draft the linkedin post myself"
+    return "note", NO_REQUEST
 
 
 YOU = _set("you voce voces vcs tu usted ustedes vosotros vosotras vos you_guys y_all")
@@ -1033,7 +1044,10 @@ class Classification:
 
 
 def classify_text(text: str, settings: Settings | None = None) -> Classification:
-    """Order or note: the rules, helped by the chat model when one is configured."""
+    """Order or note: the rules, helped by the chat model when one is configured, or else by the
+    learned reading (LEARNED_CLASSIFIER) where they find no request."""
+    from app.orders import learned  # noqa: PLC0415 (learned.py reads this module's words: an import cycle)
+
     s = settings or context.settings()
     kind, reason = read(text)
     rule_fields = extract_fields(text)
@@ -1046,11 +1060,17 @@ def classify_text(text: str, settings: Settings | None = None) -> Classification
             merged = {**model.fields, **rule_fields}
             return Classification("order", merged, subject or model.subject, via="model", reason=reason)
         return Classification("note", via="model", reason=reason)
+    via = "rules"
+    if reason == NO_REQUEST and s.learned_classifier:
+        chance = learned.probability(text)
+        if chance >= learned.ASK_AT:
+            kind = "order" if chance >= learned.ORDER_AT else "unsure"
+            via, reason = "learned", f"learned reading {chance:.2f}"
     if kind == "order":
-        return Classification("order", rule_fields, subject, reason=reason)
+        return Classification("order", rule_fields, subject, via=via, reason=reason)
     if kind == "unsure":
         # Kept for the order a "yes" would create.
-        return Classification("note", rule_fields, subject, unsure=True, reason=reason)
+        return Classification("note", rule_fields, subject, via=via, unsure=True, reason=reason)
     return Classification("note", reason=reason)
 
 

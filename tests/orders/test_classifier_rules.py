@@ -11,7 +11,7 @@ import pytest
 from app.config import Settings
 from app.orders import rules
 
-RULES_ONLY = Settings()
+RULES_ONLY = Settings(learned_classifier=False)
 
 
 @pytest.mark.parametrize(

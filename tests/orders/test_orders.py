@@ -25,7 +25,7 @@ from tests.helpers.orders import (
     outbox_rows,
 )
 
-RULES_ONLY = Settings()
+RULES_ONLY = Settings(learned_classifier=False)
 """No OpenAI key: the rules alone decide."""
 
 PLATFORM_QUESTION = (

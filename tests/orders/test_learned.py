@@ -1,0 +1,154 @@
+"""The learned reading of notes and orders (app/orders/learned.py) and how it joins the rules."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from app.config import Settings
+from app.orders import learned, rules
+from bench import eval_classify as ev
+from bench import train_classifier
+from tests.helpers.orders import (
+    ChatwootAPI,
+    add_note,
+    chatwoot_api_fixture,  # noqa: F401 (the chatwoot_api fixture)
+    message,
+    note,
+    orders,
+)
+
+WITH_LEARNED = Settings()
+RULES_ALONE = Settings(learned_classifier=False)
+
+
+def test_the_committed_model_is_what_training_on_the_tuning_splits_gives() -> None:
+    committed = json.loads(learned.MODEL_PATH.read_text(encoding="utf-8"))
+    trained = train_classifier.train()
+    assert train_classifier.differences(committed, trained) == []
+    assert committed["trained_on"] == list(ev.TUNING)
+    assert "test" not in committed["trained_on"] and "heldout" not in committed["trained_on"]
+
+
+def test_the_plain_python_reading_gives_scikit_learns_probabilities() -> None:
+    vectorizer, classifier, _ = train_classifier.fit()
+    texts = [r["text"] for r in ev.load("test")]
+    expected = classifier.predict_proba(vectorizer.transform(texts))[:, 1]
+    model = learned.parse(train_classifier.train())
+    for text, want in zip(texts, expected, strict=True):
+        assert model.probability(text) == pytest.approx(want, abs=1e-4), text
+
+
+def test_features_read_letters_words_and_the_kinds_of_word_the_rules_know() -> None:
+    found = learned.features("Could you write me a post, pls?")
+    assert " wr" in found and "rite " in found  # letters, within a word
+    assert "w:write" in found and "b:write me" in found  # words and pairs of words
+    assert {"c:sverb", "c:noun", "c:please", "m:req"} <= set(found)  # kinds, and phrases ("could you")
+    # Misspelled, the letters still match ("escrivime" shares "escri" with "escribe").
+    assert "escri" in learned.features("escrivime un tuit")
+
+
+@pytest.fixture
+def reading(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[float]]:
+    """Make the learned reading say a given probability for every message."""
+    said = [0.5]
+
+    def fixed() -> learned.Model:
+        return learned.Model(math.log(said[0] / (1 - said[0])), {})
+
+    monkeypatch.setattr(learned, "model", fixed)
+    yield said
+
+
+NO_REQUEST = "the drone survey went well, 40 hectares in two hours"
+
+
+def test_a_message_with_no_request_is_an_order_when_the_learned_reading_is_sure(reading: list[float]) -> None:
+    assert rules.read(NO_REQUEST) == ("note", rules.NO_REQUEST)
+    reading[0] = 0.9
+    found = rules.classify_text(NO_REQUEST, WITH_LEARNED)
+    assert (found.kind, found.via, found.unsure) == ("order", "learned", False)
+    assert found.reason == "learned reading 0.90"
+
+
+def test_below_the_order_line_the_service_asks_and_lower_it_files_a_note(reading: list[float]) -> None:
+    reading[0] = (learned.ASK_AT + learned.ORDER_AT) / 2
+    found = rules.classify_text(NO_REQUEST, WITH_LEARNED)
+    assert (found.kind, found.unsure, found.via) == ("note", True, "learned")
+    reading[0] = learned.ASK_AT - 0.05
+    found = rules.classify_text(NO_REQUEST, WITH_LEARNED)
+    assert (found.kind, found.unsure, found.via) == ("note", False, "rules")
+
+
+def test_what_the_rules_decided_on_purpose_stays_theirs(reading: list[float]) -> None:
+    reading[0] = 0.99
+    # A wish, the writer's own plan, a note's heading, reported speech: the rules stopped on a reason.
+    for text, reason in (
+        ("someday I should write a post about burnout", "a wish"),
+        ("I'll write the blog post about the launch myself tomorrow", "the writer's own plan"),
+        ("todo: linkedin post about the award", "a note's heading"),
+        ("the client asked: can you write a post about the launch?", "request, but reported"),
+    ):
+        assert rules.read(text)[1] == reason
+        with_learned = rules.classify_text(text, WITH_LEARNED)
+        alone = rules.classify_text(text, RULES_ALONE)
+        assert (with_learned.kind, with_learned.unsure, with_learned.via) == (
+            alone.kind,
+            alone.unsure,
+            "rules",
+        )
+    reading[0] = 0.01
+    # And an order the rules found is not taken back.
+    found = rules.classify_text("write a LinkedIn post about our new office", WITH_LEARNED)
+    assert (found.kind, found.via) == ("order", "rules")
+
+
+def test_learned_classifier_off_leaves_the_rules_alone(reading: list[float]) -> None:
+    reading[0] = 0.99
+    found = rules.classify_text(NO_REQUEST, RULES_ALONE)
+    assert (found.kind, found.unsure, found.reason) == ("note", False, rules.NO_REQUEST)
+
+
+def test_the_trained_model_reads_requests_in_words_no_rule_knows() -> None:
+    """Messages of no corpus file: the rules find no request in them; the trained reading does."""
+    for text in (
+        "pls whip up 3 tips abt storing winter tyres",
+        "me arma uns 3 stories sobre a promoção?",
+        "hazme 2 textitos pa insta sobre la oferta de neumaticos",
+    ):
+        assert rules.read(text)[1] == rules.NO_REQUEST, text
+        assert rules.classify_text(text, WITH_LEARNED).kind == "order", text
+    for text in ("the tyre promo post did really well on instagram", "obrigado!"):
+        found = rules.classify_text(text, WITH_LEARNED)
+        assert (found.kind, found.unsure) == ("note", False), text
+
+
+def test_through_the_classify_job_a_request_only_the_learned_reading_knows_becomes_an_order(
+    db: Any, run_jobs: Any, chatwoot_api: ChatwootAPI
+) -> None:
+    text = "hazme 2 textitos pa insta sobre la oferta de neumaticos"
+    assert rules.read(text)[1] == rules.NO_REQUEST
+    asked = add_note(db, message(content=text))
+    run_jobs()
+    assert note(db, asked)["message_kind"] == "order"
+    [order] = orders(db)
+    assert (order["source_meeting_note_id"], order["platform"]) == (asked, "Instagram")
+    # Then its own questions, as for any order, never for the platform it named.
+    [question] = chatwoot_api.posted
+    key = question["content_attributes"]["outbox_key"]
+    assert key.startswith(f"order:{order['id']}:ask:") and ":platform:" not in key
+
+
+def test_through_the_classify_job_an_uncertain_learned_reading_asks_once(
+    db: Any, run_jobs: Any, chatwoot_api: ChatwootAPI, reading: list[float]
+) -> None:
+    reading[0] = (learned.ASK_AT + learned.ORDER_AT) / 2
+    asked = add_note(db, message(content=NO_REQUEST))
+    run_jobs()
+    assert [b["content_attributes"]["outbox_key"] for b in chatwoot_api.posted] == ["note:1:confirm"]
+    assert note(db, asked)["message_kind"] is None  # undecided until answered
+    assert orders(db) == []
