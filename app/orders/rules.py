@@ -115,6 +115,7 @@ VERBS = (
     | _set(
         "making doing putting turning converting transforming whipping fazer montar transformar converter "
         "faria montaria hacer armar montar sacar convertir transformar pasar haces armas montas sacas "
+        "escrevas facas cries montes redijas elabores "
         "conviertes pasas harias fizesse escrevesse criasse preparasse montasse escribieras hicieras "
         "prepararas crearas redactaras escribiera hiciera curra currate currarte help escribas hagas crees prepares "
         "redactes armes monte redija ajudar ajuda ajude ayudar ayudas ayudame mandar enviar adaptar bolar "
@@ -358,8 +359,16 @@ def _typo(token: str) -> str | None:
     return None
 
 
+_HELD_KEY = re.compile(r"([^\W\d_])\1{2,}")
+"""A letter three times or more: a key held down ("neeed", "tweeet", "pleeease")."""
+_HELD_KEY_TARGETS = KNOWN | PLEASE | frozenset(f"{WANTS} {REQUESTS} {GETS}".split()) | frozenset(ALIASES)
+
+
 @lru_cache(maxsize=4096)
 def _spell(token: str) -> str:
+    if _HELD_KEY.search(token):
+        twice, once = _HELD_KEY.sub(r"\1\1", token), _HELD_KEY.sub(r"\1", token)
+        return _spell(once if once in _HELD_KEY_TARGETS and twice not in _HELD_KEY_TARGETS else twice)
     if token in ALIASES:
         return ALIASES[token]
     if token in KNOWN or token.isdigit():
@@ -721,6 +730,11 @@ _MUSING = re.compile(r"\b(?:thinking about|thinking of|pensando em|pensando en)\
 """A thought ("I'm thinking about a post on…"), in the clause of the request itself: an earlier
 "I was thinking about the hiring thing, … go ahead and write it up" is context."""
 _SELF_BEFORE = re.compile(rf"\b{_SELF} [^|]*$")
+_TODO = re.compile(
+    rf"{_START}{_p(IMPERATIVES)} (?:the|el|la|los|las|o|os) [^|]*\b(?:before|tonight|tomorrow|antes d[aeo]s?|"
+    rf"hoje a noite|amanha|esta noche|manana)\b"
+)
+"""A piece the writer has on their list, with its deadline: "write the newsletter before friday"."""
 _OWN_PLAN = re.compile(rf"(?:^|[|,] )(?:{_p(OPENERS)} )*{_SELF} (?:{_W} ){{0,2}}{_p(VERBS)}\b")
 """A clause in which the writer says they will make something ("I'll write…", "preciso fazer…")."""
 _CONTENT_START = re.compile(rf"\b(?:que|that|which|{_GERUND})")
@@ -862,6 +876,8 @@ def _blocked(flat: str, match: re.Match[str], rule: str) -> str | None:
         return "a wish"
     if rule in ("imperative", "tweet", "headline") and _SELF_BEFORE.search(before):
         return "the writer's own plan"
+    if rule == "imperative" and _TODO.match(flat, match.start()):
+        return "the writer's own to-do"
     if rule == "headline":
         end = flat.find("|", match.end() - 1)
         window = flat[match.start() : end if end > 0 else len(flat)]
