@@ -222,6 +222,18 @@ def handle(note_id: int) -> str | None:
                 "note", found.fields, found.subject, via=found.via, unsure=True, reason="doubtful transcript"
             )
     unsure = found is not None and confirm.should_ask(turn, found, _message(note).can_reply)
+    if found is not None:
+        # Which rule, or the learned reading and its probability, decided: never the words themselves.
+        log.info(
+            "message read",
+            extra={
+                "note_id": note_id,
+                "read_as": found.kind,
+                "via": found.via,
+                "reason": found.reason,
+                "ask": unsure,
+            },
+        )
 
     effects = orders.Effects()
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -128,12 +129,18 @@ def test_the_trained_model_reads_requests_in_words_no_rule_knows() -> None:
 
 
 def test_through_the_classify_job_a_request_only_the_learned_reading_knows_becomes_an_order(
-    db: Any, run_jobs: Any, chatwoot_api: ChatwootAPI
+    db: Any, run_jobs: Any, chatwoot_api: ChatwootAPI, caplog: pytest.LogCaptureFixture
 ) -> None:
     text = "hazme 2 textitos pa insta sobre la oferta de neumaticos"
     assert rules.read(text)[1] == rules.NO_REQUEST
     asked = add_note(db, message(content=text))
-    run_jobs()
+    with caplog.at_level(logging.INFO, logger="app.orders.classify"):
+        run_jobs()
+    # The log says what decided, for the operator who looks into a misreading; not the words.
+    [read] = [r for r in caplog.records if r.getMessage() == "message read"]
+    assert (read.note_id, read.read_as, read.via, read.ask) == (asked, "order", "learned", False)  # type: ignore[attr-defined]
+    assert read.reason.startswith("learned reading 0.")  # type: ignore[attr-defined]
+    assert all("neumaticos" not in str(vars(r)) for r in caplog.records)
     assert note(db, asked)["message_kind"] == "order"
     [order] = orders(db)
     assert (order["source_meeting_note_id"], order["platform"]) == (asked, "Instagram")
