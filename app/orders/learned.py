@@ -127,3 +127,28 @@ def model() -> Model:
 
 def probability(text: str) -> float:
     return model().probability(text)
+
+
+def second_reading(
+    text: str,
+    kind: str,
+    reason: str,
+    *,
+    chance: float | None = None,
+    order_at: float = ORDER_AT,
+    ask_at: float = ASK_AT,
+) -> tuple[str, str, str]:
+    """(kind, via, reason): the rules' reading of a message (`rules.read`), or this model's where
+    they found no request. `chance` and the lines are given only by the cross-validation."""
+    if reason != rules.NO_REQUEST:
+        return kind, "rules", reason
+    chance = probability(text) if chance is None else chance
+    if chance < ask_at:
+        return kind, "rules", reason
+    said = f"learned reading {chance:.2f}"
+    if chance < order_at:
+        return "unsure", "learned", said
+    if rules.in_someone_elses_words(text):
+        # Someone else's words, as for the rules: asked about, never taken as a request to us.
+        return "unsure", "learned", f"{said}, but reported"
+    return "order", "learned", said

@@ -115,7 +115,7 @@ VERBS = (
     | _set(
         "making doing putting turning converting transforming whipping fazer montar transformar converter "
         "faria montaria hacer armar montar sacar convertir transformar pasar haces armas montas sacas "
-        "escrevas facas cries montes redijas elabores "
+        "escrevas redijas elabores "
         "conviertes pasas harias fizesse escrevesse criasse preparasse montasse escribieras hicieras "
         "prepararas crearas redactaras escribiera hiciera curra currate currarte help escribas hagas crees prepares "
         "redactes armes monte redija ajudar ajuda ajude ayudar ayudas ayudame mandar enviar adaptar bolar "
@@ -726,17 +726,28 @@ _MAYBE = (
     "estaria bien",
 )
 _FIRM_WISH_RE = re.compile(rf"\b{_p(frozenset(WISHES.split()) - {w.replace(' ', '_') for w in _MAYBE})}\b")
+_PLEASE_RE = re.compile(rf"\b{_p(PLEASE)}\b")
 _MUSING = re.compile(r"\b(?:thinking about|thinking of|pensando em|pensando en)\b")
 """A thought ("I'm thinking about a post on…"), in the clause of the request itself: an earlier
 "I was thinking about the hiring thing, … go ahead and write it up" is context."""
 _SELF_BEFORE = re.compile(rf"\b{_SELF} [^|]*$")
-_TODO = re.compile(
-    rf"{_START}{_p(IMPERATIVES)} (?:the|el|la|los|las|o|os) [^|]*\b(?:before|tonight|tomorrow|antes d[aeo]s?|"
-    rf"hoje a noite|amanha|esta noche|manana)\b"
+_DEADLINE = (
+    r"(?:before (?:monday|tuesday|wednesday|thursday|friday|saturday|sunday|the weekend|bed|eod)|tonight|"
+    r"antes d[aeo]s? (?:segunda|terca|quarta|quinta|sexta|sabado|domingo|fim de semana)|hoje a noite|"
+    r"antes del? (?:lunes|martes|miercoles|jueves|viernes|sabado|domingo|finde|fin de semana)|esta noche)"
 )
-"""A piece the writer has on their list, with its deadline: "write the newsletter before friday"."""
-_OWN_PLAN = re.compile(rf"(?:^|[|,] )(?:{_p(OPENERS)} )*{_SELF} (?:{_W} ){{0,2}}{_p(VERBS)}\b")
-"""A clause in which the writer says they will make something ("I'll write…", "preciso fazer…")."""
+_TODO = re.compile(rf"{_START}{_p(IMPERATIVES)} (?:the|el|la|los|las|o|os) [^|]*\b{_DEADLINE}\b")
+"""A piece the writer may have on their own list, with its deadline: "write the newsletter before
+friday" (unless asked with a please)."""
+TODO_BLOCK = "perhaps the writer's own to-do"
+ASKED_BLOCKS = frozenset({"maybe", TODO_BLOCK})
+"""Reasons that stop a request only to ask about it ("Want me to turn this into a post?")."""
+_OWN_PLAN = re.compile(
+    rf"(?:^|[|,] )(?:{_p(OPENERS)} )*{_SELF} (?!que |q |you |u |voce |vc |tu |usted )(?:{_W} ){{0,2}}"
+    rf"{_p(VERBS)}\b[^|,]*\b{_NOUN}\b"
+)
+"""A clause in which the writer says they will make a piece ("I'll write the post myself",
+"preciso fazer 4 posts"), not one they ask for ("quero que faças…")."""
 _CONTENT_START = re.compile(rf"\b(?:que|that|which|{_GERUND})")
 """Where what a headline's piece will say begins ("…avisando que não tem aula")."""
 _ASK_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
@@ -782,9 +793,7 @@ def read(text: str) -> tuple[str, str]:
         unquoted = _QUOTED.sub(" . ", text)
         if unquoted != text and _read(unquoted)[0] != "order":
             return "unsure", f"{reason}, but quoted"
-        head = _REPORTED.search(_plain(text))
-        if head and re.search(r"\b(?:i|we|eu|nos|yo)\s+$", _plain(text)[: head.start()]):
-            head = None  # the writer's own words ("what I said")
+        head = _someone_else_speaks(text)
         if (
             head
             and _read(_plain(text)[head.end() :])[0] == "order"
@@ -792,6 +801,19 @@ def read(text: str) -> tuple[str, str]:
         ):
             return "unsure", f"{reason}, but reported"
     return kind, reason
+
+
+def in_someone_elses_words(text: str) -> bool:
+    """A quotation, or what someone else asked or said ("the client wants a post…")."""
+    return bool(_QUOTED.search(text) or _someone_else_speaks(text))
+
+
+def _someone_else_speaks(text: str) -> re.Match[str] | None:
+    """Where someone else's words begin ("the client asked…", "Ana quer…"); not "what I said"."""
+    head = _REPORTED.search(_plain(text))
+    if head and re.search(r"\b(?:i|we|eu|nos|yo)\s+$", _plain(text)[: head.start()]):
+        return None
+    return head
 
 
 def _read(text: str) -> tuple[str, str]:
@@ -805,7 +827,7 @@ def _read(text: str) -> tuple[str, str]:
             continue
         blocked = _blocked(flat, match, name)
         if blocked:
-            return ("unsure" if blocked == "maybe" else "note"), f"{name}, but {blocked}"
+            return ("unsure" if blocked in ASKED_BLOCKS else "note"), f"{name}, but {blocked}"
         return "order", name
     if ":" in text:
         # "give me a hand here: a post about the new store" (a headline after a colon)
@@ -821,11 +843,11 @@ def _read(text: str) -> tuple[str, str]:
         first = flat[2:].split(" ", 1)[0]
         if first not in QUESTION_WORDS and not _REPORT.search(flat) and not _FIRM_WISH_RE.search(flat):
             return "unsure", "question about a post"
-    # Nothing to read further in what the writer marks as a wish or as their own plan.
-    if _FIRM_WISH_RE.search(flat):
-        return "note", "a wish"  # "someday I should write about burnout"
     if _OWN_PLAN.search(flat):
-        return "note", "the writer's own plan"  # "gotta draft the linkedin post myself"
+        return (
+            "note",
+            "the writer's own plan",
+        )  # "gotta draft the linkedin post myself": nothing to read further
     return "note", NO_REQUEST
 
 
@@ -876,8 +898,12 @@ def _blocked(flat: str, match: re.Match[str], rule: str) -> str | None:
         return "a wish"
     if rule in ("imperative", "tweet", "headline") and _SELF_BEFORE.search(before):
         return "the writer's own plan"
-    if rule == "imperative" and _TODO.match(flat, match.start()):
-        return "the writer's own to-do"
+    if (
+        rule == "imperative"
+        and _TODO.match(flat, match.start())
+        and not _PLEASE_RE.search(flat, sentence_start)
+    ):
+        return TODO_BLOCK
     if rule == "headline":
         end = flat.find("|", match.end() - 1)
         window = flat[match.start() : end if end > 0 else len(flat)]
@@ -1077,11 +1103,8 @@ def classify_text(text: str, settings: Settings | None = None) -> Classification
             return Classification("order", merged, subject or model.subject, via="model", reason=reason)
         return Classification("note", via="model", reason=reason)
     via = "rules"
-    if reason == NO_REQUEST and s.learned_classifier:
-        chance = learned.probability(text)
-        if chance >= learned.ASK_AT:
-            kind = "order" if chance >= learned.ORDER_AT else "unsure"
-            via, reason = "learned", f"learned reading {chance:.2f}"
+    if s.learned_classifier:
+        kind, via, reason = learned.second_reading(text, kind, reason)
     if kind == "order":
         return Classification("order", rule_fields, subject, via=via, reason=reason)
     if kind == "unsure":

@@ -192,6 +192,28 @@ NOTES = [
         ("did you read my article yet?", "note", "no request"),
         ("thanks for the post, you're the best", "note", "no request"),
         ("you saw the post we made for the fair?", "note", "no request"),
+        # A key held down is read back.
+        ("neeed a tweeet abt the yoga retreat, spots left: 4", "order", "want"),
+        ("preciso que me escrevas uma publicação sobre a reabertura", "order", "request"),
+        # A piece on the writer's own list, with its deadline, is asked about; with a please it is asked of us.
+        (
+            "write the newsletter tonight before bed",
+            "unsure",
+            "imperative, but perhaps the writer's own to-do",
+        ),
+        (
+            "write the language school newsletter before friday",
+            "unsure",
+            "imperative, but perhaps the writer's own to-do",
+        ),
+        ("please write the post about our launch before friday", "order", "imperative"),
+        ("write the blog post about tomorrow's webinar", "order", "imperative"),
+        ("make the instagram post tonight pls", "order", "imperative"),
+        # The writer's own plan to make a piece ends the reading; other plans leave the rest to read.
+        ("I'll write the blog post about the launch myself tomorrow", "note", "the writer's own plan"),
+        ("preciso fazer 4 posts pro insta essa semana, socorro", "note", "the writer's own plan"),
+        ("I'll send the photos later. pls whip up 3 tips abt storing winter tyres", "note", "no request"),
+        ("quero que faças 3 stories sobre a promoção", "note", "no request"),
     ],
 )
 def test_requests_are_read_through_pauses_typos_and_unknown_wording(

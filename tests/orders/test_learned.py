@@ -32,7 +32,10 @@ def test_the_committed_model_is_what_training_on_the_tuning_splits_gives() -> No
     trained = train_classifier.train()
     assert train_classifier.differences(committed, trained) == []
     assert committed["trained_on"] == list(ev.TUNING)
-    assert "test" not in committed["trained_on"] and "heldout" not in committed["trained_on"]
+    # Neither the test split nor any file of the held-out set is trained on.
+    held_out_files = {"test", *ev.FILES["heldout"]}
+    trained_files = {name for split in ev.TUNING for name in ev.FILES.get(split, (split,))}
+    assert held_out_files and not held_out_files & trained_files
 
 
 def test_the_plain_python_reading_gives_scikit_learns_probabilities() -> None:
@@ -89,7 +92,7 @@ def test_what_the_rules_decided_on_purpose_stays_theirs(reading: list[float]) ->
     reading[0] = 0.99
     # A wish, the writer's own plan, a note's heading, reported speech: the rules stopped on a reason.
     for text, reason in (
-        ("someday I should write a post about burnout", "a wish"),
+        ("note to self: write a post about burnout someday", "imperative, but a wish"),
         ("I'll write the blog post about the launch myself tomorrow", "the writer's own plan"),
         ("todo: linkedin post about the award", "a note's heading"),
         ("the client asked: can you write a post about the launch?", "request, but reported"),
@@ -106,6 +109,21 @@ def test_what_the_rules_decided_on_purpose_stays_theirs(reading: list[float]) ->
     # And an order the rules found is not taken back.
     found = rules.classify_text("write a LinkedIn post about our new office", WITH_LEARNED)
     assert (found.kind, found.via) == ("order", "rules")
+
+
+def test_someone_elses_words_are_asked_about_however_sure_the_reading(reading: list[float]) -> None:
+    reading[0] = 0.95
+    for text in (
+        'the client said "whip up 3 tips about winter tyres"',
+        "Ana wants 3 tips about winter tyres",
+    ):
+        assert rules.read(text)[1] == rules.NO_REQUEST
+        found = rules.classify_text(text, WITH_LEARNED)
+        assert (found.kind, found.unsure, found.reason) == (
+            "note",
+            True,
+            "learned reading 0.95, but reported",
+        )
 
 
 def test_learned_classifier_off_leaves_the_rules_alone(reading: list[float]) -> None:
