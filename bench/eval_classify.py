@@ -56,13 +56,15 @@ TUNING = (
     "heldout-9",
     "heldout-10",
     "heldout-11",
+    "heldout-12",
+    "heldout-13",
 )
-"""The splits the rules are tuned and the learned reading trained on (heldout-1 to -7 were held-out
+"""The splits the rules are tuned and the learned reading trained on (heldout-1 to -13 were held-out
 sets until each was measured once)."""
 SPLITS = (*TUNING, "test", "heldout")
-FILES: dict[str, tuple[str, ...]] = {"heldout": ("heldout-12", "heldout-13"), "heldout-3": ("heldout",)}
-"""The files of a split named otherwise: `heldout` is always the set not tuned on (now heldout-12.jsonl
-and heldout-13.jsonl, written blind by two writers); heldout.jsonl, the third held-out set, is tuning
+FILES: dict[str, tuple[str, ...]] = {"heldout": ("heldout-14", "heldout-15"), "heldout-3": ("heldout",)}
+"""The files of a split named otherwise: `heldout` is always the set not tuned on (now heldout-14.jsonl
+and heldout-15.jsonl, written blind by two writers); heldout.jsonl, the third held-out set, is tuning
 data since its misses were read."""
 LANGUAGES = ("en", "pt", "es")
 FIELDS = ("platform", "length", "tone", "topic")

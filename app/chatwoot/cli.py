@@ -210,7 +210,7 @@ _AI_OPTIONS = (
     ("transcription_model", "Transcription model of the openai provider (whisper-1, whisper-large-v3...)."),
     ("transcription_language", "Language the account's voice notes are spoken in (pt, es...)."),
     ("local_whisper_model", "faster-whisper model directory of the local provider (absolute path)."),
-    ("classification_provider", "openai or rules."),
+    ("classification_provider", "openai (a chat model helps the rules) or rules (with the learned reading)."),
     ("classification_base_url", "OpenAI-compatible server for the classifier model."),
     ("classification_model", "Chat model that classifies messages."),
     ("generation_provider", "openai or external."),

@@ -17,6 +17,7 @@ import json
 import math
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from itertools import pairwise
@@ -29,7 +30,8 @@ ORDER_AT = 0.55
 """From this probability the model's reading makes an order of what the rules read as no request."""
 ASK_AT = 0.45
 """From this probability (below ORDER_AT) the service asks ("Want me to turn this into a post?").
-Both were chosen by leaving each of train-3 to train-10, heldout-8 and heldout-9 out of training in turn (docs/orders.md)."""
+Both lines were chosen by leaving each blind-written tuning set out of training in turn
+(`bench/train_classifier.py --cross-validate`)."""
 CHAR_NGRAMS = (3, 5)
 """Letter sequences, within a word padded with spaces: spelling-proof ("sumthing", "escrivime")."""
 
@@ -134,21 +136,24 @@ def second_reading(
     kind: str,
     reason: str,
     *,
-    chance: float | None = None,
+    reading: Callable[[str], float] | None = None,
     order_at: float = ORDER_AT,
     ask_at: float = ASK_AT,
 ) -> tuple[str, str, str]:
     """(kind, via, reason): the rules' reading of a message (`rules.read`), or this model's where
-    they found no request. `chance` and the lines are given only by the cross-validation."""
+    they found no request. `reading` (a probability for a text) and the lines are given only by the
+    cross-validation."""
     if reason != rules.NO_REQUEST:
         return kind, "rules", reason
-    chance = probability(text) if chance is None else chance
+    chance_of = reading or probability
+    chance = chance_of(text)
     if chance < ask_at:
         return kind, "rules", reason
     said = f"learned reading {chance:.2f}"
     if chance < order_at:
         return "unsure", "learned", said
-    if rules.in_someone_elses_words(text):
-        # Someone else's words, as for the rules: asked about, never taken as a request to us.
-        return "unsure", "learned", f"{said}, but reported"
+    # Someone else's words, as the rules read them: asked about, never taken as a request to us.
+    whose = rules.someone_elses_request(text, lambda part: chance_of(part) >= order_at)
+    if whose:
+        return "unsure", "learned", f"{said}, but {whose}"
     return "order", "learned", said

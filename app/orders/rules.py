@@ -17,6 +17,7 @@ import json
 import logging
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -732,7 +733,7 @@ _MUSING = re.compile(r"\b(?:thinking about|thinking of|pensando em|pensando en)\
 "I was thinking about the hiring thing, … go ahead and write it up" is context."""
 _SELF_BEFORE = re.compile(rf"\b{_SELF} [^|]*$")
 _DEADLINE = (
-    r"(?:before (?:monday|tuesday|wednesday|thursday|friday|saturday|sunday|the weekend|bed|eod)|tonight|"
+    r"(?:before (?:monday|tuesday|wednesday|thursday|friday|saturday|sunday|the weekend|bed|eod)|tonight(?! s\b)|"
     r"antes d[aeo]s? (?:segunda|terca|quarta|quinta|sexta|sabado|domingo|fim de semana)|hoje a noite|"
     r"antes del? (?:lunes|martes|miercoles|jueves|viernes|sabado|domingo|finde|fin de semana)|esta noche)"
 )
@@ -743,11 +744,15 @@ TODO_BLOCK = "perhaps the writer's own to-do"
 ASKED_BLOCKS = frozenset({"maybe", TODO_BLOCK})
 """Reasons that stop a request only to ask about it ("Want me to turn this into a post?")."""
 _OWN_PLAN = re.compile(
-    rf"(?:^|[|,] )(?:{_p(OPENERS)} )*{_SELF} (?!que |q |you |u |voce |vc |tu |usted )(?:{_W} ){{0,2}}"
-    rf"{_p(VERBS)}\b[^|,]*\b{_NOUN}\b"
+    rf"(?:^|, )(?:{_p(OPENERS)} )*{_SELF} (?!que |q |you |u |voce |vc |tu |usted )(?:{_W} ){{0,2}}"
+    rf"{_p(VERBS | TWEET_VERBS | POST_VERBS)}\b"
 )
-"""A clause in which the writer says they will make a piece ("I'll write the post myself",
-"preciso fazer 4 posts"), not one they ask for ("quero que faças…")."""
+"""A clause in which the writer says they will make something ("I'll write the post myself",
+"preciso fazer 4 posts", "we should tweet…"), not what they ask for ("quero que faças…")."""
+_PIECE_WORDS = re.compile(
+    rf"\b(?:{_NOUN}|{_p(frozenset(PLATFORM_WORDS))}|{_p(STRONG_VERBS | TWEET_VERBS | POST_VERBS)})\b"
+)
+"""A piece, a platform, or writing one: what a sentence that may ask for content names."""
 _CONTENT_START = re.compile(rf"\b(?:que|that|which|{_GERUND})")
 """Where what a headline's piece will say begins ("…avisando que não tem aula")."""
 _ASK_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
@@ -789,23 +794,24 @@ def read(text: str) -> tuple[str, str]:
     """('order' | 'unsure' | 'note', the rule that decided)."""
     kind, reason = _read(text)
     if kind == "order":
-        # Someone else's words ("the client asked: can you write a post?") are not a request to us.
-        unquoted = _QUOTED.sub(" . ", text)
-        if unquoted != text and _read(unquoted)[0] != "order":
-            return "unsure", f"{reason}, but quoted"
-        head = _someone_else_speaks(text)
-        if (
-            head
-            and _read(_plain(text)[head.end() :])[0] == "order"
-            and _read(_plain(text)[: head.start()])[0] != "order"
-        ):
-            return "unsure", f"{reason}, but reported"
+        whose = someone_elses_request(text, lambda part: _read(part)[0] == "order")
+        if whose:
+            return "unsure", f"{reason}, but {whose}"
     return kind, reason
 
 
-def in_someone_elses_words(text: str) -> bool:
-    """A quotation, or what someone else asked or said ("the client wants a post…")."""
-    return bool(_QUOTED.search(text) or _someone_else_speaks(text))
+def someone_elses_request(text: str, asks: Callable[[str], bool]) -> str | None:
+    """'quoted' or 'reported' when the request `asks` finds in the text is someone else's words
+    ("the client asked: can you write a post?", 'Ana: "a post about the fair?"'), not a request to
+    us: it is gone without the quotation, or it comes after "asked", "wants"… and not before."""
+    unquoted = _QUOTED.sub(" . ", text)
+    if unquoted != text and not asks(unquoted):
+        return "quoted"
+    head = _someone_else_speaks(text)
+    plain = _plain(text)
+    if head and asks(plain[head.end() :]) and not asks(plain[: head.start()]):
+        return "reported"
+    return None
 
 
 def _someone_else_speaks(text: str) -> re.Match[str] | None:
@@ -843,12 +849,24 @@ def _read(text: str) -> tuple[str, str]:
         first = flat[2:].split(" ", 1)[0]
         if first not in QUESTION_WORDS and not _REPORT.search(flat) and not _FIRM_WISH_RE.search(flat):
             return "unsure", "question about a post"
-    if _OWN_PLAN.search(flat):
-        return (
-            "note",
-            "the writer's own plan",
-        )  # "gotta draft the linkedin post myself": nothing to read further
-    return "note", NO_REQUEST
+    return "note", _wish_or_plan(flat) or NO_REQUEST
+
+
+def _wish_or_plan(flat: str) -> str | None:
+    """'a wish' or "the writer's own plan" when every sentence that names a piece is one ("one day
+    a post about the shop", "we should tweet about the closure"): nothing for another reading.
+    None when some sentence names a piece and is neither ("I'll send the photos. write 3 tips…")."""
+    found = None
+    for sentence in (s.strip() for s in flat.split("|")):
+        if not _PIECE_WORDS.search(sentence):
+            continue
+        if _FIRM_WISH_RE.search(sentence):
+            found = found or "a wish"
+        elif _OWN_PLAN.search(sentence):
+            found = found or "the writer's own plan"
+        else:
+            return None
+    return found
 
 
 YOU = _set("you voce voces vcs tu usted ustedes vosotros vosotras vos you_guys y_all")
@@ -884,11 +902,30 @@ def _addressed(flat: str) -> bool:
     return False
 
 
+def _wish_aside(flat: str, start: int, end: int) -> re.Match[str] | None:
+    """A sentence beside the request that is only a wish: "reminder: write a post…", "write a
+    post? nah, not this week" (not "um dia vamos a lisboa. escreve um post…")."""
+    before = flat[:start].rstrip(" |").rsplit("|", 1)[-1]
+    after = flat[end + 1 :].lstrip(" |").split("|", 1)[0] if end > 0 else ""
+    for side in (before, after):
+        wish = _WISH_RE.search(side)
+        if wish and len(_WISH_RE.sub(" ", side).replace(",", " ").split()) <= 2:
+            return wish
+    return None
+
+
 def _blocked(flat: str, match: re.Match[str], rule: str) -> str | None:
-    """Why a match is not a request after all: a wish, the writer's own plan, a report."""
+    """Why a match is not a request after all: a wish, the writer's own plan, a report (a note); or
+    a "maybe", a piece with a deadline and no please (asked about: ASKED_BLOCKS)."""
     sentence_start = flat.rfind("|", 0, match.start() + 1)
+    sentence_end = flat.find("|", match.start() + 1)
+    sentence = flat[sentence_start : sentence_end + 1 if sentence_end > 0 else len(flat)]
     before = flat[sentence_start : match.start() + 2]
-    wish = _FIRM_WISH_RE.search(flat) or _WISH_RE.search(flat)
+    wish = (
+        _FIRM_WISH_RE.search(sentence)
+        or _WISH_RE.search(sentence)
+        or _wish_aside(flat, sentence_start, sentence_end)
+    )
     if wish is not None:
         if wish.group(0) in _MAYBE:
             # "maybe a post about hiring?": a request, or a thought: worth asking.
@@ -896,13 +933,9 @@ def _blocked(flat: str, match: re.Match[str], rule: str) -> str | None:
         return "a wish"
     if _MUSING.search(before.rsplit(",", 1)[-1]):
         return "a wish"
-    if rule in ("imperative", "tweet", "headline") and _SELF_BEFORE.search(before):
-        return "the writer's own plan"
-    if (
-        rule == "imperative"
-        and _TODO.match(flat, match.start())
-        and not _PLEASE_RE.search(flat, sentence_start)
-    ):
+    if rule in ("imperative", "tweet", "headline") and _SELF_BEFORE.search(before.rsplit(",", 1)[-1]):
+        return "the writer's own plan"  # in the request's own clause: not "I have to run, write a post…"
+    if rule == "imperative" and _TODO.match(flat, match.start()) and not _PLEASE_RE.search(sentence):
         return TODO_BLOCK
     if rule == "headline":
         end = flat.find("|", match.end() - 1)

@@ -58,11 +58,18 @@ def test_features_read_letters_words_and_the_kinds_of_word_the_rules_know() -> N
 
 @pytest.fixture
 def reading(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[float]]:
-    """Make the learned reading say a given probability for every message."""
-    said = [0.5]
+    """Make the learned reading say a given probability for every message (a model of no feature
+    but its intercept); `reading[1]`, when set, is said of any text holding "tips"."""
+    said = [0.5, -1.0]
+
+    def logit(p: float) -> float:
+        return math.log(p / (1 - p))
 
     def fixed() -> learned.Model:
-        return learned.Model(math.log(said[0] / (1 - said[0])), {})
+        if said[1] < 0:
+            return learned.Model(logit(said[0]), {})
+        # One feature: the word "tips" moves the probability from said[0] to said[1] (idf 1, alone).
+        return learned.Model(logit(said[0]), {"w:tips": (1.0, logit(said[1]) - logit(said[0]))})
 
     monkeypatch.setattr(learned, "model", fixed)
     yield said
@@ -80,12 +87,15 @@ def test_a_message_with_no_request_is_an_order_when_the_learned_reading_is_sure(
 
 
 def test_below_the_order_line_the_service_asks_and_lower_it_files_a_note(reading: list[float]) -> None:
-    reading[0] = (learned.ASK_AT + learned.ORDER_AT) / 2
-    found = rules.classify_text(NO_REQUEST, WITH_LEARNED)
-    assert (found.kind, found.unsure, found.via) == ("note", True, "learned")
-    reading[0] = learned.ASK_AT - 0.05
-    found = rules.classify_text(NO_REQUEST, WITH_LEARNED)
-    assert (found.kind, found.unsure, found.via) == ("note", False, "rules")
+    for chance, expected in (
+        (learned.ORDER_AT + 1e-6, ("order", False, "learned")),
+        (learned.ORDER_AT - 1e-6, ("note", True, "learned")),
+        (learned.ASK_AT + 1e-6, ("note", True, "learned")),
+        (learned.ASK_AT - 1e-6, ("note", False, "rules")),
+    ):
+        reading[0] = chance
+        found = rules.classify_text(NO_REQUEST, WITH_LEARNED)
+        assert (found.kind, found.unsure, found.via) == expected, chance
 
 
 def test_what_the_rules_decided_on_purpose_stays_theirs(reading: list[float]) -> None:
@@ -93,7 +103,10 @@ def test_what_the_rules_decided_on_purpose_stays_theirs(reading: list[float]) ->
     # A wish, the writer's own plan, a note's heading, reported speech: the rules stopped on a reason.
     for text, reason in (
         ("note to self: write a post about burnout someday", "imperative, but a wish"),
+        ("someday I should write a post about burnout", "a wish"),
+        ("eventually a linkedin post about the award", "a wish"),
         ("I'll write the blog post about the launch myself tomorrow", "the writer's own plan"),
+        ("we should tweet about the closure", "the writer's own plan"),
         ("todo: linkedin post about the award", "a note's heading"),
         ("the client asked: can you write a post about the launch?", "request, but reported"),
     ):
@@ -112,18 +125,26 @@ def test_what_the_rules_decided_on_purpose_stays_theirs(reading: list[float]) ->
 
 
 def test_someone_elses_words_are_asked_about_however_sure_the_reading(reading: list[float]) -> None:
-    reading[0] = 0.95
-    for text in (
-        'the client said "whip up 3 tips about winter tyres"',
-        "Ana wants 3 tips about winter tyres",
+    """As the rules read them: the request is in the quotation, or after "wants", "said"… only."""
+    reading[:] = [0.1, 0.95]  # a request wherever "tips" is
+    for text, whose in (
+        ('the client said "whip up 3 tips about winter tyres"', "quoted"),
+        ("Ana wants 3 tips about winter tyres", "reported"),
     ):
         assert rules.read(text)[1] == rules.NO_REQUEST
         found = rules.classify_text(text, WITH_LEARNED)
         assert (found.kind, found.unsure, found.reason) == (
             "note",
             True,
-            "learned reading 0.95, but reported",
+            f"learned reading 0.95, but {whose}",
         )
+    # A quotation that is not where the request is (a title), or words reported after the request.
+    for text in (
+        'whip up 3 tips about winter tyres titled "ready for snow"',
+        "3 tips about winter tyres pls, he says they're selling well",
+    ):
+        found = rules.classify_text(text, WITH_LEARNED)
+        assert (found.kind, found.reason) == ("order", "learned reading 0.95"), text
 
 
 def test_learned_classifier_off_leaves_the_rules_alone(reading: list[float]) -> None:
