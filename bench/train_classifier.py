@@ -140,7 +140,7 @@ def cross_validate(out: Any = sys.stdout) -> None:
         )
 
     header = (
-        f"{'':<40} {'precision':>9} {'recall':>7} {'notes asked':>12} {'orders asked':>13} {'dropped':>8}"
+        f"{'':<44} {'precision':>9} {'recall':>7} {'notes asked':>12} {'orders asked':>13} {'dropped':>8}"
     )
     by_c = {c: _scores(c) for c in C_CHOICES}
     print(f"C, with ORDER_AT {learned.ORDER_AT} and ASK_AT {learned.ASK_AT}", file=out)
