@@ -114,11 +114,25 @@ class Model:
         return 1.0 / (1.0 + math.exp(-score))
 
 
-def parse(data: dict[str, object]) -> Model:
-    weights = data["features"]
-    intercept = data["intercept"]
-    assert isinstance(weights, dict) and isinstance(intercept, (int, float))
-    return Model(float(intercept), {f: (float(idf), float(w)) for f, (idf, w) in weights.items()})
+def parse(data: object) -> Model:
+    """The model of a model file's content; ValueError, naming what is wrong, for anything else."""
+    if not isinstance(data, dict):
+        raise ValueError("learned model: not a JSON object")
+    weights, intercept = data.get("features"), data.get("intercept")
+    if not isinstance(intercept, (int, float)) or isinstance(intercept, bool):
+        raise ValueError("learned model: 'intercept' is not a number")
+    if not isinstance(weights, dict) or not weights:
+        raise ValueError("learned model: 'features' is not a non-empty object")
+    terms: dict[str, tuple[float, float]] = {}
+    for feature, term in weights.items():
+        if not (
+            isinstance(term, list)
+            and len(term) == 2
+            and all(isinstance(x, (int, float)) and math.isfinite(x) for x in term)
+        ):
+            raise ValueError(f"learned model: the terms of feature {feature!r} are not two finite numbers")
+        terms[feature] = (float(term[0]), float(term[1]))
+    return Model(float(intercept), terms)
 
 
 @cache

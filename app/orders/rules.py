@@ -737,11 +737,11 @@ _DEADLINE = (
     r"antes d[aeo]s? (?:segunda|terca|quarta|quinta|sexta|sabado|domingo|fim de semana)|hoje a noite|"
     r"antes del? (?:lunes|martes|miercoles|jueves|viernes|sabado|domingo|finde|fin de semana)|esta noche)"
 )
-_TODO = re.compile(rf"{_START}{_p(IMPERATIVES)} (?:the|el|la|los|las|o|os) [^|]*\b{_DEADLINE}\b")
+_LISTED_TASK = re.compile(rf"{_START}{_p(IMPERATIVES)} (?:the|el|la|los|las|o|os) [^|]*\b{_DEADLINE}\b")
 """A piece the writer may have on their own list, with its deadline: "write the newsletter before
 friday" (unless asked with a please)."""
-TODO_BLOCK = "perhaps the writer's own to-do"
-ASKED_BLOCKS = frozenset({"maybe", TODO_BLOCK})
+LISTED_TASK_BLOCK = "perhaps the writer's own to-do"
+ASKED_BLOCKS = frozenset({"maybe", LISTED_TASK_BLOCK})
 """Reasons that stop a request only to ask about it ("Want me to turn this into a post?")."""
 _OWN_PLAN = re.compile(
     rf"(?:^|, )(?:{_p(OPENERS)} )*{_SELF} (?!que |q |you |u |voce |vc |tu |usted )(?:{_W} ){{0,2}}"
@@ -935,8 +935,8 @@ def _blocked(flat: str, match: re.Match[str], rule: str) -> str | None:
         return "a wish"
     if rule in ("imperative", "tweet", "headline") and _SELF_BEFORE.search(before.rsplit(",", 1)[-1]):
         return "the writer's own plan"  # in the request's own clause: not "I have to run, write a post…"
-    if rule == "imperative" and _TODO.match(flat, match.start()) and not _PLEASE_RE.search(sentence):
-        return TODO_BLOCK
+    if rule == "imperative" and _LISTED_TASK.match(flat, match.start()) and not _PLEASE_RE.search(sentence):
+        return LISTED_TASK_BLOCK
     if rule == "headline":
         end = flat.find("|", match.end() - 1)
         window = flat[match.start() : end if end > 0 else len(flat)]

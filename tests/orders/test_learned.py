@@ -47,6 +47,23 @@ def test_the_plain_python_reading_gives_scikit_learns_probabilities() -> None:
         assert model.probability(text) == pytest.approx(want, abs=1e-4), text
 
 
+@pytest.mark.parametrize(
+    ("content", "error"),
+    [
+        ([], "not a JSON object"),
+        ({"features": {"w:post": [1.0, 2.0]}}, "'intercept' is not a number"),
+        ({"intercept": True, "features": {"w:post": [1.0, 2.0]}}, "'intercept' is not a number"),
+        ({"intercept": 0.1, "features": {}}, "'features' is not a non-empty object"),
+        ({"intercept": 0.1, "features": {"w:post": [1.0]}}, "feature 'w:post'"),
+        ({"intercept": 0.1, "features": {"w:post": [1.0, "x"]}}, "feature 'w:post'"),
+        ({"intercept": 0.1, "features": {"w:post": [1.0, float("nan")]}}, "feature 'w:post'"),
+    ],
+)
+def test_a_damaged_model_file_is_refused_with_what_is_wrong(content: object, error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        learned.parse(content)
+
+
 def test_features_read_letters_words_and_the_kinds_of_word_the_rules_know() -> None:
     found = learned.features("Could you write me a post, pls?")
     assert " wr" in found and "rite " in found  # letters, within a word
